@@ -1,0 +1,33 @@
+//! archon's wire format: the CSV line protocol spoken over its Unix socket.
+//!
+//! This crate is the one definition of the protocol; `archon-protocol(7)` is its specification.
+//! A request is one CSV record (RFC 4180) ended by `\n`, fields are bytes, and every request gets
+//! exactly one reply on the same connection, in request order. The layers, bottom up:
+//!
+//! - [`frame`]: where a record ends in a byte stream, with the grammar's errors;
+//! - [`record`]: a record's fields, split and joined with the `csv` crate;
+//! - [`command`]: the argv/env of `Run` and `StartDaemon`, in the simple and the explicit form;
+//! - [`request`] and [`reply`]: the typed messages;
+//! - [`signal`], [`socket`], [`limits`]: names, the socket path rule, the limits.
+//!
+//! ```
+//! use archon_proto::{Request, Command, Reply, Status};
+//! let req = Request::parse(b"Run,/bin/sh,-c,exit 3").unwrap();
+//! assert_eq!(req, Request::Run(Command::new(["/bin/sh", "-c", "exit 3"])));
+//! assert_eq!(Reply::ExitStatus(Status::Exited(3)).encode(), b"ExitStatus,3\n");
+//! ```
+#![deny(missing_docs)]
+
+pub mod command;
+pub mod frame;
+pub mod limits;
+pub mod record;
+pub mod reply;
+pub mod request;
+pub mod signal;
+pub mod socket;
+
+pub use command::{Command, EnvEntry};
+pub use frame::{Frame, FrameError, Framer};
+pub use reply::{Kind, ProcState, ProcessRow, Reply, ReplyError, ReplyParser, Status};
+pub use request::{Id, Request, RequestError};

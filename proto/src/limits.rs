@@ -1,0 +1,56 @@
+//! The protocol's limits, each a named constant with its unit.
+//!
+//! They are part of the wire format: `archon-protocol(7)` documents every one of them, and the
+//! supervisor, the client library and the tests all read them from here.
+
+/// Longest request line, in bytes, counting its terminating `\n` (64 KiB). A longer line gets
+/// `Error,request too long` and the connection is closed after that reply.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// Most file descriptors one request may carry as `SCM_RIGHTS` ancillary data. A request that
+/// carries more gets `Error,...` and every one of its descriptors is closed.
+pub const MAX_FDS_PER_REQUEST: usize = 3;
+
+/// Most descriptors archon can receive with one `recvmsg`: the kernel's `SCM_MAX_FD`. Sized so that
+/// an oversized attachment is seen whole (and closed) rather than silently truncated.
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Most clients connected at once. A connection beyond this gets `Error,too many clients` and is
+/// closed at once.
+pub const MAX_CLIENTS: usize = 256;
+
+/// Most requests one connection may have in flight (sent, not yet answered). archon stops reading
+/// from a connection that reaches it until replies have gone out: back-pressure, not an error.
+pub const MAX_PIPELINED: usize = 64;
+
+/// Most reply bytes archon queues for one connection that does not read them (1 MiB). Beyond it
+/// archon stops reading that connection's requests; replies to requests already accepted (a `Run`
+/// still going) are still queued, so the connection is closed only if they alone exceed
+/// [`MAX_REPLY_BACKLOG_HARD`].
+pub const MAX_REPLY_BACKLOG: usize = 1024 * 1024;
+
+/// A connection whose unread replies exceed this many bytes (8 MiB) is closed: a client that never
+/// reads cannot make archon's memory grow without bound.
+pub const MAX_REPLY_BACKLOG_HARD: usize = 8 * 1024 * 1024;
+
+/// Default most `Run` commands running at once (archon's `--max-runs`).
+pub const DEFAULT_MAX_RUNS: usize = 64;
+
+/// Default most `Run` requests waiting for a free slot (archon's `--run-queue`); beyond it a `Run`
+/// gets `Error,busy`.
+pub const DEFAULT_RUN_QUEUE: usize = 256;
+
+/// Default grace period, in milliseconds, between SIGTERM and SIGKILL when a process is stopped
+/// (7 s, as nitro's `TIMEOUT_SHUTDOWN`).
+pub const DEFAULT_STOP_GRACE_MS: u64 = 7_000;
+
+/// Longest grace period a `Stop` request may ask for, in milliseconds (one day).
+pub const MAX_STOP_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Most ended processes whose record (pid, last status) archon keeps for `List` after they have
+/// ended; the oldest record goes first.
+pub const MAX_ENDED_KEPT: usize = 128;
+
+/// The protocol's version, as `Version` reports it. Raised when a change is not backwards
+/// compatible.
+pub const PROTOCOL_VERSION: u32 = 1;
