@@ -1,0 +1,625 @@
+//! A connection to archon: send requests (with descriptors), read replies in order.
+//!
+//! Plain blocking I/O on one `UnixStream`, no threads and no global state, so that a C library
+//! and an `LD_PRELOAD` shim can sit on it. Every request gets exactly one reply, in request order,
+//! so requests may be pipelined: [`Client::send`] several, then [`Client::receive`] as many.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use archon_proto::socket::socket_path;
+use archon_proto::{Command, Id, ProcessRow, Reply, ReplyError, Request, Status};
+
+use crate::error::Error;
+use crate::raw::with_newline;
+use crate::reader::{Received, ReplyReader};
+use crate::send::send_line;
+
+/// Size of each `read` from the socket, in bytes: most replies fit in one.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// The socket path: `explicit` if given and not empty, else `$ARCHON_SOCKET`, else
+/// `/run/archon/archon.sock` for root and `$XDG_RUNTIME_DIR/archon.sock` for anyone else.
+pub fn resolve_socket(explicit: Option<&Path>) -> Result<PathBuf, Error> {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    let var = |name: &str| -> Option<OsString> { std::env::var_os(name) };
+    Ok(socket_path(explicit.map(Path::as_os_str), var, euid)?)
+}
+
+/// One connection to archon.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    reader: ReplyReader,
+    path: Option<PathBuf>,
+}
+
+impl Client {
+    /// Connects to archon's socket, found by [`resolve_socket`].
+    pub fn connect(socket: Option<&Path>) -> Result<Client, Error> {
+        let path = resolve_socket(socket)?;
+        Client::connect_to(&path)
+    }
+
+    /// Connects to the socket at `path`, as given.
+    pub fn connect_to(path: &Path) -> Result<Client, Error> {
+        // std opens the socket close-on-exec: a program that later execs leaks nothing.
+        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut client = Client::from_stream(stream);
+        client.path = Some(path.to_path_buf());
+        Ok(client)
+    }
+
+    /// A client on a stream that is already connected (a socketpair, a test's listener).
+    pub fn from_stream(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            reader: ReplyReader::new(),
+            path: None,
+        }
+    }
+
+    /// The socket's path, when the client connected by path.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Makes [`receive`](Self::receive) fail with [`Error::TimedOut`] when no byte comes for
+    /// `timeout`; `None` waits for ever (the default). A `Run` can take as long as its command.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.stream.set_read_timeout(timeout).map_err(Error::Io)
+    }
+
+    /// Makes a send that blocks for `timeout` fail with [`Error::TimedOut`] (archon stops reading
+    /// a connection that has many requests unanswered); `None` waits for ever (the default).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.stream.set_write_timeout(timeout).map_err(Error::Io)
+    }
+
+    /// Sends `request`, with `fds` attached: `Run` and `StartDaemon` take up to three (stdin,
+    /// stdout, stderr), `MonitorFD` exactly one pidfd. The descriptors stay the caller's; archon
+    /// gets its own copies.
+    pub fn send(&mut self, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let line = request.encode()?;
+        send_line(self.stream.as_fd(), &line, fds)
+    }
+
+    /// Sends `line` as it is, with a `\n` appended when it does not end with one, and `fds`
+    /// attached. Nothing is checked: archon answers a bad line with `Error`, and it answers more
+    /// than [`MAX_FDS_PER_REQUEST`](archon_proto::limits::MAX_FDS_PER_REQUEST) descriptors
+    /// with `Error` too (the library sends them, so that this can be tested).
+    pub fn send_line(&mut self, line: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        if line.last() == Some(&b'\n') {
+            send_line(self.stream.as_fd(), line, fds)
+        } else {
+            send_line(self.stream.as_fd(), &with_newline(line), fds)
+        }
+    }
+
+    /// Shuts down the sending side: archon sees the end of the stream, answers what it has
+    /// (an unterminated last line with `Error`), and the replies can still be read.
+    pub fn shutdown_write(&self) -> Result<(), Error> {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(Error::Io)
+    }
+
+    /// Reads the next reply (a `List` with all its rows), typed and as received.
+    pub fn receive(&mut self) -> Result<Received, Error> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if let Some(received) = self.reader.next_reply()? {
+                return Ok(received);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => self.reader.feed(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends `request` and reads its reply. An `Error` reply is returned as a reply, not as
+    /// [`Error::Refused`].
+    pub fn request(&mut self, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<Reply, Error> {
+        self.send(request, fds)?;
+        Ok(self.receive()?.reply)
+    }
+
+    /// Runs `command` and waits for it to end: how it ended, or [`Error::Refused`] with archon's
+    /// reason (it cannot be executed, or `busy`). `stdio` (up to three) become its stdin, stdout
+    /// and stderr.
+    pub fn run(&mut self, command: &Command, stdio: &[BorrowedFd<'_>]) -> Result<Status, Error> {
+        match self.request(&Request::Run(command.clone()), stdio)? {
+            Reply::ExitStatus(status) => Ok(status),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Starts `command` as a daemon that archon monitors: its id and pid, once it has been
+    /// executed. `stdio` (up to three) become its stdin, stdout and stderr.
+    pub fn start_daemon(
+        &mut self,
+        command: &Command,
+        stdio: &[BorrowedFd<'_>],
+    ) -> Result<(Id, i32), Error> {
+        let reply = self.request(&Request::StartDaemon(command.clone()), stdio)?;
+        id_and_pid(reply)
+    }
+
+    /// Asks archon to watch the process `pidfd` refers to: its id and pid.
+    pub fn monitor_fd(&mut self, pidfd: BorrowedFd<'_>) -> Result<(Id, i32), Error> {
+        let reply = self.request(&Request::MonitorFd, &[pidfd])?;
+        id_and_pid(reply)
+    }
+
+    /// Asks archon to watch process `pid` (archon opens its pidfd): its id and pid.
+    pub fn monitor(&mut self, pid: i32) -> Result<(Id, i32), Error> {
+        let reply = self.request(&Request::Monitor { pid }, &[])?;
+        id_and_pid(reply)
+    }
+
+    /// Stops process `id`: SIGTERM to its process group, SIGKILL after `grace_ms` milliseconds
+    /// (archon's `--stop-grace` when `None`). Returns how it ended, once it has.
+    pub fn stop(&mut self, id: Id, grace_ms: Option<u64>) -> Result<Status, Error> {
+        match self.request(&Request::Stop { id, grace_ms }, &[])? {
+            Reply::Ok(fields) => match fields.get(1) {
+                Some(status) => Status::from_field(status)
+                    .ok_or_else(|| malformed("Stop's status is not a status")),
+                None => Err(malformed("Stop's Ok has no status")),
+            },
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Sends signal number `signal` to process `id`, or to its process group when `group`.
+    pub fn signal(&mut self, id: Id, signal: i32, group: bool) -> Result<(), Error> {
+        match self.request(&Request::Signal { id, signal, group }, &[])? {
+            Reply::Ok(_) => Ok(()),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Every process archon supervises, and the ones that ended recently.
+    pub fn list(&mut self) -> Result<Vec<ProcessRow>, Error> {
+        match self.request(&Request::List, &[])? {
+            Reply::List(rows) => Ok(rows),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Checks that archon answers.
+    pub fn ping(&mut self) -> Result<(), Error> {
+        match self.request(&Request::Ping, &[])? {
+            Reply::Pong => Ok(()),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// archon's version and its protocol's version.
+    pub fn version(&mut self) -> Result<(Vec<u8>, u32), Error> {
+        match self.request(&Request::Version, &[])? {
+            Reply::Version { archon, protocol } => Ok((archon, protocol)),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+}
+
+impl AsFd for Client {
+    /// The connection's socket, to wait on it with `poll(2)`.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+fn malformed(what: &str) -> Error {
+    Error::Malformed(ReplyError(what.to_string()))
+}
+
+fn refused_or_unexpected(reply: Reply) -> Error {
+    match reply {
+        Reply::Error(reason) => Error::Refused(reason),
+        other => Error::Unexpected(other),
+    }
+}
+
+/// `Ok,<id>,<pid>[,...]`: fields after the pid are an extension and are ignored.
+fn id_and_pid(reply: Reply) -> Result<(Id, i32), Error> {
+    let fields = match reply {
+        Reply::Ok(fields) => fields,
+        other => return Err(refused_or_unexpected(other)),
+    };
+    let (Some(id), Some(pid)) = (fields.first(), fields.get(1)) else {
+        return Err(malformed("Ok without <id>,<pid>"));
+    };
+    let id = decimal(id).ok_or_else(|| malformed("id is not a number"))?;
+    let pid = decimal(pid)
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|&p| p > 0)
+        .ok_or_else(|| malformed("pid is not a pid"))?;
+    Ok((id, pid))
+}
+
+/// A decimal number: digits only, no sign.
+fn decimal(field: &[u8]) -> Option<u64> {
+    if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Display;
+    use std::io::{BufRead, BufReader, IoSliceMut, Write};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixListener;
+    use std::thread::{self, JoinHandle};
+
+    use archon_proto::{EnvEntry, Kind, ProcState};
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+
+    /// Fail instead of hang: no test waits longer than this for a byte.
+    const GUARD: Duration = Duration::from_secs(20);
+
+    fn ok<T, E: Display>(r: Result<T, E>, what: &str) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => unreachable!("{what}: {e}"),
+        }
+    }
+
+    fn pair() -> (Client, UnixStream) {
+        let (a, b) = ok(UnixStream::pair(), "socketpair");
+        ok(a.set_read_timeout(Some(GUARD)), "timeout");
+        ok(b.set_read_timeout(Some(GUARD)), "timeout");
+        (Client::from_stream(a), b)
+    }
+
+    fn join(server: JoinHandle<Result<(), String>>) {
+        match server.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => unreachable!("fake server: {e}"),
+            Err(_) => unreachable!("fake server panicked"),
+        }
+    }
+
+    /// One `recvmsg`: the bytes and the descriptors that came with them.
+    fn recv_once(sock: &UnixStream, max: usize) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+        let mut buf = vec![0u8; max];
+        let mut space = nix::cmsg_space!([RawFd; 8]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| format!("recvmsg: {e}"))?;
+        let n = msg.bytes;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(|e| format!("cmsgs: {e}"))? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel installed these descriptors for us; nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        buf.truncate(n);
+        Ok((buf, fds))
+    }
+
+    /// What a descriptor refers to: (device, inode).
+    fn ident(fd: BorrowedFd<'_>) -> (u64, u64) {
+        let m = ok(
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            "stat fd",
+        );
+        (m.dev(), m.ino())
+    }
+
+    /// A fake archon: for each (line, reply), reads one line, checks it, writes the reply; then
+    /// closes the connection.
+    fn serve(
+        sock: UnixStream,
+        script: Vec<(&'static str, &'static str)>,
+    ) -> JoinHandle<Result<(), String>> {
+        thread::spawn(move || {
+            let mut reader = BufReader::new(sock.try_clone().map_err(|e| e.to_string())?);
+            let mut sock = sock;
+            for (want, reply) in script {
+                let mut line = Vec::new();
+                reader
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| e.to_string())?;
+                if line != want.as_bytes() {
+                    return Err(format!(
+                        "got {:?}, want {want:?}",
+                        String::from_utf8_lossy(&line)
+                    ));
+                }
+                sock.write_all(reply.as_bytes())
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn fds_travel_with_the_line() {
+        let (mut client, server) = pair();
+        let pipes = [
+            ok(io::pipe(), "pipe"),
+            ok(io::pipe(), "pipe"),
+            ok(io::pipe(), "pipe"),
+        ];
+        let fds: Vec<BorrowedFd<'_>> = pipes.iter().map(|(r, _)| r.as_fd()).collect();
+        let request = Request::Run(Command::new(["/bin/echo", "a,b"]));
+        ok(client.send(&request, &fds), "send");
+        let (bytes, got) = ok(recv_once(&server, 4096), "recv");
+        assert_eq!(bytes, b"Run,/bin/echo,\"a,b\"\n");
+        assert_eq!(got.len(), 3);
+        for (sent, received) in fds.iter().zip(&got) {
+            assert_eq!(ident(*sent), ident(received.as_fd()));
+        }
+    }
+
+    #[test]
+    fn a_long_line_carries_its_fds_once() {
+        let (mut client, server) = pair();
+        // A small send buffer makes the kernel cut the line into many pieces.
+        ok(setsockopt(&client, sockopt::SndBuf, &4096), "SO_SNDBUF");
+        let arg = "x".repeat(60_000);
+        let line = format!("Run,/bin/echo,{arg}\n");
+        let reader = thread::spawn(move || -> Result<(Vec<u8>, Vec<usize>), String> {
+            let mut all = Vec::new();
+            let mut fds_at = Vec::new();
+            while all.last() != Some(&b'\n') {
+                let (bytes, fds) = recv_once(&server, 65536)?;
+                if bytes.is_empty() {
+                    return Err("EOF".into());
+                }
+                if !fds.is_empty() {
+                    fds_at.push(all.len());
+                }
+                all.extend(bytes);
+            }
+            Ok((all, fds_at))
+        });
+        let (r, _w) = ok(io::pipe(), "pipe");
+        ok(
+            client.send_line(line.trim_end().as_bytes(), &[r.as_fd()]),
+            "send",
+        );
+        let (all, fds_at) = match reader.join() {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => unreachable!("reader: {e}"),
+            Err(_) => unreachable!("reader panicked"),
+        };
+        assert!(all == line.as_bytes(), "{} bytes received", all.len());
+        assert_eq!(fds_at, vec![0], "the fd comes once, with the first byte");
+    }
+
+    #[test]
+    fn a_list_split_over_many_reads_is_assembled() {
+        let (mut client, server) = pair();
+        let rows = vec![
+            ProcessRow {
+                id: 1,
+                kind: Kind::Daemon,
+                pid: 42,
+                state: ProcState::Running,
+                started_ms: 1_763_769_600_250,
+                status: None,
+                argv: vec![
+                    b"sh".to_vec(),
+                    b"-c".to_vec(),
+                    b"echo \"x,y\"\nsleep 9".to_vec(),
+                ],
+            },
+            ProcessRow {
+                id: 2,
+                kind: Kind::Run,
+                pid: 43,
+                state: ProcState::Exited,
+                started_ms: 3,
+                status: Some(Status::Exited(7)),
+                argv: vec![b"true".to_vec()],
+            },
+        ];
+        let bytes = Reply::List(rows.clone()).encode();
+        let server = thread::spawn(move || -> Result<(), String> {
+            let mut line = Vec::new();
+            BufReader::new(&server)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| e.to_string())?;
+            if line != b"List\n" {
+                return Err(format!("got {line:?}"));
+            }
+            for piece in bytes.chunks(5) {
+                (&server).write_all(piece).map_err(|e| e.to_string())?;
+                // Not a timing assertion: only makes separate reads likely.
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        });
+        assert_eq!(ok(client.list(), "list"), rows);
+        join(server);
+    }
+
+    #[test]
+    fn pipelined_replies_come_in_order_with_their_bytes() {
+        let (mut client, mut server) = pair();
+        for r in [Request::Ping, Request::Version, Request::List] {
+            ok(client.send(&r, &[]), "send");
+        }
+        let wire = b"Pong\nVersion,0.1.0,1\r\nList,0\nError,\"a,\"\"b\"\"\"\n";
+        ok(server.write_all(wire), "write");
+        let mut raw = Vec::new();
+        let mut replies = Vec::new();
+        for _ in 0..4 {
+            let r = ok(client.receive(), "receive");
+            raw.extend_from_slice(&r.raw);
+            replies.push(r.reply);
+        }
+        assert_eq!(raw, wire);
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Pong,
+                Reply::Version {
+                    archon: b"0.1.0".to_vec(),
+                    protocol: 1
+                },
+                Reply::List(vec![]),
+                Reply::Error(b"a,\"b\"".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn conveniences_speak_the_explicit_form_and_read_their_replies() {
+        let (mut client, server) = pair();
+        let server = serve(
+            server,
+            vec![
+                ("StartDaemon,sleep,100\n", "Ok,4,1234,extension\n"),
+                ("Run,,2,/bin/echo,A=1,HOME\n", "Error,busy\n"),
+                ("Run,/bin/sh,-c,exit 3,B=2\n", "ExitStatus,3\n"),
+                ("Stop,4,250\n", "Ok,4,SIGTERM\n"),
+                ("Stop,5\n", "Ok,5\n"),
+                ("Signal,4,SIGHUP,group\n", "Ok,4\n"),
+                ("Monitor,99\n", "Error,no such process\n"),
+                ("Ping\n", "Pong\n"),
+                ("Version\n", "Version,0.1.0,1\n"),
+                ("List\n", "Pong\n"),
+                ("Ping\n", "Pon"),
+            ],
+        );
+        assert_eq!(
+            ok(
+                client.start_daemon(&Command::new(["sleep", "100"]), &[]),
+                "start"
+            ),
+            (4, 1234)
+        );
+        let tricky = Command {
+            argv: vec![b"/bin/echo".to_vec(), b"A=1".to_vec()],
+            env: vec![EnvEntry::unset("HOME")],
+        };
+        assert!(matches!(
+            client.run(&tricky, &[]),
+            Err(Error::Refused(r)) if r == b"busy"
+        ));
+        let simple = Command {
+            argv: vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"exit 3".to_vec()],
+            env: vec![EnvEntry::set("B", "2")],
+        };
+        assert_eq!(ok(client.run(&simple, &[]), "run"), Status::Exited(3));
+        assert_eq!(ok(client.stop(4, Some(250)), "stop"), Status::Signaled(15));
+        assert!(matches!(client.stop(5, None), Err(Error::Malformed(_))));
+        ok(client.signal(4, 1, true), "signal");
+        assert!(matches!(
+            client.monitor(99),
+            Err(Error::Refused(r)) if r == b"no such process"
+        ));
+        ok(client.ping(), "ping");
+        assert_eq!(ok(client.version(), "version"), (b"0.1.0".to_vec(), 1));
+        assert!(matches!(client.list(), Err(Error::Unexpected(Reply::Pong))));
+        assert!(matches!(client.ping(), Err(Error::Closed)));
+        join(server);
+    }
+
+    #[test]
+    fn monitor_fd_sends_one_pidfd() {
+        let (mut client, server) = pair();
+        let pidfd = match crate::pidfd_open(std::process::id() as i32) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return,
+            Err(e) => unreachable!("pidfd_open: {e}"),
+        };
+        let server = thread::spawn(move || -> Result<usize, String> {
+            let (bytes, fds) = recv_once(&server, 4096)?;
+            if bytes != b"MonitorFD\n" {
+                return Err(format!("got {bytes:?}"));
+            }
+            (&server)
+                .write_all(b"Ok,1,77\n")
+                .map_err(|e| e.to_string())?;
+            Ok(fds.len())
+        });
+        assert_eq!(ok(client.monitor_fd(pidfd.as_fd()), "monitor_fd"), (1, 77));
+        assert!(matches!(server.join(), Ok(Ok(1))));
+    }
+
+    #[test]
+    fn a_raw_line_gets_its_newline() {
+        let (mut client, server) = pair();
+        ok(client.send_line(b"Run,\"a\nb\"", &[]), "send");
+        ok(client.send_line(b"Ping\n", &[]), "send");
+        ok(client.shutdown_write(), "shutdown");
+        let mut all = Vec::new();
+        ok((&server).read_to_end(&mut all), "read");
+        assert_eq!(all, b"Run,\"a\nb\"\nPing\n");
+    }
+
+    #[test]
+    fn a_silent_archon_times_out_and_the_reply_can_still_come() {
+        let (mut client, mut server) = pair();
+        ok(
+            client.set_read_timeout(Some(Duration::from_millis(20))),
+            "timeout",
+        );
+        ok(server.write_all(b"Po"), "write");
+        assert!(matches!(client.receive(), Err(Error::TimedOut)));
+        ok(client.set_read_timeout(Some(GUARD)), "timeout");
+        ok(server.write_all(b"ng\n"), "write");
+        assert_eq!(ok(client.receive(), "receive").reply, Reply::Pong);
+    }
+
+    fn temp_socket(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("archon-ctl-{}-{name}.sock", std::process::id()))
+    }
+
+    #[test]
+    fn connect_failures_name_the_path() {
+        let path = temp_socket("absent");
+        match Client::connect(Some(&path)) {
+            Err(Error::Connect { path: p, source }) => {
+                assert_eq!(p, path);
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => unreachable!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn connects_by_path() {
+        let path = temp_socket("listen");
+        let _ = std::fs::remove_file(&path);
+        let listener = ok(UnixListener::bind(&path), "bind");
+        let server = thread::spawn(move || -> Result<(), String> {
+            let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
+            join(serve(sock, vec![("Ping\n", "Pong\n")]));
+            Ok(())
+        });
+        let mut client = ok(Client::connect(Some(&path)), "connect");
+        assert_eq!(client.path(), Some(path.as_path()));
+        ok(client.ping(), "ping");
+        join(server);
+        let _ = std::fs::remove_file(&path);
+    }
+}
