@@ -1,1 +1,54 @@
-fn main() {}
+//! archon: an init-grade process supervisor, driven over a Unix socket with a CSV line protocol.
+//!
+//! `main` reads the command line, sets up, and runs the loop; it alone chooses the exit code:
+//! 0 after a shutdown asked by SIGTERM or SIGINT, 100 for a usage error, 111 when archon cannot
+//! start (no socket path, socket in use, a system call failing during setup).
+
+mod args;
+mod control;
+mod event_loop;
+mod listen;
+mod log;
+mod spawn;
+mod sys;
+mod table;
+mod timers;
+
+use std::process::ExitCode;
+
+/// Exit code for a command line archon cannot use.
+const EXIT_USAGE: u8 = 100;
+/// Exit code when archon cannot start.
+const EXIT_CANNOT_START: u8 = 111;
+
+fn main() -> ExitCode {
+    // Before anything is opened, so that nothing lands on fds 0-2 by accident.
+    sys::ensure_stdio_open();
+    let opts = match args::parse(std::env::args_os().skip(1)) {
+        Ok(args::Parsed::Run(opts)) => opts,
+        Ok(args::Parsed::Help) => {
+            print!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(args::Parsed::Version) => {
+            println!("archon {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprint!("archon: {e}\n{}", args::USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    log::init(opts.log_level);
+    let mut supervisor = match event_loop::Supervisor::new(opts) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_CANNOT_START);
+        }
+    };
+    event_loop::notify_ready();
+    supervisor.run();
+    debug!("socket {} removed", supervisor.socket_path().display());
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,176 @@
+//! archon's command line.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::time::Duration;
+
+use archon_proto::limits::{
+    DEFAULT_MAX_RUNS, DEFAULT_RUN_QUEUE, DEFAULT_STOP_GRACE_MS, MAX_STOP_GRACE_MS,
+};
+
+use crate::log::Level;
+
+/// The usage text of `--help`.
+pub const USAGE: &str = "\
+usage: archon [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS] [--log-level LEVEL]
+       archon --version | --help
+
+  -s, --socket PATH     listen on PATH (default: $ARCHON_SOCKET, else /run/archon/archon.sock
+                        for root, else $XDG_RUNTIME_DIR/archon.sock)
+      --max-runs N      at most N Run commands at once (default 64)
+      --run-queue N     at most N Run requests waiting for a slot (default 256)
+      --stop-grace MS   milliseconds between SIGTERM and SIGKILL when stopping (default 7000)
+      --log-level LEVEL error, warn, info (default) or debug
+  -V, --version         print the version and exit
+  -h, --help            print this help and exit
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Run archon with these options.
+    Run(Options),
+    /// Print the help.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// archon's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `--socket`.
+    pub socket: Option<OsString>,
+    /// `--max-runs`.
+    pub max_runs: usize,
+    /// `--run-queue`.
+    pub run_queue: usize,
+    /// `--stop-grace`.
+    pub stop_grace: Duration,
+    /// `--log-level`.
+    pub log_level: Level,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            socket: None,
+            max_runs: DEFAULT_MAX_RUNS,
+            run_queue: DEFAULT_RUN_QUEUE,
+            stop_grace: Duration::from_millis(DEFAULT_STOP_GRACE_MS),
+            log_level: Level::Info,
+        }
+    }
+}
+
+/// A command line archon cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn number(opt: &str, value: &OsString, min: u64, max: u64) -> Result<u64, UsageError> {
+    value
+        .to_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "{opt}: expected a number from {min} to {max}, got {value:?}"
+            ))
+        })
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageError> {
+    let mut opts = Options::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy().into_owned();
+        let (name, inline) = match text.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(OsString::from(v))),
+            _ => (text.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| UsageError(format!("{name} needs a value")))
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "-s" | "--socket" => opts.socket = Some(value(&name)?),
+            "--max-runs" => opts.max_runs = number(&name, &value(&name)?, 1, 1 << 20)? as usize,
+            "--run-queue" => opts.run_queue = number(&name, &value(&name)?, 0, 1 << 20)? as usize,
+            "--stop-grace" => {
+                opts.stop_grace =
+                    Duration::from_millis(number(&name, &value(&name)?, 0, MAX_STOP_GRACE_MS)?)
+            }
+            "--log-level" => {
+                let v = value(&name)?;
+                opts.log_level = v.to_str().and_then(Level::parse).ok_or_else(|| {
+                    UsageError(format!(
+                        "--log-level: expected error, warn, info or debug, got {v:?}"
+                    ))
+                })?;
+            }
+            _ => return Err(UsageError(format!("unknown argument {text:?}"))),
+        }
+    }
+    Ok(Parsed::Run(opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Parsed, UsageError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(p(&[]), Ok(Parsed::Run(Options::default())));
+        let want = Options {
+            socket: Some("/tmp/a.sock".into()),
+            max_runs: 2,
+            run_queue: 0,
+            stop_grace: Duration::from_millis(250),
+            log_level: Level::Debug,
+        };
+        assert_eq!(
+            p(&[
+                "-s",
+                "/tmp/a.sock",
+                "--max-runs=2",
+                "--run-queue",
+                "0",
+                "--stop-grace",
+                "250",
+                "--log-level",
+                "debug"
+            ]),
+            Ok(Parsed::Run(want))
+        );
+        assert_eq!(p(&["--help"]), Ok(Parsed::Help));
+        assert_eq!(p(&["-V"]), Ok(Parsed::Version));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["--max-runs", "0"][..],
+            &["--max-runs"],
+            &["--stop-grace", "-1"],
+            &["--log-level", "loud"],
+            &["extra"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Client connections: reading requests with their fds, and writing replies in request order.
+//!
+//! Each connection has an input buffer framed by [`Framer`], and a queue of reply slots, one per
+//! request, filled in any order and written in order. A connection that has [`MAX_PIPELINED`]
+//! requests unanswered, or [`MAX_REPLY_BACKLOG`] bytes of replies unread, is not read until that
+//! drains, so a client that stops reading costs bounded memory and never stalls anyone else.
+//!
+//! fds come as `SCM_RIGHTS` with the bytes they were sent with; they belong to the request in which
+//! the first of those bytes falls. They are received close-on-exec and owned from the start, so
+//! every path that does not use them closes them.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use archon_proto::limits::{
+    MAX_FDS_PER_MESSAGE, MAX_PIPELINED, MAX_REPLY_BACKLOG, MAX_REPLY_BACKLOG_HARD,
+};
+use archon_proto::{Frame, Framer, Request, RequestError};
+
+/// How many bytes one read asks for.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The peer's credentials, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its pid (in archon's namespace).
+    pub pid: i32,
+    /// Its uid.
+    pub uid: u32,
+    /// Its gid.
+    pub gid: u32,
+}
+
+/// Reads the credentials of a connected Unix socket's peer.
+pub fn peer_credentials(fd: RawFd) -> io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len describe a valid ucred buffer.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// Sends `bytes` without blocking and without SIGPIPE; what does not fit is dropped. For the one
+/// line said to a connection that is refused.
+pub fn send_and_forget(fd: RawFd, bytes: &[u8]) {
+    // SAFETY: sending from a valid buffer.
+    unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+}
+
+/// A request read from a connection, or the reason it cannot be.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Its place on the connection: the reply fills this slot.
+    pub seq: u64,
+    /// The request, or what is wrong with it.
+    pub request: Result<Request, RequestError>,
+    /// The fds that came with it.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// What a read from the socket gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Some bytes.
+    Data,
+    /// The peer will send nothing more.
+    Eof,
+    /// Nothing now.
+    WouldBlock,
+}
+
+/// One client connection.
+pub struct Client {
+    /// The socket.
+    pub stream: mio::net::UnixStream,
+    /// Who is on the other end.
+    pub peer: Peer,
+    inbuf: Vec<u8>,
+    framer: Framer,
+    /// fds received, with the offset in `inbuf` of the first byte they came with.
+    fds: VecDeque<(usize, Vec<OwnedFd>)>,
+    next_seq: u64,
+    /// Reply slots from the oldest unanswered request on; `None` while the reply is pending.
+    slots: VecDeque<Option<Vec<u8>>>,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The peer has closed its sending side.
+    pub read_closed: bool,
+    /// Writing failed: the connection is dead.
+    pub broken: bool,
+    /// Close once every reply is out (after a line over the limit, or an unterminated one).
+    closing: bool,
+}
+
+impl Client {
+    /// A new connection.
+    pub fn new(stream: mio::net::UnixStream, peer: Peer) -> Client {
+        Client {
+            stream,
+            peer,
+            inbuf: Vec::new(),
+            framer: Framer::default(),
+            fds: VecDeque::new(),
+            next_seq: 0,
+            slots: VecDeque::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            read_closed: false,
+            broken: false,
+            closing: false,
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos + self.slots.iter().flatten().map(Vec::len).sum::<usize>()
+    }
+
+    /// True when archon may take another request from this connection now.
+    fn may_take(&self) -> bool {
+        !self.closing
+            && !self.broken
+            && self.slots.len() < MAX_PIPELINED
+            && self.backlog() < MAX_REPLY_BACKLOG
+    }
+
+    /// True when reading more from the socket is useful now.
+    pub fn wants_read(&self) -> bool {
+        self.may_take() && !self.read_closed
+    }
+
+    /// True when the connection has nothing left to do and can be closed.
+    pub fn finished(&self) -> bool {
+        self.broken
+            || ((self.read_closed || self.closing)
+                && self.slots.is_empty()
+                && self.out_pos == self.out.len())
+    }
+
+    /// The next complete request in the buffer, if archon may take one now.
+    pub fn take_request(&mut self) -> Option<Incoming> {
+        if !self.may_take() {
+            return None;
+        }
+        let (request, consumed) = match self.framer.next_frame(&self.inbuf) {
+            Frame::Incomplete => {
+                let error = if self.read_closed {
+                    self.framer.finish(&self.inbuf)
+                } else {
+                    None
+                };
+                let error = error?;
+                // An unterminated line at end of stream: answered, never executed.
+                let len = self.inbuf.len();
+                self.closing = true;
+                (Err(RequestError::Frame(error)), len)
+            }
+            Frame::Record { body, consumed } => (Request::parse(&self.inbuf[..body]), consumed),
+            Frame::Invalid { consumed, error } => (Err(RequestError::Frame(error)), consumed),
+            Frame::TooLong => {
+                // The stream cannot be resynchronised: answer and close.
+                self.closing = true;
+                (Err(RequestError::TooLong), self.inbuf.len())
+            }
+        };
+        let mut fds = Vec::new();
+        while self.fds.front().is_some_and(|(at, _)| *at < consumed) {
+            if let Some((_, chunk)) = self.fds.pop_front() {
+                fds.extend(chunk);
+            }
+        }
+        for (at, _) in self.fds.iter_mut() {
+            *at -= consumed;
+        }
+        self.inbuf.drain(..consumed);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.slots.push_back(None);
+        Some(Incoming { seq, request, fds })
+    }
+
+    /// Reads once from the socket (with any fds).
+    pub fn read_some(&mut self) -> io::Result<ReadOutcome> {
+        let start = self.inbuf.len();
+        self.inbuf.reserve(READ_CHUNK);
+        let spare = self.inbuf.spare_capacity_mut();
+        let mut iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let cmsg_space = unsafe {
+            libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) as u32)
+        } as usize;
+        // u64 elements keep the buffer aligned for cmsghdr.
+        let mut cmsg_buf = vec![0u64; cmsg_space.div_ceil(8)];
+        // SAFETY: an all-zero msghdr is valid; the fields are set below.
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg_space as _;
+        let n = loop {
+            // SAFETY: msg points at valid buffers for the duration of the call.
+            let n = unsafe {
+                libc::recvmsg(
+                    self.stream.as_raw_fd(),
+                    &mut msg,
+                    libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+                _ => return Err(err),
+            }
+        };
+        let fds = received_fds(&msg);
+        // SAFETY: recvmsg initialised n bytes of the spare capacity.
+        unsafe { self.inbuf.set_len(start + n) };
+        if !fds.is_empty() {
+            self.fds.push_back((start, fds));
+        }
+        if n == 0 {
+            self.read_closed = true;
+            return Ok(ReadOutcome::Eof);
+        }
+        Ok(ReadOutcome::Data)
+    }
+
+    /// Fills the reply slot of request `seq`. Returns false if the connection must be closed
+    /// because its unread replies exceed [`MAX_REPLY_BACKLOG_HARD`].
+    pub fn fill(&mut self, seq: u64, reply: Vec<u8>) -> bool {
+        let head = self.next_seq - self.slots.len() as u64;
+        if let Some(slot) = seq
+            .checked_sub(head)
+            .and_then(|i| self.slots.get_mut(i as usize))
+        {
+            *slot = Some(reply);
+        }
+        while let Some(Some(_)) = self.slots.front() {
+            if let Some(Some(bytes)) = self.slots.pop_front() {
+                if self.out_pos == self.out.len() {
+                    self.out.clear();
+                    self.out_pos = 0;
+                }
+                self.out.extend_from_slice(&bytes);
+            }
+        }
+        self.backlog() <= MAX_REPLY_BACKLOG_HARD
+    }
+
+    /// Writes what it can of the queued replies.
+    pub fn flush(&mut self) {
+        while self.out_pos < self.out.len() && !self.broken {
+            let rest = &self.out[self.out_pos..];
+            // SAFETY: sending from a valid buffer.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                self.out_pos += n as usize;
+                continue;
+            }
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => break,
+                _ => self.broken = true,
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+    }
+
+    /// Reads and discards what the peer has sent, up to a bound, so that closing does not reset
+    /// the connection before the peer has read archon's last reply.
+    pub fn drain_input(&mut self) {
+        let mut scratch = [0u8; 4096];
+        for _ in 0..64 {
+            // SAFETY: reading into a valid buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// The fds of every SCM_RIGHTS message in `msg`, now owned.
+fn received_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG_* walk stays inside the control buffer recvmsg filled, and every fd in an
+    // SCM_RIGHTS payload is new in this process and owned by nobody else.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    fds
+}

@@ -1,0 +1,988 @@
+//! The event loop: one `mio::Poll` that owns the listening socket, the clients, the signals and a
+//! pidfd per process, with timers as its timeout. It is the only place archon blocks.
+//!
+//! Every wake-up is dispatched by token to a handler that does the kernel's side (accept, read,
+//! reap, signal) and tells the [`Table`] what happened; the table says which replies are due.
+//! Tokens carry their owner in the low two bits (listener and signals, client, pidfd, exec-status
+//! pipe) and its id above, so no lookup table is needed and a stale token finds nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use archon_proto::limits::{MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION};
+use archon_proto::{Command, Id, Kind, ProcState, Reply, Request, Status};
+use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::args::Options;
+use crate::control::{self, Client, Incoming, ReadOutcome};
+use crate::listen::Listening;
+use crate::spawn::{self, Exec, ExecOutcome};
+use crate::sys;
+use crate::table::{Admission, ClientId, Proc, ReplyTo, Table, Waiter};
+use crate::timers::{TimerEvent, Timers};
+use crate::{debug, error, info, warn};
+
+/// Reads from one client per wake-up before others get a turn.
+const READS_PER_WAKE: usize = 16;
+
+/// Events taken from one `poll`.
+const EVENTS_CAPACITY: usize = 256;
+
+/// Variables that concern archon itself, never passed on to its children.
+const PRIVATE_ENV: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+const TAG_FIXED: usize = 0;
+const TAG_CLIENT: usize = 1;
+const TAG_PIDFD: usize = 2;
+const TAG_EXEC: usize = 3;
+const LISTENER: Token = Token(TAG_FIXED);
+const SIGNALS: Token = Token((1 << 2) | TAG_FIXED);
+
+fn token(tag: usize, id: u64) -> Token {
+    Token(((id as usize) << 2) | tag)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn errno_text(errno: i32) -> String {
+    nix::errno::Errno::from_raw(errno).desc().to_string()
+}
+
+/// A `Run` waiting for a slot in the pool.
+struct QueuedRun {
+    to: ReplyTo,
+    cmd: Command,
+    fds: Vec<OwnedFd>,
+}
+
+/// A shutdown in progress.
+struct Shutdown {
+    /// A second SIGTERM/SIGINT came: everything was killed at once.
+    forced: bool,
+}
+
+/// archon's state: everything the loop owns.
+pub struct Supervisor {
+    poll: Poll,
+    listening: Listening,
+    listener: UnixListener,
+    signals: Signals,
+    clients: HashMap<ClientId, Client>,
+    next_client: ClientId,
+    table: Table,
+    queue: VecDeque<QueuedRun>,
+    timers: Timers,
+    base_env: Vec<(Vec<u8>, Vec<u8>)>,
+    devnull: OwnedFd,
+    /// An fd kept spare so that, out of fds, archon can still accept and refuse a connection
+    /// instead of leaving it in the backlog to wake the loop forever.
+    spare_fd: Option<OwnedFd>,
+    opts: Options,
+    euid: u32,
+    shutdown: Option<Shutdown>,
+    /// Clients with input left after their read budget: served before the next sleep.
+    more_to_read: Vec<ClientId>,
+}
+
+/// Why archon cannot start.
+#[derive(Debug)]
+pub enum StartError {
+    /// No socket path can be worked out.
+    NoPath(archon_proto::socket::NoSocketPath),
+    /// Listening failed.
+    Listen(crate::listen::ListenError),
+    /// A system call failed while setting up.
+    Setup(&'static str, io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::NoPath(e) => write!(f, "{e}"),
+            StartError::Listen(e) => write!(f, "{e}"),
+            StartError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
+        }
+    }
+}
+
+impl Supervisor {
+    /// Sets everything up: socket, signals, subreaper. archon is listening when this returns.
+    pub fn new(opts: Options) -> Result<Supervisor, StartError> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let path = archon_proto::socket::socket_path(
+            opts.socket.as_deref(),
+            |k| std::env::var_os(k),
+            euid,
+        )
+        .map_err(StartError::NoPath)?;
+        let setup = |what| move |e| StartError::Setup(what, e);
+        let nofile = sys::raise_nofile_limit().map_err(setup("raise the open files limit"))?;
+        if let Err(e) = sys::set_child_subreaper() {
+            warn!("cannot become a child subreaper ({e}): orphans will not be reaped by archon");
+        }
+        let poll = Poll::new().map_err(setup("create the poll"))?;
+        let listening = crate::listen::listen(&path).map_err(StartError::Listen)?;
+        let std_listener = listening
+            .listener
+            .try_clone()
+            .map_err(setup("clone the listener"))?;
+        let mut listener = UnixListener::from_std(std_listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(setup("register the listener"))?;
+        let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+            .map_err(setup("install signal handlers"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(setup("register the signals"))?;
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(setup("open /dev/null"))?;
+        let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+
+        let mut base_env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !PRIVATE_ENV.iter().any(|p| k == p) && k != archon_proto::socket::SOCKET_ENV
+            })
+            .map(|(k, v)| {
+                use std::os::unix::ffi::OsStringExt;
+                (k.into_vec(), v.into_vec())
+            })
+            .collect();
+        {
+            use std::os::unix::ffi::OsStrExt;
+            base_env.push((
+                archon_proto::socket::SOCKET_ENV.as_bytes().to_vec(),
+                listening.path.as_os_str().as_bytes().to_vec(),
+            ));
+        }
+
+        info!(
+            "listening on {} (max runs {}, run queue {}, stop grace {} ms, open files {nofile})",
+            listening.path.display(),
+            opts.max_runs,
+            opts.run_queue,
+            opts.stop_grace.as_millis()
+        );
+        Ok(Supervisor {
+            poll,
+            listening,
+            listener,
+            signals,
+            clients: HashMap::new(),
+            next_client: 1,
+            table: Table::new(opts.max_runs, opts.run_queue, MAX_ENDED_KEPT),
+            queue: VecDeque::new(),
+            timers: Timers::default(),
+            base_env,
+            devnull: devnull.into(),
+            spare_fd,
+            opts,
+            euid,
+            shutdown: None,
+            more_to_read: Vec::new(),
+        })
+    }
+
+    /// The socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.listening.path.clone()
+    }
+
+    /// Runs until a shutdown completes.
+    pub fn run(&mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = if self.more_to_read.is_empty() {
+                self.timers.timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("poll: {e}");
+                }
+                continue;
+            }
+            for event in events.iter() {
+                let Token(t) = event.token();
+                let id = (t >> 2) as u64;
+                match (t & 3, event.token()) {
+                    (_, LISTENER) => self.accept(),
+                    (_, SIGNALS) => self.on_signals(),
+                    (TAG_CLIENT, _) => {
+                        self.on_client(id, event.is_writable(), event.is_write_closed())
+                    }
+                    (TAG_PIDFD, _) => self.on_pidfd(id),
+                    (TAG_EXEC, _) => self.on_exec_status(id),
+                    _ => {}
+                }
+            }
+            self.fire_timers();
+            for cid in std::mem::take(&mut self.more_to_read) {
+                self.pump(cid);
+            }
+            if self.shutdown_complete() {
+                return;
+            }
+        }
+    }
+
+    // ----- clients -----
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of fds: free the spare, accept and refuse one, take the spare back.
+                    warn!("out of file descriptors: refusing a connection");
+                    self.spare_fd = None;
+                    if let Ok((stream, _)) = self.listener.accept() {
+                        control::send_and_forget(
+                            stream.as_raw_fd(),
+                            b"Error,out of file descriptors\n",
+                        );
+                    }
+                    self.spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+                    if self.spare_fd.is_none() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: UnixStream) {
+        let fd = stream.as_raw_fd();
+        let peer = match control::peer_credentials(fd) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("cannot read a client's credentials: {e}");
+                return;
+            }
+        };
+        if peer.uid != 0 && peer.uid != self.euid {
+            info!(
+                "refused a client: uid {} pid {} is neither root nor archon's uid",
+                peer.uid, peer.pid
+            );
+            control::send_and_forget(fd, &Reply::error("permission denied").encode());
+            return;
+        }
+        if self.clients.len() >= MAX_CLIENTS {
+            warn!(
+                "refused a client (pid {}): {MAX_CLIENTS} clients already connected",
+                peer.pid
+            );
+            control::send_and_forget(fd, &Reply::error("too many clients").encode());
+            return;
+        }
+        let id = self.next_client;
+        self.next_client += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token(TAG_CLIENT, id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot register a client: {e}");
+            return;
+        }
+        debug!("client {id} connected: pid {} uid {}", peer.pid, peer.uid);
+        self.clients.insert(id, Client::new(stream, peer));
+        self.pump(id);
+    }
+
+    fn on_client(&mut self, id: ClientId, writable: bool, hung_up: bool) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            if writable {
+                c.flush();
+            }
+        }
+        self.pump(id);
+        if hung_up {
+            if let Some(c) = self.clients.get_mut(&id) {
+                // Both directions are gone: nothing more can be read or written.
+                c.broken = true;
+            }
+            self.close_if_finished(id);
+        }
+    }
+
+    /// Takes every request archon may take from a client now, reading as needed within the
+    /// budget, then writes what is ready.
+    fn pump(&mut self, id: ClientId) {
+        let mut reads = 0;
+        loop {
+            while let Some(incoming) = self.clients.get_mut(&id).and_then(Client::take_request) {
+                self.handle(id, incoming);
+            }
+            let Some(c) = self.clients.get_mut(&id) else {
+                return;
+            };
+            if !c.wants_read() {
+                break;
+            }
+            if reads == READS_PER_WAKE {
+                self.more_to_read.push(id);
+                break;
+            }
+            reads += 1;
+            match c.read_some() {
+                Ok(ReadOutcome::Data | ReadOutcome::Eof) => {}
+                Ok(ReadOutcome::WouldBlock) => break,
+                Err(e) => {
+                    debug!("client {id}: read: {e}");
+                    c.broken = true;
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.flush();
+        }
+        self.close_if_finished(id);
+    }
+
+    fn close_if_finished(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get(&id) else {
+            return;
+        };
+        if !c.finished() {
+            return;
+        }
+        if let Some(mut c) = self.clients.remove(&id) {
+            c.drain_input();
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            debug!("client {id} closed");
+        }
+    }
+
+    /// Delivers a reply to its slot; the connection may have gone, then it is dropped.
+    fn reply(&mut self, to: ReplyTo, reply: Reply) {
+        let Some(c) = self.clients.get_mut(&to.client) else {
+            return;
+        };
+        let was_blocked = !c.wants_read();
+        if !c.fill(to.seq, reply.encode()) {
+            warn!(
+                "client {}: more than the reply backlog unread, closing",
+                to.client
+            );
+            c.broken = true;
+        }
+        c.flush();
+        if was_blocked && c.wants_read() {
+            // It may have requests buffered, or unread on the socket with no new edge to come.
+            self.pump(to.client);
+        } else {
+            self.close_if_finished(to.client);
+        }
+    }
+
+    // ----- requests -----
+
+    fn handle(&mut self, client: ClientId, incoming: Incoming) {
+        let Incoming { seq, request, fds } = incoming;
+        let to = ReplyTo { client, seq };
+        let request = match request.and_then(|r| r.check_fds(fds.len()).map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(c) = self.clients.get(&client) {
+                    debug!(
+                        "client {client} (pid {} uid {}): {e}",
+                        c.peer.pid, c.peer.uid
+                    );
+                }
+                return self.reply(to, Reply::error(e));
+            }
+        };
+        if self.shutdown.is_some()
+            && matches!(
+                request,
+                Request::Run(_)
+                    | Request::StartDaemon(_)
+                    | Request::MonitorFd
+                    | Request::Monitor { .. }
+            )
+        {
+            return self.reply(to, Reply::error("shutting down"));
+        }
+        match request {
+            Request::Ping => self.reply(to, Reply::Pong),
+            Request::Version => self.reply(
+                to,
+                Reply::Version {
+                    archon: env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+                    protocol: PROTOCOL_VERSION,
+                },
+            ),
+            Request::List => self.reply(to, Reply::List(self.table.rows())),
+            Request::Run(cmd) => match self.table.admit_run() {
+                Admission::Start => self.start_run(to, cmd, fds),
+                Admission::Queue => self.queue.push_back(QueuedRun { to, cmd, fds }),
+                Admission::Busy => {
+                    let (running, waiting) = self.table.run_counts();
+                    warn!("Run refused: {running} running and {waiting} waiting");
+                    self.reply(to, Reply::error("busy"))
+                }
+            },
+            Request::StartDaemon(cmd) => self.start_daemon(to, cmd, fds),
+            Request::MonitorFd => match fds.into_iter().next() {
+                Some(fd) => self.monitor(to, fd),
+                None => self.reply(to, Reply::error("MonitorFD needs a pidfd attached")),
+            },
+            Request::Monitor { pid } => match sys::pidfd_open(pid) {
+                Ok(fd) => self.monitor(to, fd),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    self.reply(to, Reply::error(format!("no such process: {pid}")))
+                }
+                Err(e) => self.reply(
+                    to,
+                    Reply::error(format!("cannot open a pidfd for {pid}: {e}")),
+                ),
+            },
+            Request::Stop { id, grace_ms } => {
+                let grace = grace_ms.map_or(self.opts.stop_grace, Duration::from_millis);
+                match self.stop(id, grace, Some(to)) {
+                    Ok(()) => {}
+                    Err(reason) => self.reply(to, Reply::error(reason)),
+                }
+            }
+            Request::Signal { id, signal, group } => {
+                let reply = match self.signal(id, signal, group) {
+                    Ok(()) => Reply::Ok(vec![id.to_string().into_bytes()]),
+                    Err(reason) => Reply::error(reason),
+                };
+                self.reply(to, reply)
+            }
+        }
+    }
+
+    /// The fds a child gets as 0, 1, 2: those sent with the request, then /dev/null for stdin and
+    /// archon's own stderr for stdout and stderr.
+    fn stdio(&self, fds: &[OwnedFd]) -> [RawFd; 3] {
+        let default = [self.devnull.as_raw_fd(), 2, 2];
+        std::array::from_fn(|i| fds.get(i).map_or(default[i], AsRawFd::as_raw_fd))
+    }
+
+    /// Forks and execs `cmd`; on failure says why, in the words of an `Error` reply.
+    fn spawn(&mut self, kind: Kind, cmd: &Command, fds: &[OwnedFd]) -> Result<Id, String> {
+        let exec = Exec::prepare(cmd, &self.base_env).map_err(|e| e.to_string())?;
+        let child = spawn::spawn(&exec, self.stdio(fds))
+            .map_err(|e| format!("cannot start a process: {e}"))?;
+        let mut proc = Proc::new(kind, child.pid, now_ms(), cmd.argv.clone());
+        let raw = child.pidfd.as_raw_fd();
+        proc.pidfd = Some(child.pidfd);
+        proc.exec_pipe = Some(child.exec_status);
+        let id = self.table.insert(proc);
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&raw),
+            token(TAG_PIDFD, id),
+            Interest::READABLE,
+        ) {
+            // Still reaped through SIGCHLD; only the wake-up is lost.
+            warn!("cannot watch the pidfd of {}: {e}", child.pid);
+        }
+        debug!(
+            "started {id} ({kind}): pid {} {}",
+            child.pid,
+            String::from_utf8_lossy(&cmd.argv.join(&b' '))
+        );
+        Ok(id)
+    }
+
+    fn start_run(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>) {
+        match self.spawn(Kind::Run, &cmd, &fds) {
+            Ok(id) => {
+                if let Some(p) = self.table.get_mut(id) {
+                    // A Run is not watched for its exec: the outcome is read when it ends.
+                    p.state = ProcState::Running;
+                    p.waiters.push(Waiter::Run(to));
+                }
+            }
+            Err(reason) => {
+                self.reply(to, Reply::error(reason));
+                self.run_slot_freed();
+            }
+        }
+        // The child has its own copies of the fds; archon's close here.
+        drop(fds);
+    }
+
+    fn run_slot_freed(&mut self) {
+        self.table.release_run_slot();
+        while self.table.dequeue_run() {
+            let Some(q) = self.queue.pop_front() else {
+                self.table.release_run_slot();
+                return;
+            };
+            self.start_run(q.to, q.cmd, q.fds);
+        }
+    }
+
+    fn start_daemon(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>) {
+        let id = match self.spawn(Kind::Daemon, &cmd, &fds) {
+            Ok(id) => id,
+            Err(reason) => return self.reply(to, Reply::error(reason)),
+        };
+        let Some(p) = self.table.get_mut(id) else {
+            return;
+        };
+        p.on_start = Some(to);
+        let registered = p.exec_pipe.as_ref().map(|pipe| {
+            let raw = pipe.as_raw_fd();
+            self.poll.registry().register(
+                &mut SourceFd(&raw),
+                token(TAG_EXEC, id),
+                Interest::READABLE,
+            )
+        });
+        if let Some(Err(e)) = registered {
+            warn!("cannot watch the exec of {id}: {e}; answering at once");
+            self.on_exec_status(id);
+        }
+    }
+
+    /// The exec-status pipe of a daemon is readable: it ran, or it could not be executed.
+    fn on_exec_status(&mut self, id: Id) {
+        let Some(p) = self.table.get_mut(id) else {
+            return;
+        };
+        let Some(pipe) = p.exec_pipe.as_ref() else {
+            return;
+        };
+        let outcome = spawn::exec_outcome(pipe);
+        if outcome == ExecOutcome::Pending {
+            return;
+        }
+        if let Some(pipe) = p.exec_pipe.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.as_raw_fd()));
+        }
+        match outcome {
+            ExecOutcome::Failed(errno) => {
+                let reason = exec_failure(&p.argv, errno);
+                let to = p.on_start.take();
+                // It exits 127 at once; the record goes when it is reaped.
+                p.exec_failed = true;
+                if let Some(to) = to {
+                    self.reply(to, Reply::error(reason));
+                }
+            }
+            _ => {
+                if p.state == ProcState::Starting {
+                    p.state = ProcState::Running;
+                }
+                let (pid, to) = (p.pid, p.on_start.take());
+                if let Some(to) = to {
+                    self.reply(to, Reply::started(id, pid));
+                }
+            }
+        }
+    }
+
+    fn monitor(&mut self, to: ReplyTo, pidfd: OwnedFd) {
+        if !sys::is_pidfd(pidfd.as_fd()) {
+            return self.reply(to, Reply::error("not a pidfd"));
+        }
+        let pid = match sys::pidfd_pid(pidfd.as_fd()) {
+            Ok(Some(pid)) => pid,
+            Ok(None) => return self.reply(to, Reply::error("the process has already ended")),
+            Err(e) => return self.reply(to, Reply::error(format!("cannot read the pidfd: {e}"))),
+        };
+        if let Some(id) = self
+            .table
+            .child_by_pid(pid)
+            .or_else(|| self.table.monitor_by_pid(pid))
+        {
+            return self.reply(
+                to,
+                Reply::error(format!("process {pid} is already supervised as {id}")),
+            );
+        }
+        let raw = pidfd.as_raw_fd();
+        let mut proc = Proc::new(Kind::Monitor, pid, now_ms(), Vec::new());
+        proc.pidfd = Some(pidfd);
+        let id = self.table.insert(proc);
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&raw),
+            token(TAG_PIDFD, id),
+            Interest::READABLE,
+        ) {
+            self.table.remove(id);
+            return self.reply(to, Reply::error(format!("cannot watch the pidfd: {e}")));
+        }
+        debug!("monitoring {id}: pid {pid}");
+        self.reply(to, Reply::started(id, pid));
+    }
+
+    /// Sends `sig` to a live process, or to the process group it leads.
+    fn signal(&mut self, id: Id, sig: i32, group: bool) -> Result<(), String> {
+        let p = self
+            .table
+            .get(id)
+            .ok_or_else(|| format!("no such process: {id}"))?;
+        if !p.is_live() {
+            return Err(format!("process {id} has ended"));
+        }
+        let pidfd = p
+            .pidfd
+            .as_ref()
+            .ok_or_else(|| format!("process {id} has ended"))?;
+        let result = if group {
+            if !p.is_child() && sys::getpgid(p.pid).ok() != Some(p.pid) {
+                return Err(format!("process {id} does not lead a process group"));
+            }
+            sys::signal_group(pidfd.as_fd(), p.pid, sig)
+        } else {
+            sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
+        };
+        result.map_err(|e| format!("cannot signal process {id}: {e}"))
+    }
+
+    /// Starts stopping `id`: SIGTERM (and SIGCONT, so a stopped process can act on it) to its group
+    /// when it leads one, else to it; SIGKILL when `grace` is over. `to` gets the reply when it ends.
+    fn stop(&mut self, id: Id, grace: Duration, to: Option<ReplyTo>) -> Result<(), String> {
+        let deadline = Instant::now() + grace;
+        let p = self
+            .table
+            .get_mut(id)
+            .ok_or_else(|| format!("no such process: {id}"))?;
+        if !p.is_live() {
+            return Err(format!("process {id} has ended"));
+        }
+        if let Some(to) = to {
+            p.waiters.push(Waiter::Stop(to));
+        }
+        if p.state == ProcState::Stopping {
+            // Already stopping: a shorter grace brings the SIGKILL forward.
+            if let Some(key) = p.kill_timer.filter(|k| k.deadline() > deadline) {
+                self.timers.cancel(key);
+                p.kill_timer = Some(self.timers.arm(deadline, TimerEvent::Kill(id)));
+            }
+            return Ok(());
+        }
+        p.state = ProcState::Stopping;
+        p.kill_timer = Some(self.timers.arm(deadline, TimerEvent::Kill(id)));
+        let leads_group = p.is_child() || sys::getpgid(p.pid).ok() == Some(p.pid);
+        if let Some(pidfd) = p.pidfd.as_ref() {
+            for sig in [libc::SIGTERM, libc::SIGCONT] {
+                let sent = if leads_group {
+                    sys::signal_group(pidfd.as_fd(), p.pid, sig)
+                } else {
+                    sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
+                };
+                if let Err(e) = sent {
+                    debug!("stop {id}: signal {sig}: {e}");
+                }
+            }
+        }
+        info!(
+            "stopping {id} (pid {}), SIGKILL in {} ms",
+            p.pid,
+            grace.as_millis()
+        );
+        Ok(())
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(event) = self.timers.pop_due(now) {
+            match event {
+                TimerEvent::Kill(id) => self.kill(id),
+            }
+        }
+    }
+
+    /// The grace period of a stop is over: SIGKILL to what is left of the process and its group.
+    fn kill(&mut self, id: Id) {
+        let Some(p) = self.table.get_mut(id) else {
+            return;
+        };
+        p.kill_timer = None;
+        let live = p.is_live();
+        if let Some(pidfd) = p.pidfd.as_ref() {
+            if live {
+                warn!("{id} (pid {}) did not stop in time: SIGKILL", p.pid);
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
+            }
+            if p.is_child() || sys::getpgid(p.pid).ok() == Some(p.pid) {
+                // Whatever is left in its group goes too, even after the leader has ended.
+                let _ = sys::signal_group(pidfd.as_fd(), p.pid, libc::SIGKILL);
+            }
+        }
+        if !live && p.kind != Kind::Monitor {
+            // Nothing left to signal through it.
+            p.pidfd = None;
+        }
+    }
+
+    // ----- processes ending -----
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGCHLD => self.reap_children(),
+                SIGTERM | SIGINT => self.begin_shutdown(sig),
+                SIGHUP => info!("SIGHUP: nothing to reload yet"),
+                other => info!(
+                    "ignoring signal {}",
+                    archon_proto::signal::name(other).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// Reaps every ended child: archon's own through their pidfds, orphans by pid.
+    fn reap_children(&mut self) {
+        while let Some(pid) = sys::peek_ended_child() {
+            if let Some(id) = self.table.child_by_pid(pid) {
+                let status = self
+                    .table
+                    .get(id)
+                    .and_then(|p| p.pidfd.as_ref())
+                    .and_then(|fd| sys::reap_pidfd(fd.as_fd()).ok().flatten())
+                    .or_else(|| sys::reap_pid(pid));
+                match status {
+                    Some(status) => self.child_ended(id, status),
+                    None => break,
+                }
+            } else {
+                let Some(status) = sys::reap_pid(pid) else {
+                    break;
+                };
+                match self.table.monitor_by_pid(pid) {
+                    // A monitored process whose parent died is reparented to archon.
+                    Some(id) => self.monitor_ended(id, status),
+                    None => debug!("reaped orphan {pid}: {status}"),
+                }
+            }
+        }
+    }
+
+    fn on_pidfd(&mut self, id: Id) {
+        let Some(p) = self.table.get(id) else { return };
+        let Some(pidfd) = p.pidfd.as_ref() else {
+            return;
+        };
+        if p.is_child() {
+            if !p.is_live() {
+                return;
+            }
+            if let Ok(Some(status)) = sys::reap_pidfd(pidfd.as_fd()) {
+                self.child_ended(id, status);
+            }
+            return;
+        }
+        // A monitored process: its parent reaps it, the kernel may tell how it ended (6.15+).
+        // Without the status yet (ended, not reaped) its pidfd stays watched: the reap wakes it
+        // again, with the status.
+        let status = sys::pidfd_exit_status(pidfd.as_fd());
+        self.monitor_ended(id, status.unwrap_or(Status::Unknown));
+    }
+
+    fn monitor_ended(&mut self, id: Id, status: Status) {
+        let ended = self.table.end(id, status);
+        self.settle(ended);
+        if status != Status::Unknown {
+            self.forget_pidfd(id);
+        }
+    }
+
+    fn forget_pidfd(&mut self, id: Id) {
+        let Some(p) = self.table.get_mut(id) else {
+            return;
+        };
+        if let Some(fd) = p.pidfd.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+    }
+
+    /// archon's child `id` has been reaped with `status`.
+    fn child_ended(&mut self, id: Id, status: Status) {
+        let Some(p) = self.table.get_mut(id) else {
+            return;
+        };
+        if let Some(fd) = p.pidfd.as_ref() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        if let Some(pipe) = p.exec_pipe.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.as_raw_fd()));
+            if let ExecOutcome::Failed(errno) = spawn::exec_outcome(&pipe) {
+                p.exec_failed = true;
+                let reason = exec_failure(&p.argv, errno);
+                let mut owed: Vec<ReplyTo> = p.on_start.take().into_iter().collect();
+                owed.extend(p.waiters.iter().map(|w| match w {
+                    Waiter::Run(to) | Waiter::Stop(to) => *to,
+                }));
+                for to in owed {
+                    self.reply(to, Reply::error(reason.clone()));
+                }
+            }
+        }
+        let Some(p) = self.table.get_mut(id) else {
+            return;
+        };
+        if p.exec_failed {
+            let was_run = p.kind == Kind::Run;
+            if let Some(key) = p.kill_timer {
+                self.timers.cancel(key);
+            }
+            self.table.remove(id);
+            if was_run {
+                self.run_slot_freed();
+            }
+            return;
+        }
+        debug!("{id} (pid {}) {status}", p.pid);
+        if p.kill_timer.is_none() {
+            p.pidfd = None;
+        }
+        let ended = self.table.end(id, status);
+        self.settle(ended);
+    }
+
+    fn settle(&mut self, ended: crate::table::Ended) {
+        for (to, reply) in ended.replies {
+            self.reply(to, reply);
+        }
+        for p in ended.evicted {
+            if let Some(key) = p.kill_timer {
+                self.timers.cancel(key);
+            }
+            if let Some(fd) = p.pidfd.as_ref() {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            }
+        }
+        if ended.freed_run_slot {
+            self.run_slot_freed();
+        }
+    }
+
+    // ----- shutdown -----
+
+    fn begin_shutdown(&mut self, sig: i32) {
+        let name = archon_proto::signal::name(sig).unwrap_or_default();
+        if let Some(s) = self.shutdown.as_mut() {
+            if !s.forced {
+                warn!("{name} again: killing everything now");
+                s.forced = true;
+                self.kill_everything();
+            }
+            return;
+        }
+        let live = self.table.live_children();
+        info!("{name}: stopping {} processes", live.len());
+        self.shutdown = Some(Shutdown { forced: false });
+        for q in std::mem::take(&mut self.queue) {
+            self.table.release_run_slot();
+            self.reply(q.to, Reply::error("shutting down"));
+        }
+        for id in live {
+            let _ = self.stop(id, self.opts.stop_grace, None);
+        }
+        for pid in sys::children_of_self() {
+            if self.table.child_by_pid(pid).is_none() {
+                // An orphan reparented to archon: archon is its parent now, so it is asked too.
+                // SAFETY: kill has no memory effects; the pid is an unreaped child, so it is stable.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+
+    fn kill_everything(&mut self) {
+        for id in self.table.live_children() {
+            self.kill(id);
+        }
+    }
+
+    /// True once a shutdown has stopped every child: then what is left of their groups and the
+    /// orphans is killed, the last replies go out, and the loop ends.
+    fn shutdown_complete(&mut self) -> bool {
+        if self.shutdown.is_none() || !self.table.no_live_children() {
+            return false;
+        }
+        let pending: Vec<Id> = self
+            .table
+            .iter()
+            .filter(|p| p.kill_timer.is_some())
+            .map(|p| p.id)
+            .collect();
+        for id in pending {
+            self.kill(id);
+        }
+        for pid in sys::children_of_self() {
+            // SAFETY: as in begin_shutdown.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        self.reap_children();
+        for c in self.clients.values_mut() {
+            c.flush();
+        }
+        info!("all processes stopped; exiting");
+        true
+    }
+}
+
+/// The reason given when a program cannot be executed.
+fn exec_failure(argv: &[Vec<u8>], errno: i32) -> String {
+    let program = argv
+        .first()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .unwrap_or_default();
+    format!("cannot execute {program}: {}", errno_text(errno))
+}
+
+/// Tells systemd that archon is ready, when it runs under systemd.
+pub fn notify_ready() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            warn!("cannot notify systemd: {e}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The listening socket: its path, its lock, its permissions.
+//!
+//! A lock file beside the socket (`<path>.lock`, held with `flock` for archon's life) says whether
+//! an archon is live on that path: a second one refuses to start, and a socket file left by a dead
+//! one is replaced. The socket is created mode 0600, and its directory 0700 when archon creates it.
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+/// Why archon cannot listen.
+#[derive(Debug)]
+pub enum ListenError {
+    /// Another archon holds the lock.
+    Running(PathBuf),
+    /// The path exists and is not a socket: archon does not delete what it did not make.
+    NotASocket(PathBuf),
+    /// A system call failed.
+    Io(&'static str, PathBuf, io::Error),
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenError::Running(p) => {
+                write!(f, "another archon is already running on {}", p.display())
+            }
+            ListenError::NotASocket(p) => write!(f, "{} exists and is not a socket", p.display()),
+            ListenError::Io(what, p, e) => write!(f, "cannot {what} {}: {e}", p.display()),
+        }
+    }
+}
+
+/// The bound socket; dropping it removes the socket file.
+pub struct Listening {
+    /// The listener, non-blocking.
+    pub listener: UnixListener,
+    /// Its path, absolute.
+    pub path: PathBuf,
+    _lock: File,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Binds and listens on `path`.
+pub fn listen(path: &Path) -> Result<Listening, ListenError> {
+    let io_err = |what, e| ListenError::Io(what, path.to_path_buf(), e);
+    let path = std::path::absolute(path).map_err(|e| io_err("resolve", e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| ListenError::Io("create directory", dir.to_path_buf(), e))?;
+        }
+    }
+
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| ListenError::Io("open lock file", lock_path.clone(), e))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.kind() {
+            io::ErrorKind::WouldBlock => ListenError::Running(path),
+            _ => ListenError::Io("lock", lock_path, e),
+        });
+    }
+
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // We hold the lock, so no archon is serving it: a stale socket.
+            fs::remove_file(&path).map_err(|e| io_err("remove stale socket", e))?;
+        }
+        Ok(_) => return Err(ListenError::NotASocket(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", e)),
+    }
+
+    // The socket's mode comes from the umask at bind: 0177 leaves 0600. archon is single-threaded
+    // here, so changing the process-wide umask for the call is safe.
+    // SAFETY: umask only swaps the mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| io_err("bind", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("configure", e))?;
+    Ok(Listening {
+        listener,
+        path,
+        _lock: lock,
+    })
+}

@@ -1,0 +1,435 @@
+//! The process table: every process archon watches, the replies owed when each ends, the `Run`
+//! pool and its queue, and the ring of recently ended processes.
+//!
+//! This is bookkeeping only: it never makes a system call, so every rule here is tested without
+//! forking. The event loop does the kernel's side and tells the table what happened.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+
+use archon_proto::record::Fields;
+use archon_proto::{Id, Kind, ProcState, ProcessRow, Reply, Status};
+
+use crate::timers::TimerKey;
+
+/// A connection, by the number archon gave it (never reused).
+pub type ClientId = u64;
+
+/// Where a reply goes: a connection and the sequence number of the request on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The connection.
+    pub client: ClientId,
+    /// The request's place on it.
+    pub seq: u64,
+}
+
+/// A reply owed when a process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    /// The `Run` that started it: `ExitStatus`.
+    Run(ReplyTo),
+    /// A `Stop`: `Ok,<id>,<status>`.
+    Stop(ReplyTo),
+}
+
+/// One watched process.
+#[derive(Debug)]
+pub struct Proc {
+    /// archon's id for it.
+    pub id: Id,
+    /// How it came under watch.
+    pub kind: Kind,
+    /// Its pid.
+    pub pid: i32,
+    /// Where it is in its life.
+    pub state: ProcState,
+    /// Start (or start of watch), in milliseconds since the epoch.
+    pub started_ms: u64,
+    /// How it ended.
+    pub status: Option<Status>,
+    /// Its command line (empty for a monitored process).
+    pub argv: Fields,
+    /// Its pidfd: registered with the poll while it runs, kept after it ends while its process
+    /// group may still need a signal.
+    pub pidfd: Option<OwnedFd>,
+    /// The exec-status pipe, until the exec is known to have succeeded or failed.
+    pub exec_pipe: Option<OwnedFd>,
+    /// `StartDaemon`'s reply, sent once the exec is known.
+    pub on_start: Option<ReplyTo>,
+    /// Replies owed when it ends.
+    pub waiters: Vec<Waiter>,
+    /// The pending SIGKILL of a stop in progress.
+    pub kill_timer: Option<TimerKey>,
+    /// Its program could not be executed: the client was told `Error`, and the record goes when
+    /// the child is reaped.
+    pub exec_failed: bool,
+}
+
+impl Proc {
+    /// A process archon has just started or begun to watch.
+    pub fn new(kind: Kind, pid: i32, started_ms: u64, argv: Fields) -> Proc {
+        Proc {
+            id: 0,
+            kind,
+            pid,
+            state: if kind == Kind::Monitor {
+                ProcState::Running
+            } else {
+                ProcState::Starting
+            },
+            started_ms,
+            status: None,
+            argv,
+            pidfd: None,
+            exec_pipe: None,
+            on_start: None,
+            waiters: Vec::new(),
+            kill_timer: None,
+            exec_failed: false,
+        }
+    }
+
+    /// True until it has ended.
+    pub fn is_live(&self) -> bool {
+        self.state != ProcState::Exited
+    }
+
+    /// True for a process archon started (its child, which it reaps).
+    pub fn is_child(&self) -> bool {
+        self.kind != Kind::Monitor
+    }
+
+    fn row(&self) -> ProcessRow {
+        ProcessRow {
+            id: self.id,
+            kind: self.kind,
+            pid: self.pid,
+            state: self.state,
+            started_ms: self.started_ms,
+            status: self.status,
+            argv: self.argv.clone(),
+        }
+    }
+}
+
+/// What to do with a new `Run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A slot is free: start it now.
+    Start,
+    /// All slots are busy: queue it.
+    Queue,
+    /// The queue is full: `Error,busy`.
+    Busy,
+}
+
+/// What ended a process's record, for the loop to act on.
+#[derive(Debug)]
+pub struct Ended {
+    /// The replies now due.
+    pub replies: Vec<(ReplyTo, Reply)>,
+    /// It was a `Run`: a pool slot is free.
+    pub freed_run_slot: bool,
+    /// Records pushed out of the ended ring: drop them (their fds close).
+    pub evicted: Vec<Proc>,
+}
+
+/// The table.
+#[derive(Debug)]
+pub struct Table {
+    next_id: Id,
+    procs: BTreeMap<Id, Proc>,
+    ended: VecDeque<Id>,
+    children: HashMap<i32, Id>,
+    runs_active: usize,
+    max_runs: usize,
+    max_queue: usize,
+    queued: usize,
+    ended_kept: usize,
+}
+
+impl Table {
+    /// An empty table with a pool of `max_runs` running `Run`s and `max_queue` waiting ones, that
+    /// keeps the records of the last `ended_kept` ended processes.
+    pub fn new(max_runs: usize, max_queue: usize, ended_kept: usize) -> Table {
+        Table {
+            next_id: 1,
+            procs: BTreeMap::new(),
+            ended: VecDeque::new(),
+            children: HashMap::new(),
+            runs_active: 0,
+            max_runs,
+            max_queue,
+            queued: 0,
+            ended_kept,
+        }
+    }
+
+    /// Decides what to do with a new `Run`, and counts it where it goes.
+    pub fn admit_run(&mut self) -> Admission {
+        if self.runs_active < self.max_runs {
+            self.runs_active += 1;
+            Admission::Start
+        } else if self.queued < self.max_queue {
+            self.queued += 1;
+            Admission::Queue
+        } else {
+            Admission::Busy
+        }
+    }
+
+    /// A queued `Run` takes the slot just freed: true when there is a free slot for it.
+    pub fn dequeue_run(&mut self) -> bool {
+        if self.queued > 0 && self.runs_active < self.max_runs {
+            self.queued -= 1;
+            self.runs_active += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A `Run` that had a slot ended or never started.
+    pub fn release_run_slot(&mut self) {
+        self.runs_active = self.runs_active.saturating_sub(1);
+    }
+
+    /// `Run`s running, and waiting.
+    pub fn run_counts(&self) -> (usize, usize) {
+        (self.runs_active, self.queued)
+    }
+
+    /// Adds a process; returns its new id.
+    pub fn insert(&mut self, mut proc: Proc) -> Id {
+        let id = self.next_id;
+        self.next_id += 1;
+        proc.id = id;
+        if proc.is_child() {
+            self.children.insert(proc.pid, id);
+        }
+        self.procs.insert(id, proc);
+        id
+    }
+
+    /// The process `id`.
+    pub fn get(&self, id: Id) -> Option<&Proc> {
+        self.procs.get(&id)
+    }
+
+    /// The process `id`, to change.
+    pub fn get_mut(&mut self, id: Id) -> Option<&mut Proc> {
+        self.procs.get_mut(&id)
+    }
+
+    /// The live child with pid `pid`.
+    pub fn child_by_pid(&self, pid: i32) -> Option<Id> {
+        self.children.get(&pid).copied()
+    }
+
+    /// The live monitored process with pid `pid`.
+    pub fn monitor_by_pid(&self, pid: i32) -> Option<Id> {
+        self.procs
+            .values()
+            .find(|p| p.kind == Kind::Monitor && p.pid == pid && p.is_live())
+            .map(|p| p.id)
+    }
+
+    /// Ids of the live processes archon started.
+    pub fn live_children(&self) -> Vec<Id> {
+        self.procs
+            .values()
+            .filter(|p| p.is_child() && p.is_live())
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// True when no process archon started is still running.
+    pub fn no_live_children(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    /// Every record, live and ended.
+    pub fn iter(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.values()
+    }
+
+    /// Removes a process whose program could not be executed: it never ran, and the client was
+    /// told `Error`, so it leaves no record.
+    pub fn remove(&mut self, id: Id) -> Option<Proc> {
+        let proc = self.procs.remove(&id)?;
+        if self.children.get(&proc.pid) == Some(&id) {
+            self.children.remove(&proc.pid);
+        }
+        self.ended.retain(|&e| e != id);
+        Some(proc)
+    }
+
+    /// Records that `id` has ended with `status`: its waiters' replies become due, a `Run` frees
+    /// its slot, and the record joins the ended ring.
+    pub fn end(&mut self, id: Id, status: Status) -> Ended {
+        let mut out = Ended {
+            replies: Vec::new(),
+            freed_run_slot: false,
+            evicted: Vec::new(),
+        };
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return out;
+        };
+        if !proc.is_live() {
+            // A monitored process whose status the kernel told later: keep the better answer.
+            if proc.status == Some(Status::Unknown) && status != Status::Unknown {
+                proc.status = Some(status);
+            }
+            return out;
+        }
+        proc.state = ProcState::Exited;
+        proc.status = Some(status);
+        if let Some(to) = proc.on_start.take() {
+            // Ended before archon read the exec outcome: it ran, so it started.
+            out.replies.push((to, Reply::started(id, proc.pid)));
+        }
+        for waiter in proc.waiters.drain(..) {
+            out.replies.push(match waiter {
+                Waiter::Run(to) => (to, Reply::ExitStatus(status)),
+                Waiter::Stop(to) => (to, Reply::stopped(id, status)),
+            });
+        }
+        if proc.kind == Kind::Run {
+            out.freed_run_slot = true;
+        }
+        if proc.is_child() {
+            self.children.remove(&proc.pid);
+        }
+        self.ended.push_back(id);
+        while self.ended.len() > self.ended_kept {
+            if let Some(old) = self.ended.pop_front() {
+                out.evicted.extend(self.procs.remove(&old));
+            }
+        }
+        out
+    }
+
+    /// The rows of a `List` reply, by id.
+    pub fn rows(&self) -> Vec<ProcessRow> {
+        self.procs.values().map(Proc::row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(seq: u64) -> ReplyTo {
+        ReplyTo { client: 1, seq }
+    }
+
+    #[test]
+    fn run_pool_starts_then_queues_then_refuses() {
+        let mut t = Table::new(2, 1, 8);
+        let got: Vec<Admission> = (0..4).map(|_| t.admit_run()).collect();
+        assert_eq!(
+            got,
+            [
+                Admission::Start,
+                Admission::Start,
+                Admission::Queue,
+                Admission::Busy
+            ]
+        );
+        assert_eq!(t.run_counts(), (2, 1));
+        assert!(!t.dequeue_run(), "no slot is free yet");
+        t.release_run_slot();
+        assert!(t.dequeue_run());
+        assert_eq!(t.run_counts(), (2, 0));
+        assert!(!t.dequeue_run(), "the queue is empty");
+    }
+
+    #[test]
+    fn ending_pays_every_waiter_in_order() {
+        let mut t = Table::new(4, 4, 8);
+        let mut p = Proc::new(Kind::Run, 100, 0, vec![b"x".to_vec()]);
+        p.waiters = vec![Waiter::Run(to(1)), Waiter::Stop(to(2))];
+        let id = t.insert(p);
+        assert_eq!(t.child_by_pid(100), Some(id));
+        let ended = t.end(id, Status::Signaled(9));
+        assert_eq!(
+            ended.replies,
+            vec![
+                (to(1), Reply::ExitStatus(Status::Signaled(9))),
+                (to(2), Reply::stopped(id, Status::Signaled(9)))
+            ]
+        );
+        assert!(ended.freed_run_slot);
+        assert_eq!(t.child_by_pid(100), None);
+        assert!(t.no_live_children());
+        let row = &t.rows()[0];
+        assert_eq!(
+            (row.state, row.status),
+            (ProcState::Exited, Some(Status::Signaled(9)))
+        );
+        // Ending twice changes nothing and pays nobody twice.
+        assert!(t.end(id, Status::Exited(0)).replies.is_empty());
+        assert_eq!(t.get(id).and_then(|p| p.status), Some(Status::Signaled(9)));
+    }
+
+    #[test]
+    fn daemon_that_ends_before_its_exec_is_read_still_gets_ok() {
+        let mut t = Table::new(1, 1, 8);
+        let mut p = Proc::new(Kind::Daemon, 7, 0, vec![]);
+        p.on_start = Some(to(5));
+        let id = t.insert(p);
+        let ended = t.end(id, Status::Exited(0));
+        assert_eq!(ended.replies, vec![(to(5), Reply::started(id, 7))]);
+        assert!(!ended.freed_run_slot);
+    }
+
+    #[test]
+    fn unknown_status_is_refined_later_but_never_replaced() {
+        let mut t = Table::new(1, 1, 8);
+        let id = t.insert(Proc::new(Kind::Monitor, 9, 0, vec![]));
+        assert_eq!(t.monitor_by_pid(9), Some(id));
+        t.end(id, Status::Unknown);
+        assert_eq!(t.monitor_by_pid(9), None);
+        t.end(id, Status::Exited(3));
+        assert_eq!(t.get(id).and_then(|p| p.status), Some(Status::Exited(3)));
+        t.end(id, Status::Exited(4));
+        assert_eq!(t.get(id).and_then(|p| p.status), Some(Status::Exited(3)));
+    }
+
+    #[test]
+    fn ended_ring_keeps_the_newest() {
+        let mut t = Table::new(1, 1, 2);
+        let ids: Vec<Id> = (0..4)
+            .map(|i| t.insert(Proc::new(Kind::Daemon, 10 + i, 0, vec![])))
+            .collect();
+        let live = t.insert(Proc::new(Kind::Daemon, 99, 0, vec![]));
+        let mut evicted = Vec::new();
+        for &id in &ids {
+            evicted.extend(
+                t.end(id, Status::Exited(0))
+                    .evicted
+                    .into_iter()
+                    .map(|p| p.id),
+            );
+        }
+        assert_eq!(evicted, ids[..2]);
+        let kept: Vec<Id> = t.rows().iter().map(|r| r.id).collect();
+        assert_eq!(
+            kept,
+            vec![ids[2], ids[3], live],
+            "live records are never evicted"
+        );
+        assert_eq!(t.live_children(), vec![live]);
+    }
+
+    #[test]
+    fn ids_are_never_reused() {
+        let mut t = Table::new(1, 1, 8);
+        let a = t.insert(Proc::new(Kind::Daemon, 1, 0, vec![]));
+        t.remove(a);
+        let b = t.insert(Proc::new(Kind::Daemon, 1, 0, vec![]));
+        assert!(b > a);
+        assert_eq!(t.child_by_pid(1), Some(b));
+    }
+}
