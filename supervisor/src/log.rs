@@ -208,6 +208,6 @@ mod tests {
     fn utc_formatting() {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(format_utc(1_795_301_220_123), "2026-11-21T23:27:00.123Z");
+        assert_eq!(format_utc(1_795_303_620_123), "2026-11-21T23:27:00.123Z");
     }
 }
