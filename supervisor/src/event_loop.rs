@@ -99,7 +99,8 @@ pub struct Supervisor {
     opts: Options,
     euid: u32,
     shutdown: Option<Shutdown>,
-    /// Clients with input left after their read budget: served before the next sleep.
+    /// Clients to serve before the next sleep: input left after their read budget, or room again
+    /// for requests after replies went out.
     more_to_read: Vec<ClientId>,
 }
 
@@ -353,7 +354,7 @@ impl Supervisor {
                 break;
             }
             if reads == READS_PER_WAKE {
-                self.more_to_read.push(id);
+                self.wake(id);
                 break;
             }
             reads += 1;
@@ -403,9 +404,17 @@ impl Supervisor {
         c.flush();
         if was_blocked && c.wants_read() {
             // It may have requests buffered, or unread on the socket with no new edge to come.
-            self.pump(to.client);
+            // Served by the loop, not from here: pump -> handle -> reply must not recurse.
+            self.wake(to.client);
         } else {
             self.close_if_finished(to.client);
+        }
+    }
+
+    /// Has the loop serve a client before it sleeps again.
+    fn wake(&mut self, id: ClientId) {
+        if !self.more_to_read.contains(&id) {
+            self.more_to_read.push(id);
         }
     }
 
