@@ -65,7 +65,7 @@ impl fmt::Display for Error {
                 // The two ways a socket path can name no listening archon.
                 match source.kind() {
                     io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                        write!(f, " (is archon running?)")
+                        write!(f, "; is archon running?")
                     }
                     _ => Ok(()),
                 }
@@ -147,7 +147,7 @@ mod tests {
             text.starts_with("cannot connect to /tmp/x.sock: "),
             "{text}"
         );
-        assert!(text.ends_with("(is archon running?)"), "{text}");
+        assert!(text.ends_with("; is archon running?"), "{text}");
         let e = Error::Connect {
             path: "/tmp/x.sock".into(),
             source: io::Error::from_raw_os_error(libc::EACCES),

@@ -1,1 +1,327 @@
-fn main() {}
+//! archonctl: drive archon from a shell, with raw request lines or sub-commands, on the client
+//! library. Only `main` chooses exit codes; they are documented in archonctl(1).
+
+mod cli {
+    pub mod args;
+    pub mod table;
+}
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::process::ExitCode;
+
+use archon_ctl::{Client, Error, RawLine, pidfd_open};
+use archon_proto::request::verb;
+use archon_proto::{Command, Reply, Status};
+use nix::fcntl::{FcntlArg, fcntl};
+
+use cli::args::{self, Action, Invocation};
+use cli::table;
+
+/// Success.
+const EXIT_OK: u8 = 0;
+/// archon answered `Error`.
+const EXIT_REFUSED: u8 = 1;
+/// The command line cannot be understood (or cannot be made into a request).
+const EXIT_USAGE: u8 = 100;
+/// archon cannot be reached, its reply is malformed, or a system call failed.
+const EXIT_SYSTEM: u8 = 111;
+/// `run` (or a raw `Run` line): archon refused to run the command.
+const EXIT_RUN_REFUSED: u8 = 125;
+
+const USAGE: &str = "\
+usage: archonctl [--socket PATH] REQUEST-LINE
+       archonctl [--socket PATH] SUB-COMMAND [ARGS]
+       archonctl --help | --version
+
+A first argument that is not a sub-command is a request line: sent as it is
+(a newline appended), the reply printed as received. A Run line passes
+archonctl's stdin, stdout and stderr and exits with the command's status.
+
+sub-commands:
+  run [-e NAME=VALUE]... [--] CMD [ARG]...
+                          run CMD, wait, exit with its status
+  start [-e NAME=VALUE]... [--] CMD [ARG]...
+                          start CMD as a daemon; print its ID and PID
+  stop ID [--grace MS]    stop it (SIGTERM, SIGKILL after MS); print how it ended
+  signal ID SIGNAL [--group]
+                          send SIGNAL (name or number), to its group with --group
+  status, list            list the processes archon supervises
+  monitor PID [--pidfd]   watch a process archon did not start; print ID and PID
+  ping                    check that archon answers
+  version                 print archon's version
+
+options:
+  -s, --socket PATH       archon's socket (default: $ARCHON_SOCKET, else
+                          /run/archon/archon.sock for root,
+                          $XDG_RUNTIME_DIR/archon.sock for others)
+  -h, --help              print this help
+  -V, --version           print archonctl's version
+
+exit status: 0 done; 1 archon answered Error; 100 usage error; 111 archon
+cannot be reached or replied badly; run: the command's status (128+N when
+killed by signal N), 125 when archon refuses to run it.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let Invocation { socket, action } = match args::parse(&args) {
+        Ok(invocation) => invocation,
+        Err(e) => {
+            warn(format_args!("{e}"));
+            warn(format_args!("try 'archonctl --help'"));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // A `run` refused by archon exits 125, any other refusal 1.
+    let refused = match &action {
+        Action::Run(_) | Action::Raw(_) => EXIT_RUN_REFUSED,
+        _ => EXIT_REFUSED,
+    };
+    let result = match action {
+        Action::Help => print(USAGE.as_bytes()).map(|()| EXIT_OK),
+        Action::Version => {
+            print(format!("archonctl {}\n", env!("CARGO_PKG_VERSION")).as_bytes()).map(|()| EXIT_OK)
+        }
+        action => Client::connect(socket.as_deref().map(Path::new))
+            .map_err(Failure::Client)
+            .and_then(|mut client| perform(&mut client, action)),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(failure) => {
+            warn(format_args!("{failure}"));
+            match failure {
+                Failure::Client(Error::Refused(_)) => refused,
+                Failure::Client(Error::Encode(_)) => EXIT_USAGE,
+                _ => EXIT_SYSTEM,
+            }
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// Why a sub-command did not do its job.
+enum Failure {
+    /// The client library's error, archon's refusal included.
+    Client(Error),
+    /// Standard output cannot be written.
+    Output(io::Error),
+    /// `monitor --pidfd`: no pidfd for that pid.
+    Pidfd(i32, io::Error),
+    /// A `Run` ended, and archon could not tell how.
+    UnknownStatus,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Client(e) => write!(f, "{e}"),
+            Failure::Output(e) => write!(f, "cannot write to standard output: {e}"),
+            Failure::Pidfd(pid, e) => write!(f, "cannot open a pidfd for process {pid}: {e}"),
+            Failure::UnknownStatus => write!(f, "the command ended; archon cannot tell how"),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Client(e)
+    }
+}
+
+/// Does what `action` asks on the connection; the exit code on success.
+fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
+    match action {
+        Action::Raw(text) => raw(client, &text),
+        Action::Run(command) => run(client, &command),
+        Action::Start(command) => {
+            let (id, pid) = client.start_daemon(&command, &[])?;
+            print_ok(format!("{id} {pid}\n"))
+        }
+        Action::Stop { id, grace_ms } => {
+            let status = client.stop(id, grace_ms)?;
+            print_ok(format!("{id} {}\n", table::status_text(Some(status))))
+        }
+        Action::Signal { id, signal, group } => {
+            client.signal(id, signal, group)?;
+            Ok(EXIT_OK)
+        }
+        Action::Status => print_ok(table::render(&client.list()?)),
+        Action::Monitor { pid, pidfd } => {
+            let (id, pid) = if pidfd {
+                let fd = pidfd_open(pid).map_err(|e| Failure::Pidfd(pid, e))?;
+                client.monitor_fd(fd.as_fd())?
+            } else {
+                client.monitor(pid)?
+            };
+            print_ok(format!("{id} {pid}\n"))
+        }
+        Action::Ping => {
+            client.ping()?;
+            print_ok("pong\n".to_string())
+        }
+        Action::ArchonVersion => {
+            let (archon, protocol) = client.version()?;
+            print_ok(format!(
+                "archon {} protocol {protocol}\n",
+                String::from_utf8_lossy(&archon)
+            ))
+        }
+        Action::Help | Action::Version => Ok(EXIT_OK),
+    }
+}
+
+/// `run`: the command gets archonctl's stdin, stdout and stderr; archonctl exits as it did.
+fn run(client: &mut Client, command: &Command) -> Result<u8, Failure> {
+    let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
+    let spare = Stdio::new([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]).map_err(Error::Io)?;
+    let status = client.run(command, &spare.fds())?;
+    run_exit_code(status)
+}
+
+/// The shell's exit code for a `Run`'s status.
+fn run_exit_code(status: Status) -> Result<u8, Failure> {
+    status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .ok_or(Failure::UnknownStatus)
+}
+
+/// A raw line: sent as it is, each reply printed as received. The exit code follows the last
+/// reply.
+fn raw(client: &mut Client, text: &[u8]) -> Result<u8, Failure> {
+    let line = RawLine::new(text);
+    let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
+    let stdio = if line.starts_with_run() {
+        Some(Stdio::new([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]).map_err(Error::Io)?)
+    } else {
+        None
+    };
+    let fds = stdio.as_ref().map(Stdio::fds).unwrap_or_default();
+    let sent = client.send_line(&line.bytes, &fds);
+    match &sent {
+        // archon answers a line that is too long, then closes without reading the rest: its
+        // reply is still there to read.
+        Err(Error::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) => {}
+        Err(_) => return sent.map(|()| EXIT_OK).map_err(Failure::Client),
+        Ok(()) if line.unterminated => client.shutdown_write()?,
+        Ok(()) => {}
+    }
+    let mut code = EXIT_OK;
+    for verb in &line.verbs {
+        let received = match client.receive() {
+            Ok(received) => received,
+            Err(e) => return Err(Failure::Client(sent.err().unwrap_or(e))),
+        };
+        print(&received.raw)?;
+        code = raw_exit_code(verb.as_deref(), &received.reply)?;
+    }
+    Ok(code)
+}
+
+/// The exit code for one reply to a raw line whose first field is `verb`.
+fn raw_exit_code(verb: Option<&[u8]>, reply: &Reply) -> Result<u8, Failure> {
+    let is_run = verb == Some(verb::RUN.as_bytes());
+    match reply {
+        Reply::ExitStatus(status) if is_run => run_exit_code(*status),
+        Reply::Error(_) if is_run => Ok(EXIT_RUN_REFUSED),
+        Reply::Error(_) => Ok(EXIT_REFUSED),
+        _ => Ok(EXIT_OK),
+    }
+}
+
+/// archonctl's stdin, stdout and stderr, to pass to a `Run`; one that is closed is replaced by
+/// `/dev/null`, so that the other two keep their places.
+struct Stdio<'a> {
+    fds: [BorrowedFd<'a>; 3],
+    null: [Option<File>; 3],
+}
+
+impl<'a> Stdio<'a> {
+    fn new(fds: [BorrowedFd<'a>; 3]) -> io::Result<Stdio<'a>> {
+        let mut null = [None, None, None];
+        for (fd, slot) in fds.iter().zip(&mut null) {
+            if fcntl(fd, FcntlArg::F_GETFD).is_err() {
+                *slot = Some(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/null")?,
+                );
+            }
+        }
+        Ok(Stdio { fds, null })
+    }
+
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.fds
+            .iter()
+            .zip(&self.null)
+            .map(|(fd, null)| null.as_ref().map_or(*fd, AsFd::as_fd))
+            .collect()
+    }
+}
+
+fn print(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(Failure::Output)
+}
+
+fn print_ok(text: String) -> Result<u8, Failure> {
+    print(text.as_bytes()).map(|()| EXIT_OK)
+}
+
+/// A message on stderr; if stderr is gone there is no one to tell.
+fn warn(message: fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "archonctl: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_statuses_map_like_a_shell() {
+        assert!(matches!(run_exit_code(Status::Exited(0)), Ok(0)));
+        assert!(matches!(run_exit_code(Status::Exited(255)), Ok(255)));
+        assert!(matches!(run_exit_code(Status::Signaled(9)), Ok(137)));
+        assert!(matches!(run_exit_code(Status::Signaled(64)), Ok(192)));
+        assert!(matches!(
+            run_exit_code(Status::Unknown),
+            Err(Failure::UnknownStatus)
+        ));
+    }
+
+    #[test]
+    fn raw_replies_map_to_exit_codes() {
+        let run = Some(&b"Run"[..]);
+        let start = Some(&b"StartDaemon"[..]);
+        let error = Reply::error("busy");
+        let cases: &[(Option<&[u8]>, Reply, u8)] = &[
+            (run, Reply::ExitStatus(Status::Exited(3)), 3),
+            (run, Reply::ExitStatus(Status::Signaled(15)), 143),
+            (run, error.clone(), EXIT_RUN_REFUSED),
+            (start, error.clone(), EXIT_REFUSED),
+            (None, error, EXIT_REFUSED),
+            (start, Reply::started(1, 2), EXIT_OK),
+            (Some(b"Ping"), Reply::Pong, EXIT_OK),
+        ];
+        for (verb, reply, want) in cases {
+            assert!(
+                matches!(raw_exit_code(*verb, reply), Ok(c) if c == *want),
+                "{reply:?}"
+            );
+        }
+    }
+}

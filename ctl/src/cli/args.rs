@@ -1,0 +1,551 @@
+//! archonctl's command line, read by hand into an [`Invocation`]: pure, so tables test it.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+
+use archon_proto::limits::MAX_STOP_GRACE_MS;
+use archon_proto::{Command, EnvEntry, Id, signal};
+
+/// What archonctl was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `--help`: print the usage.
+    Help,
+    /// `--version`: print archonctl's version.
+    Version,
+    /// A raw line, sent as it is.
+    Raw(Vec<u8>),
+    /// `run`: run a command, wait, exit with its status.
+    Run(Command),
+    /// `start`: start a daemon.
+    Start(Command),
+    /// `stop ID [--grace MS]`.
+    Stop {
+        /// The process.
+        id: Id,
+        /// SIGTERM to SIGKILL, in milliseconds.
+        grace_ms: Option<u64>,
+    },
+    /// `signal ID SIGNAL [--group]`.
+    Signal {
+        /// The process.
+        id: Id,
+        /// The signal's number.
+        signal: i32,
+        /// To its process group.
+        group: bool,
+    },
+    /// `status` or `list`.
+    Status,
+    /// `monitor PID [--pidfd]`.
+    Monitor {
+        /// The process.
+        pid: i32,
+        /// Open the pidfd here and send `MonitorFD`.
+        pidfd: bool,
+    },
+    /// `ping`.
+    Ping,
+    /// `version`: archon's version.
+    ArchonVersion,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// `--socket PATH`.
+    pub socket: Option<OsString>,
+    /// The rest.
+    pub action: Action,
+}
+
+/// A command line that cannot be understood; its text says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+fn show(arg: &OsStr) -> String {
+    arg.to_string_lossy().into_owned()
+}
+
+/// Reads archonctl's arguments (without the program name).
+pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
+    let mut socket = None;
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        let bytes = arg.as_bytes();
+        match bytes {
+            b"--" => {
+                i += 1;
+                break;
+            }
+            b"-h" | b"--help" => return Ok(invocation(socket, Action::Help)),
+            b"-V" | b"--version" => return Ok(invocation(socket, Action::Version)),
+            b"-s" | b"--socket" => {
+                let value = args
+                    .get(i + 1)
+                    .ok_or_else(|| usage(format!("{} needs a PATH", show(arg))))?;
+                socket = Some(value.clone());
+                i += 2;
+            }
+            _ if bytes.starts_with(b"--socket=") => {
+                socket = Some(OsStr::from_bytes(&bytes[b"--socket=".len()..]).to_os_string());
+                i += 1;
+            }
+            [b'-', _, ..] => return Err(usage(format!("unknown option: {}", show(arg)))),
+            _ => break,
+        }
+    }
+    let Some(word) = args.get(i) else {
+        return Err(usage("missing a sub-command or a request line"));
+    };
+    let rest = &args[i + 1..];
+    let action = match word.as_bytes() {
+        b"run" => command(rest, Action::Run)?,
+        b"start" => command(rest, Action::Start)?,
+        b"stop" => stop(rest)?,
+        b"signal" => signal(rest)?,
+        b"status" | b"list" => none(rest, Action::Status)?,
+        b"monitor" => monitor(rest)?,
+        b"ping" => none(rest, Action::Ping)?,
+        b"version" => none(rest, Action::ArchonVersion)?,
+        line => {
+            if !rest.is_empty() {
+                return Err(usage(
+                    "a request line is one argument: quote it, or use a sub-command",
+                ));
+            }
+            Action::Raw(line.to_vec())
+        }
+    };
+    Ok(invocation(socket, action))
+}
+
+fn invocation(socket: Option<OsString>, action: Action) -> Invocation {
+    Invocation { socket, action }
+}
+
+/// `[-e NAME=VALUE]... [--] CMD ARGS...`, made into `make(command)`.
+fn command(args: &[OsString], make: fn(Command) -> Action) -> Result<Action, UsageError> {
+    let mut env = Vec::new();
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        let bytes = arg.as_bytes();
+        let assignment = match bytes {
+            b"--" => {
+                i += 1;
+                break;
+            }
+            b"-h" | b"--help" => return Ok(Action::Help),
+            b"-e" | b"--env" => {
+                i += 1;
+                args.get(i)
+                    .ok_or_else(|| usage(format!("{} needs NAME=VALUE", show(arg))))?
+                    .as_bytes()
+            }
+            _ if bytes.starts_with(b"--env=") => &bytes[b"--env=".len()..],
+            [b'-', b'e', value @ ..] => value,
+            [b'-', _, ..] => {
+                return Err(usage(format!(
+                    "unknown option: {} (put -- before a command that starts with '-')",
+                    show(arg)
+                )));
+            }
+            _ => break,
+        };
+        env.push(env_entry(assignment)?);
+        i += 1;
+    }
+    let argv: Vec<Vec<u8>> = args[i..].iter().map(|a| a.as_bytes().to_vec()).collect();
+    if argv.is_empty() {
+        return Err(usage("missing the command to run"));
+    }
+    Ok(make(Command { argv, env }))
+}
+
+fn env_entry(assignment: &[u8]) -> Result<EnvEntry, UsageError> {
+    match assignment.iter().position(|&b| b == b'=') {
+        Some(eq) if eq > 0 => Ok(EnvEntry::set(&assignment[..eq], &assignment[eq + 1..])),
+        _ => Err(usage(format!(
+            "-e takes NAME=VALUE, got {:?}",
+            String::from_utf8_lossy(assignment)
+        ))),
+    }
+}
+
+/// A sub-command's arguments, sorted.
+struct Split<'a> {
+    /// The arguments that are not flags, in order.
+    positionals: Vec<&'a OsStr>,
+    /// The flags given, each with its value if it takes one, in order.
+    flags: Vec<(&'static str, Option<&'a OsStr>)>,
+}
+
+/// Splits a sub-command's arguments into positionals and the flags in `allowed` (names from
+/// [`KNOWN_FLAGS`]), in any order; `--` ends the flags. Returns `None` for `--help`.
+fn split_flags<'a>(
+    args: &'a [OsString],
+    allowed: &[&str],
+) -> Result<Option<Split<'a>>, UsageError> {
+    let mut positionals = Vec::new();
+    let mut found = Vec::new();
+    let mut i = 0;
+    let mut options = true;
+    while let Some(arg) = args.get(i) {
+        i += 1;
+        let bytes = arg.as_bytes();
+        if !options || bytes.len() < 2 || bytes[0] != b'-' {
+            positionals.push(arg.as_os_str());
+            continue;
+        }
+        if bytes == b"--" {
+            options = false;
+            continue;
+        }
+        if bytes == b"-h" || bytes == b"--help" {
+            return Ok(None);
+        }
+        let (name, inline) = match bytes.iter().position(|&b| b == b'=') {
+            Some(eq) => (&bytes[..eq], Some(OsStr::from_bytes(&bytes[eq + 1..]))),
+            None => (bytes, None),
+        };
+        let Some(&(flag, takes_value)) = KNOWN_FLAGS
+            .iter()
+            .find(|(f, _)| f.as_bytes() == name && allowed.contains(f))
+        else {
+            return Err(usage(format!("unknown option: {}", show(arg))));
+        };
+        let value = match (takes_value, inline) {
+            (true, Some(v)) => Some(v),
+            (true, None) => {
+                let v = args
+                    .get(i)
+                    .ok_or_else(|| usage(format!("{flag} needs a value")))?;
+                i += 1;
+                Some(v.as_os_str())
+            }
+            (false, None) => None,
+            (false, Some(_)) => return Err(usage(format!("{flag} takes no value"))),
+        };
+        found.push((flag, value));
+    }
+    Ok(Some(Split {
+        positionals,
+        flags: found,
+    }))
+}
+
+/// Every sub-command flag, and whether it takes a value.
+const KNOWN_FLAGS: [(&str, bool); 3] = [("--grace", true), ("--group", false), ("--pidfd", false)];
+
+fn exact<'a>(positionals: &[&'a OsStr], names: &[&str]) -> Result<Vec<&'a OsStr>, UsageError> {
+    match positionals.len().cmp(&names.len()) {
+        std::cmp::Ordering::Less => Err(usage(format!("missing {}", names[positionals.len()]))),
+        std::cmp::Ordering::Greater => Err(usage(format!(
+            "unexpected argument: {}",
+            show(positionals[names.len()])
+        ))),
+        std::cmp::Ordering::Equal => Ok(positionals.to_vec()),
+    }
+}
+
+/// A decimal number: digits only, no sign.
+fn number(arg: &OsStr, what: &str) -> Result<u64, UsageError> {
+    let bytes = arg.as_bytes();
+    let n = if !bytes.is_empty() && bytes.len() <= 20 && bytes.iter().all(u8::is_ascii_digit) {
+        arg.to_str().and_then(|s| s.parse().ok())
+    } else {
+        None
+    };
+    n.ok_or_else(|| usage(format!("{what} is not a number: {}", show(arg))))
+}
+
+fn stop(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(args, &["--grace"])?
+    else {
+        return Ok(Action::Help);
+    };
+    let [id] = exact(&pos, &["ID"])?[..] else {
+        return Err(usage("missing ID"));
+    };
+    let mut grace_ms = None;
+    for (_, value) in flags {
+        let ms = number(value.unwrap_or_default(), "the grace period")?;
+        if ms > MAX_STOP_GRACE_MS {
+            return Err(usage(format!(
+                "the grace period is at most {MAX_STOP_GRACE_MS} ms"
+            )));
+        }
+        grace_ms = Some(ms);
+    }
+    Ok(Action::Stop {
+        id: number(id, "ID")?,
+        grace_ms,
+    })
+}
+
+fn signal(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(args, &["--group"])?
+    else {
+        return Ok(Action::Help);
+    };
+    let [id, sig] = exact(&pos, &["ID", "SIGNAL"])?[..] else {
+        return Err(usage("missing ID or SIGNAL"));
+    };
+    let signal = signal::parse(sig.as_bytes())
+        .ok_or_else(|| usage(format!("not a signal: {}", show(sig))))?;
+    Ok(Action::Signal {
+        id: number(id, "ID")?,
+        signal,
+        group: !flags.is_empty(),
+    })
+}
+
+fn monitor(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(args, &["--pidfd"])?
+    else {
+        return Ok(Action::Help);
+    };
+    let [pid] = exact(&pos, &["PID"])?[..] else {
+        return Err(usage("missing PID"));
+    };
+    let pid = number(pid, "PID")
+        .ok()
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|&p| p > 0)
+        .ok_or_else(|| usage(format!("not a pid: {}", show(pid))))?;
+    Ok(Action::Monitor {
+        pid,
+        pidfd: !flags.is_empty(),
+    })
+}
+
+fn none(args: &[OsString], action: Action) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos, ..
+    }) = split_flags(args, &[])?
+    else {
+        return Ok(Action::Help);
+    };
+    exact(&pos, &[])?;
+    Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(args: &[&str]) -> Result<Invocation, String> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        parse(&args).map_err(|e| e.0)
+    }
+
+    fn action(args: &[&str]) -> Action {
+        match parse_str(args) {
+            Ok(inv) => inv.action,
+            Err(e) => unreachable!("{args:?}: {e}"),
+        }
+    }
+
+    fn fields(s: &[&str]) -> Vec<Vec<u8>> {
+        s.iter().map(|f| f.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn global_options() {
+        let socket = |args: &[&str]| parse_str(args).map(|i| i.socket);
+        assert_eq!(socket(&["ping"]), Ok(None));
+        assert_eq!(socket(&["--socket", "/a", "ping"]), Ok(Some("/a".into())));
+        assert_eq!(socket(&["-s", "/a", "ping"]), Ok(Some("/a".into())));
+        assert_eq!(socket(&["--socket=/b", "ping"]), Ok(Some("/b".into())));
+        assert_eq!(socket(&["-s", "/a", "--", "Ping"]), Ok(Some("/a".into())));
+        assert_eq!(action(&["--help"]), Action::Help);
+        assert_eq!(action(&["-s", "/a", "-h", "junk"]), Action::Help);
+        assert_eq!(action(&["--version"]), Action::Version);
+        assert_eq!(action(&["-V"]), Action::Version);
+    }
+
+    #[test]
+    fn raw_lines() {
+        assert_eq!(
+            action(&["StartDaemon,/usr/bin/sleep,100"]),
+            Action::Raw(b"StartDaemon,/usr/bin/sleep,100".to_vec())
+        );
+        assert_eq!(action(&["Ping"]), Action::Raw(b"Ping".to_vec()));
+        assert_eq!(action(&["--", "-x"]), Action::Raw(b"-x".to_vec()));
+        assert_eq!(
+            action(&["--", "run", "x"]),
+            Action::Run(Command::new(["x"]))
+        );
+        assert_eq!(action(&[""]), Action::Raw(Vec::new()));
+        assert_eq!(action(&["-"]), Action::Raw(b"-".to_vec()));
+    }
+
+    #[test]
+    fn run_and_start() {
+        assert_eq!(
+            action(&["run", "--", "/bin/echo", "-n", "A=1"]),
+            Action::Run(Command::new(["/bin/echo", "-n", "A=1"]))
+        );
+        assert_eq!(
+            action(&[
+                "start",
+                "-e",
+                "A=1",
+                "--env",
+                "B==2",
+                "-eC=",
+                "--env=D=x,y",
+                "sleep",
+                "-e",
+                "X=1"
+            ]),
+            Action::Start(Command {
+                argv: fields(&["sleep", "-e", "X=1"]),
+                env: vec![
+                    EnvEntry::set("A", "1"),
+                    EnvEntry::set("B", "=2"),
+                    EnvEntry::set("C", ""),
+                    EnvEntry::set("D", "x,y"),
+                ],
+            })
+        );
+        assert_eq!(
+            action(&["run", "-e", "1-odd name=v", "env"]),
+            Action::Run(Command {
+                argv: fields(&["env"]),
+                env: vec![EnvEntry::set("1-odd name", "v")],
+            })
+        );
+        assert_eq!(action(&["run", "--help"]), Action::Help);
+        assert_eq!(
+            action(&["run", "--", "--help"]),
+            Action::Run(Command::new(["--help"]))
+        );
+    }
+
+    #[test]
+    fn the_other_sub_commands() {
+        assert_eq!(
+            action(&["stop", "3"]),
+            Action::Stop {
+                id: 3,
+                grace_ms: None
+            }
+        );
+        assert_eq!(
+            action(&["stop", "--grace", "250", "3"]),
+            Action::Stop {
+                id: 3,
+                grace_ms: Some(250)
+            }
+        );
+        assert_eq!(
+            action(&["stop", "3", "--grace=0"]),
+            Action::Stop {
+                id: 3,
+                grace_ms: Some(0)
+            }
+        );
+        assert_eq!(
+            action(&["signal", "4", "hup"]),
+            Action::Signal {
+                id: 4,
+                signal: 1,
+                group: false
+            }
+        );
+        assert_eq!(
+            action(&["signal", "--group", "4", "SIGKILL"]),
+            Action::Signal {
+                id: 4,
+                signal: 9,
+                group: true
+            }
+        );
+        assert_eq!(
+            action(&["signal", "4", "0"]),
+            Action::Signal {
+                id: 4,
+                signal: 0,
+                group: false
+            }
+        );
+        assert_eq!(action(&["status"]), Action::Status);
+        assert_eq!(action(&["list"]), Action::Status);
+        assert_eq!(
+            action(&["monitor", "42"]),
+            Action::Monitor {
+                pid: 42,
+                pidfd: false
+            }
+        );
+        assert_eq!(
+            action(&["monitor", "--pidfd", "42"]),
+            Action::Monitor {
+                pid: 42,
+                pidfd: true
+            }
+        );
+        assert_eq!(action(&["ping"]), Action::Ping);
+        assert_eq!(action(&["version"]), Action::ArchonVersion);
+        assert_eq!(action(&["stop", "-h"]), Action::Help);
+    }
+
+    #[test]
+    fn usage_errors() {
+        let bad: &[&[&str]] = &[
+            &[],
+            &["--socket"],
+            &["-s", "/a"],
+            &["--frobnicate", "ping"],
+            &["Ping", "extra"],
+            &["run"],
+            &["run", "--"],
+            &["run", "-e"],
+            &["run", "-e", "NOEQUALS", "x"],
+            &["run", "-e", "=v", "x"],
+            &["run", "-x", "cmd"],
+            &["stop"],
+            &["stop", "x"],
+            &["stop", "-1"],
+            &["stop", "1", "2"],
+            &["stop", "1", "--grace"],
+            &["stop", "1", "--grace", "soon"],
+            &["stop", "1", "--grace", "86400001"],
+            &["stop", "1", "--group"],
+            &["signal", "1"],
+            &["signal", "1", "SIGNOPE"],
+            &["signal", "1", "65"],
+            &["signal", "1", "TERM", "--group=yes"],
+            &["monitor"],
+            &["monitor", "0"],
+            &["monitor", "2147483648"],
+            &["monitor", "1", "--grace", "5"],
+            &["ping", "x"],
+            &["status", "--all"],
+        ];
+        for args in bad {
+            assert!(parse_str(args).is_err(), "{args:?}");
+        }
+    }
+}
