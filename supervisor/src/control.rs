@@ -5,8 +5,8 @@
 //! requests unanswered, or [`MAX_REPLY_BACKLOG`] bytes of replies unread, is not read until that
 //! drains, so a client that stops reading costs bounded memory and never stalls anyone else.
 //!
-//! fds come as `SCM_RIGHTS` with the bytes they were sent with; they belong to the request in which
-//! the first of those bytes falls. They are received close-on-exec and owned from the start, so
+//! fds come as `SCM_RIGHTS` with the bytes they were sent with; they belong to the request that
+//! holds the last byte of the read that returned them (see [`Client::read_some`]). They are received close-on-exec and owned from the start, so
 //! every path that does not use them closes them.
 
 use std::collections::VecDeque;
@@ -250,7 +250,10 @@ impl Client {
         // SAFETY: recvmsg initialised n bytes of the spare capacity.
         unsafe { self.inbuf.set_len(start + n) };
         if !fds.is_empty() {
-            self.fds.push_back((start, fds));
+            // The kernel adds earlier unread bytes to a read that returns fds and stops right
+            // after the bytes sent with them: the fds belong to the request that holds the last
+            // byte read. (A read of nothing but fds cannot happen on a stream socket.)
+            self.fds.push_back((start + n.saturating_sub(1), fds));
         }
         if n == 0 {
             self.read_closed = true;
@@ -351,4 +354,64 @@ fn received_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
         }
     }
     fds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream as StdStream;
+
+    fn send_with_fd(sock: &StdStream, line: &[u8], fd: RawFd) {
+        let mut iov = libc::iovec {
+            iov_base: line.as_ptr() as *mut _,
+            iov_len: line.len(),
+        };
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+        let mut buf = vec![0u64; space.div_ceil(8)];
+        // SAFETY: an all-zero msghdr is valid; the cmsg written stays inside buf.
+        unsafe {
+            let mut msg: libc::msghdr = MaybeUninit::zeroed().assume_init();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = buf.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+            assert_eq!(
+                libc::sendmsg(sock.as_raw_fd(), &msg, 0),
+                line.len() as isize
+            );
+        }
+    }
+
+    #[test]
+    fn fds_go_to_the_request_they_were_sent_with() -> io::Result<()> {
+        let (mut a, b) = StdStream::pair()?;
+        b.set_nonblocking(true)?;
+        let mut client = Client::new(
+            mio::net::UnixStream::from_std(b),
+            Peer {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        a.write_all(b"Ping\n")?;
+        send_with_fd(&a, b"Run,/bin/true\n", 0);
+        a.write_all(b"Ping\n")?;
+        while client.read_some()? == ReadOutcome::Data {}
+        let got: Vec<(Option<&'static str>, usize)> = std::iter::from_fn(|| client.take_request())
+            .map(|i| (i.request.ok().map(|r| r.verb()), i.fds.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(Some("Ping"), 0), (Some("Run"), 1), (Some("Ping"), 0)]
+        );
+        Ok(())
+    }
 }
