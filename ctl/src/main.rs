@@ -203,7 +203,12 @@ fn raw(client: &mut Client, text: &[u8]) -> Result<u8, Failure> {
         None
     };
     let fds = stdio.as_ref().map(Stdio::fds).unwrap_or_default();
-    let sent = client.send_line(&line.bytes, &fds);
+    // The fds travel with the first record alone (see RawLine::first_len).
+    let (first, rest) = line.bytes.split_at(line.first_len);
+    let sent = client.send_line(first, &fds).and_then(|()| match rest {
+        [] => Ok(()),
+        rest => client.send_line(rest, &[]),
+    });
     match &sent {
         // archon answers a line that is too long, then closes without reading the rest: its
         // reply is still there to read.

@@ -19,6 +19,10 @@ pub struct RawLine {
     /// The text ends inside a quoted field, so its last record never ends: archon answers it
     /// (with an error) only once the client shuts down its side of the connection.
     pub unterminated: bool,
+    /// Length of the first record with its terminator: fds go with exactly these bytes, in one
+    /// sendmsg, because archon gives fds to the request that holds the last byte of the read
+    /// that brought them.
+    pub first_len: usize,
 }
 
 impl RawLine {
@@ -29,7 +33,11 @@ impl RawLine {
         let mut unterminated = false;
         let mut framer = Framer::default();
         let mut rest = &bytes[..];
+        let mut first_len = bytes.len();
         while !rest.is_empty() {
+            if verbs.len() == 1 {
+                first_len = bytes.len() - rest.len();
+            }
             match framer.next_frame(rest) {
                 Frame::Record { body, consumed } => {
                     verbs.push(Some(
@@ -60,6 +68,7 @@ impl RawLine {
             bytes,
             verbs,
             unterminated,
+            first_len,
         }
     }
 
@@ -141,5 +150,13 @@ mod tests {
         assert!(!RawLine::new(b"run,/bin/true").starts_with_run());
         assert!(!RawLine::new(b"StartDaemon,/bin/true").starts_with_run());
         assert!(!RawLine::new(b"Run,a\"b").starts_with_run());
+    }
+
+    #[test]
+    fn first_record_is_split_off_for_its_fds() {
+        assert_eq!(RawLine::new(b"Run,/bin/true").first_len, 14);
+        assert_eq!(RawLine::new(b"Run,/bin/true\nPing").first_len, 14);
+        assert_eq!(RawLine::new(b"Run,\"a\nb\"\nPing\n").first_len, 10);
+        assert_eq!(RawLine::new(b"Run,\"abc").first_len, 9);
     }
 }
