@@ -171,8 +171,11 @@ pub(crate) fn parse_pid(field: &[u8]) -> Option<i32> {
         .filter(|&n| n > 0)
 }
 
-/// The verb for error messages: at most 32 printable ASCII characters.
+/// The verb for error messages: at most 32 printable ASCII characters; `""` when empty.
 fn printable(field: &[u8]) -> String {
+    if field.is_empty() {
+        return "\"\"".to_string();
+    }
     let mut s: String = field
         .iter()
         .take(32)
@@ -418,6 +421,7 @@ mod tests {
             ("", "empty request"),
             ("Frobnicate,1", "unknown request: Frobnicate"),
             ("ping", "unknown request: ping"),
+            (",Ping", "unknown request: \"\""),
             ("Run", "missing command"),
             ("Run,", "missing command"),
             ("MonitorFD,3", "too many fields for MonitorFD"),
