@@ -1183,6 +1183,17 @@ pub fn status_field(pid: i32, key: &str) -> Result<String> {
         .context(format!("no {key} in /proc/{pid}/status"))
 }
 
+/// Waits until `pid` is asleep in `nanosleep`: a `sleep` that has finished starting up (it opens
+/// and closes files of its own on the way, which must not be mistaken for inherited ones).
+pub fn wait_in_nanosleep(pid: i32) -> Result {
+    wait_until(format!("pid {pid} to sleep in nanosleep"), BOUND, || {
+        let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let syscall = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let nr = syscall.split_whitespace().next().unwrap_or_default();
+        wchan.contains("nanosleep") || (cfg!(target_arch = "x86_64") && (nr == "230" || nr == "35"))
+    })
+}
+
 /// Waits until `pid` no longer exists at all (ended and reaped).
 pub fn wait_gone(pid: i32, what: &str) -> Result {
     wait_until(

@@ -220,26 +220,26 @@ fn fds_where_none_are_taken_are_refused_and_closed() -> Result {
     let a = Archon::start()?;
     let mut c = a.conn()?;
     let (reads, writes) = pipes(1)?;
-    ensure_eq!(
-        c.request_with_fds("Ping", &raw(&writes))?,
-        "Error,Ping takes no fds, got 1"
-    );
+    ensure_error(
+        &c.request_with_fds("Ping", &raw(&writes))?,
+        "Ping takes no fds, got 1",
+    )?;
     drop(writes);
     ensure_all_closed(&reads)?;
     let (reads, writes) = pipes(2)?;
-    ensure_eq!(
-        c.request_with_fds("List", &raw(&writes))?,
-        "Error,List takes no fds, got 2"
-    );
+    ensure_error(
+        &c.request_with_fds("List", &raw(&writes))?,
+        "List takes no fds, got 2",
+    )?;
     drop(writes);
     ensure_all_closed(&reads)?;
     // A Stop with an fd does nothing.
     let (id, pid) = parse_started(&c.request("StartDaemon,/bin/sleep,100")?)?;
     let (reads, writes) = pipes(1)?;
-    ensure_eq!(
-        c.request_with_fds(&format!("Stop,{id}"), &raw(&writes))?,
-        "Error,Stop takes no fds, got 1"
-    );
+    ensure_error(
+        &c.request_with_fds(&format!("Stop,{id}"), &raw(&writes))?,
+        "Stop takes no fds, got 1",
+    )?;
     drop(writes);
     ensure_all_closed(&reads)?;
     ensure!(alive(pid), "the daemon was stopped by a refused request");
@@ -258,10 +258,10 @@ fn monitor_fd_without_exactly_one_pidfd_is_refused() -> Result {
     let child = ChildGuard::sleep(100)?;
     let p1 = pidfd_open(child.pid())?;
     let p2 = pidfd_open(child.pid())?;
-    ensure_eq!(
-        c.request_with_fds("MonitorFD", &[p1.as_raw_fd(), p2.as_raw_fd()])?,
-        "Error,MonitorFD takes exactly one pidfd, got 2"
-    );
+    ensure_error(
+        &c.request_with_fds("MonitorFD", &[p1.as_raw_fd(), p2.as_raw_fd()])?,
+        "MonitorFD takes exactly one pidfd, got 2",
+    )?;
     // Not a pidfd: refused, and the fd is closed.
     let (reads, writes) = pipes(1)?;
     let reply = c.request_with_fds("MonitorFD", &raw(&writes))?;
@@ -283,10 +283,10 @@ fn four_or_more_fds_are_refused_and_all_closed() -> Result {
     for (verb, n) in [("Run", 4), ("StartDaemon", 5), ("Run", 40)] {
         let (reads, writes) = pipes(n)?;
         let req = format!("{verb},/bin/touch,{}", touched.display());
-        ensure_eq!(
-            c.request_with_fds(&req, &raw(&writes))?,
-            format!("Error,too many fds: {verb} takes at most 3, got {n}")
-        );
+        ensure_error(
+            &c.request_with_fds(&req, &raw(&writes))?,
+            &format!("too many fds: {verb} takes at most 3, got {n}"),
+        )?;
         drop(writes);
         ensure_all_closed(&reads)?;
     }

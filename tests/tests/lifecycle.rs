@@ -32,6 +32,11 @@ fn shutdown_on(sig: Signal) -> Result {
             .into_iter()
             .find_map(|r| (r.kind == Kind::Run && r.state == ProcState::Running).then_some(r.pid))
     })?;
+    // Only once the Run has executed its program is it sure to be in its own process group (a
+    // Run is listed as running from its fork on).
+    wait_until("the Run to exec its sleep", BOUND, || {
+        cmdline(run_pid).is_some_and(|v| v == ["/bin/sleep", "100"])
+    })?;
     a.signal(sig)?;
     ensure_eq!(
         pending.reply_text()?,

@@ -108,7 +108,7 @@ fn run_env_explicit_form_takes_argv_as_is() -> Result {
         &[
             "Run",
             "",
-            "5",
+            "6",
             "/bin/sh",
             "-c",
             "printf '[%s]' \"$@\"",
