@@ -594,3 +594,34 @@ fn version_replies_archon_and_protocol_versions() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn stop_right_after_a_run_starts_still_sends_term() -> Result {
+    // A Run is stoppable from its fork on, before the child has made its own process group: the
+    // SIGTERM must reach it all the same (not be lost until the SIGKILL of the grace period).
+    // The Run and the Stop arrive together on two connections, so that archon handles them in one
+    // turn of its loop, while the child is still on its way to exec.
+    for attempt in 0..20 {
+        let a = Archon::with_args(["--log-level", "debug"])?;
+        let mut run = a.conn()?;
+        let mut stop = a.conn()?;
+        run.send(b"Run,/bin/sleep,100\n")?;
+        stop.send(b"Stop,1,5000\n")?;
+        let reply = stop.reply_text()?;
+        if reply.starts_with("Error,") {
+            // The Stop came first: nothing to stop yet. Try again.
+            continue;
+        }
+        ensure_eq!(
+            reply,
+            "Ok,1,SIGTERM",
+            "attempt {attempt}: Stop right after the Run"
+        );
+        ensure_eq!(
+            run.reply_text()?,
+            "ExitStatus,143,SIGTERM",
+            "attempt {attempt}"
+        );
+    }
+    Ok(())
+}
