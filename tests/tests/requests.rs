@@ -557,13 +557,12 @@ fn list_rows_describe_each_process() -> Result {
 fn list_keeps_at_most_128_ended_processes_dropping_the_oldest() -> Result {
     let a = Archon::start()?;
     let mut c = a.conn()?;
-    let mut requests = Vec::new();
+    // One after the other, so that the order they started in is the order they ended in.
     for n in 0..130 {
-        requests.extend(line(&["Run", "/bin/sh", "-c", "exit 0", &n.to_string()]));
-    }
-    c.send(&requests)?;
-    for _ in 0..130 {
-        ensure_eq!(c.reply_text()?, "ExitStatus,0");
+        ensure_eq!(
+            c.request_fields(&["Run", "/bin/sh", "-c", "exit 0", &n.to_string()])?,
+            "ExitStatus,0"
+        );
     }
     let rows = c.list()?;
     ensure_eq!(rows.len(), 128);
@@ -623,5 +622,61 @@ fn stop_right_after_a_run_starts_still_sends_term() -> Result {
             "attempt {attempt}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn malformed_commands_are_errors() -> Result {
+    let a = Archon::start()?;
+    let mut c = a.conn()?;
+    ensure_eq!(c.request("Run")?, "Error,missing command");
+    ensure_eq!(c.request("StartDaemon,")?, "Error,missing command");
+    ensure_eq!(
+        c.request("Run,,x,/bin/true")?,
+        "Error,explicit form: bad argument count"
+    );
+    ensure_eq!(
+        c.request("Run,,0,/bin/true")?,
+        "Error,explicit form: bad argument count"
+    );
+    ensure_eq!(
+        c.request("Run,,3,/bin/true")?,
+        "Error,explicit form: bad argument count"
+    );
+    ensure_eq!(c.request("Run,,1,")?, "Error,empty program name");
+    ensure_eq!(
+        c.request("Run,,1,/bin/true,=x")?,
+        "Error,explicit form: empty environment variable name"
+    );
+    ensure_eq!(c.request("List")?, "List,0", "nothing was started");
+    Ok(())
+}
+
+#[test]
+fn stop_of_a_monitored_process_that_leads_no_group_signals_only_it() -> Result {
+    use std::os::unix::process::CommandExt;
+    let a = Archon::start()?;
+    // A shell leading its own group, with a sleep in that group: the sleep leads nothing.
+    let shell = ChildGuard::spawn(
+        Command::new("/bin/sh")
+            .args(["-c", "/bin/sleep 100 & wait"])
+            .process_group(0),
+    )?;
+    let sleep = wait_for("the shell's sleep", BOUND, || {
+        children_of(shell.pid())
+            .into_iter()
+            .find(|&k| cmdline(k).is_some_and(|v| v == ["/bin/sleep", "100"]))
+    })?;
+    let (id, _) = parse_started(&a.request(&format!("Monitor,{sleep}"))?)?;
+    let reply = a.request(&format!("Stop,{id},5000"))?;
+    ensure!(
+        reply == format!("Ok,{id},SIGTERM") || reply == format!("Ok,{id},unknown"),
+        "Stop of the monitored sleep: {reply:?}"
+    );
+    wait_until("the sleep to be gone", BOUND, || !alive(sleep))?;
+    ensure!(
+        alive(shell.pid()),
+        "the shell leading the sleep's group was signalled too"
+    );
     Ok(())
 }
