@@ -656,10 +656,11 @@ fn malformed_commands_are_errors() -> Result {
 fn stop_of_a_monitored_process_that_leads_no_group_signals_only_it() -> Result {
     use std::os::unix::process::CommandExt;
     let a = Archon::start()?;
-    // A shell leading its own group, with a sleep in that group: the sleep leads nothing.
+    // A shell leading its own group, with a sleep in that group: the sleep leads nothing. When
+    // the sleep ends, the shell lives on (as another sleep, same pid) unless it was signalled.
     let shell = ChildGuard::spawn(
         Command::new("/bin/sh")
-            .args(["-c", "/bin/sleep 100 & wait"])
+            .args(["-c", "/bin/sleep 100 & wait; exec /bin/sleep 99"])
             .process_group(0),
     )?;
     let sleep = wait_for("the shell's sleep", BOUND, || {
@@ -673,10 +674,13 @@ fn stop_of_a_monitored_process_that_leads_no_group_signals_only_it() -> Result {
         reply == format!("Ok,{id},SIGTERM") || reply == format!("Ok,{id},unknown"),
         "Stop of the monitored sleep: {reply:?}"
     );
-    wait_until("the sleep to be gone", BOUND, || !alive(sleep))?;
+    wait_until("the shell to go on after its sleep", BOUND, || {
+        cmdline(shell.pid()).is_some_and(|v| v == ["/bin/sleep", "99"]) || !alive(shell.pid())
+    })?;
     ensure!(
         alive(shell.pid()),
         "the shell leading the sleep's group was signalled too"
     );
+    ensure!(!alive(sleep), "the stopped sleep lives on");
     Ok(())
 }
