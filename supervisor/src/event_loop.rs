@@ -674,7 +674,8 @@ impl Supervisor {
             if !p.is_child() && sys::getpgid(p.pid).ok() != Some(p.pid) {
                 return Err(format!("process {id} does not lead a process group"));
             }
-            sys::signal_group(pidfd.as_fd(), p.pid, sig)
+            // A child not yet in its own group has no group members but itself.
+            sys::signal_tree(pidfd.as_fd(), p.pid, sig)
         } else {
             sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
         };
@@ -705,15 +706,9 @@ impl Supervisor {
         }
         p.state = ProcState::Stopping;
         p.kill_timer = Some(self.timers.arm(deadline, TimerEvent::Kill(id)));
-        let leads_group = p.is_child() || sys::getpgid(p.pid).ok() == Some(p.pid);
         if let Some(pidfd) = p.pidfd.as_ref() {
             for sig in [libc::SIGTERM, libc::SIGCONT] {
-                let sent = if leads_group {
-                    sys::signal_group(pidfd.as_fd(), p.pid, sig)
-                } else {
-                    sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
-                };
-                if let Err(e) = sent {
+                if let Err(e) = sys::signal_tree(pidfd.as_fd(), p.pid, sig) {
                     debug!("stop {id}: signal {sig}: {e}");
                 }
             }
@@ -748,7 +743,8 @@ impl Supervisor {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
             }
             if p.is_child() || sys::getpgid(p.pid).ok() == Some(p.pid) {
-                // Whatever is left in its group goes too, even after the leader has ended.
+                // Whatever is left in its group goes too, even after the leader has ended (the
+                // pidfd pins the group's id, so no other group can be hit).
                 let _ = sys::signal_group(pidfd.as_fd(), p.pid, libc::SIGKILL);
             }
         }

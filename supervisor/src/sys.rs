@@ -89,6 +89,18 @@ pub fn signal_group(pidfd: BorrowedFd<'_>, pid: i32, sig: i32) -> io::Result<()>
     }
 }
 
+/// Sends `sig` to the process and everything in its process group when it leads one, else to the
+/// process alone. A child archon has just started is not yet a group leader (it calls setsid
+/// before exec): it gets the signal itself, pending until it unblocks signals with its handlers
+/// reset, so a stop that races its start is not lost.
+pub fn signal_tree(pidfd: BorrowedFd<'_>, pid: i32, sig: i32) -> io::Result<()> {
+    if getpgid(pid).ok() == Some(pid) {
+        signal_group(pidfd, pid, sig)
+    } else {
+        pidfd_send_signal(pidfd, sig, 0)
+    }
+}
+
 /// True when `fd` is a pidfd (of a live or an ended process).
 pub fn is_pidfd(fd: BorrowedFd<'_>) -> bool {
     match pidfd_send_signal(fd, 0, 0) {
