@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use archon_tests::archon_proto::limits::{MAX_CLIENTS, MAX_REQUEST_LEN};
-use archon_tests::archon_proto::{FrameError, Kind, ProcState};
+use archon_tests::archon_proto::{FrameError, Kind, ProcState, Status};
 use archon_tests::*;
 
 /// The reason of a reply that must be `Error,<reason>`, compared field-wise (the reason may be
@@ -356,5 +356,61 @@ fn peer_with_another_uid_is_refused() -> Result {
         "Pong",
         "archon's own uid is still served"
     );
+    Ok(())
+}
+
+#[test]
+fn no_fd_is_left_open_after_a_mixed_workload() -> Result {
+    let a = Archon::start()?;
+    let before = non_socket_fds(a.pid());
+    let mut c = a.conn()?;
+    // Runs with stdio attached, one that cannot be executed.
+    let (reads, writes) = pipes(3)?;
+    ensure_eq!(
+        c.request_with_fds("Run,/bin/sh,-c,echo x; echo y >&2", &raw(&writes))?,
+        "ExitStatus,0"
+    );
+    drop((reads, writes));
+    let (reads, writes) = pipes(2)?;
+    let reply = c.request_with_fds("Run,/nonexistent/program", &raw(&writes))?;
+    ensure!(reply.starts_with("Error,"), "got {reply:?}");
+    drop((reads, writes));
+    // A daemon with stdio, stopped.
+    let (reads, writes) = pipes(3)?;
+    let (id, _) = parse_started(&c.request_with_fds("StartDaemon,/bin/sleep,100", &raw(&writes))?)?;
+    drop((reads, writes));
+    // archon keeps a stopped process's pidfd until its grace period ends (to SIGKILL what is
+    // left of its group then): a short one.
+    ensure_eq!(
+        c.request(&format!("Stop,{id},100"))?,
+        format!("Ok,{id},SIGTERM")
+    );
+    // A monitored child of the test, ended and reaped.
+    let mut child = ChildGuard::sleep(100)?;
+    let pidfd = pidfd_open(child.pid())?;
+    let (mid, _) = parse_started(&c.request_with_fds("MonitorFD", &[pidfd.as_raw_fd()])?)?;
+    drop(pidfd);
+    child.child.kill()?;
+    child.child.wait()?;
+    wait_until("the monitored child to be seen ending", BOUND, || {
+        a.row(mid)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.state == ProcState::Exited && r.status != Some(Status::Unknown))
+    })
+    .context(format!("row: {:?}", a.row(mid)))?;
+    // Refused requests with fds.
+    let (reads, writes) = pipes(5)?;
+    let reply = c.request_with_fds("Run,/bin/true", &raw(&writes))?;
+    ensure!(reply.starts_with("Error,"), "got {reply:?}");
+    drop((reads, writes));
+    c.close_and_wait()?;
+    wait_until("archon's fds to be those it started with", BOUND, || {
+        non_socket_fds(a.pid()) == before
+    })
+    .context(format!(
+        "before: {before:?}\nnow: {:?}",
+        non_socket_fds(a.pid())
+    ))?;
     Ok(())
 }

@@ -259,6 +259,41 @@ fn monitor_fd_watches_a_child_of_the_test_and_records_its_signal() -> Result {
 }
 
 #[test]
+fn monitor_fd_status_arrives_when_the_parent_reaps_late() -> Result {
+    let a = Archon::start()?;
+    let mut child = ChildGuard::sleep(100)?;
+    let pidfd = pidfd_open(child.pid())?;
+    let fds_before = non_socket_fds(a.pid());
+    let mut c = a.conn()?;
+    let (id, pid) = parse_started(&c.request_with_fds("MonitorFD", &[pidfd.as_raw_fd()])?)?;
+    drop(pidfd);
+    kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    // Ended but not reaped: a zombie, whose exit status the kernel does not give yet.
+    wait_until("archon to see the process end", BOUND, || {
+        a.row(id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.state == ProcState::Exited)
+    })?;
+    ensure_eq!(stat(pid).map(|s| s.state), Some('Z'), "still unreaped");
+    child.child.wait()?;
+    let row = wait_for("the status once the parent has reaped", BOUND, || {
+        a.row(id)
+            .ok()
+            .flatten()
+            .filter(|r| r.status != Some(Status::Unknown))
+    })
+    .context(format!("row: {:?}", a.row(id)))?;
+    ensure_eq!(row.status, Some(Status::Signaled(9)));
+    c.close_and_wait()?;
+    wait_until("archon to let go of the pidfd", BOUND, || {
+        non_socket_fds(a.pid()) == fds_before
+    })
+    .context(format!("{:?}", non_socket_fds(a.pid())))?;
+    Ok(())
+}
+
+#[test]
 fn monitor_pid_watches_a_process_and_records_its_exit_code() -> Result {
     let a = Archon::start()?;
     let (r, w) = pipe()?;
