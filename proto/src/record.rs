@@ -3,10 +3,21 @@
 //! [`crate::frame`] has already checked the record against the strict grammar, so splitting it with
 //! the `csv` crate cannot misread it; joining quotes exactly the fields that need it.
 
-use csv::{ByteRecord, QuoteStyle, ReaderBuilder, Terminator, WriterBuilder};
+use std::cell::RefCell;
+
+use csv::{QuoteStyle, Terminator, WriterBuilder};
+use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
 
 /// A record's fields, as bytes.
 pub type Fields = Vec<Vec<u8>>;
+
+thread_local! {
+    /// Building a reader compiles its state machine, which costs far more than reading a short
+    /// record; one reader per thread is built once and reset for each record.
+    static READER: RefCell<Reader> = RefCell::new(
+        ReaderBuilder::new().terminator(csv_core::Terminator::Any(b'\n')).build(),
+    );
+}
 
 /// Splits the text of one framed record (without its terminator) into its fields.
 ///
@@ -15,19 +26,39 @@ pub fn split(body: &[u8]) -> Fields {
     if body.is_empty() {
         return Vec::new();
     }
-    let mut reader = ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .terminator(Terminator::Any(b'\n'))
-        .buffer_capacity(body.len().clamp(64, 8 * 1024))
-        .from_reader(body);
-    let mut record = ByteRecord::new();
-    match reader.read_byte_record(&mut record) {
-        Ok(true) => record.iter().map(<[u8]>::to_vec).collect(),
-        // Reading from a slice cannot fail, and a non-empty body holds one record; an empty
-        // result is answered as an empty request.
-        Ok(false) | Err(_) => Vec::new(),
+    // Unquoting only shrinks a field, and a record has at most one field more than it has bytes.
+    let mut out = vec![0u8; body.len()];
+    let mut ends = vec![0usize; body.len() + 1];
+    let (mut nin, mut nout, mut nend) = (0, 0, 0);
+    READER.with_borrow_mut(|reader| {
+        reader.reset();
+        loop {
+            let (res, i, o, e) =
+                reader.read_record(&body[nin..], &mut out[nout..], &mut ends[nend..]);
+            nin += i;
+            nout += o;
+            nend += e;
+            match res {
+                // The body has no terminator: an empty input then says the record is complete.
+                ReadRecordResult::InputEmpty if nin == body.len() && i == 0 => {
+                    let (_, _, o, e) = reader.read_record(&[], &mut out[nout..], &mut ends[nend..]);
+                    nout += o;
+                    nend += e;
+                    break;
+                }
+                ReadRecordResult::InputEmpty => continue,
+                // The buffers are sized so that they never fill; a record ends the loop.
+                _ => break,
+            }
+        }
+    });
+    let mut fields = Vec::with_capacity(nend);
+    let mut start = 0;
+    for &end in &ends[..nend] {
+        fields.push(out[start..end].to_vec());
+        start = end;
     }
+    fields
 }
 
 /// Appends `fields` to `out` as one record ended by `\n`, quoting the fields that hold `,`, `"`,
@@ -42,6 +73,8 @@ where
         .flexible(true)
         .quote_style(QuoteStyle::Necessary)
         .terminator(Terminator::Any(b'\n'))
+        // The default 8 KiB buffer would be zeroed for every reply.
+        .buffer_capacity(256)
         .from_writer(std::mem::take(out));
     // Writing into a Vec cannot fail.
     let _ = writer.write_record(fields);
