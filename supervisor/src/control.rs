@@ -116,6 +116,10 @@ pub struct Client {
     pub read_closed: bool,
     /// Writing failed: the connection is dead.
     pub broken: bool,
+    /// The socket took everything last time: a send may succeed. Cleared when a send would
+    /// block, set again when the poll says the socket is writable, so that a client that does not
+    /// read costs no failing send per reply.
+    writable: bool,
     /// Close once every reply is out (after a line over the limit, or an unterminated one).
     closing: bool,
 }
@@ -135,6 +139,7 @@ impl Client {
             out_pos: 0,
             read_closed: false,
             broken: false,
+            writable: true,
             closing: false,
         }
     }
@@ -284,9 +289,14 @@ impl Client {
         self.backlog() <= MAX_REPLY_BACKLOG_HARD
     }
 
+    /// The poll says the socket has room again.
+    pub fn set_writable(&mut self) {
+        self.writable = true;
+    }
+
     /// Writes what it can of the queued replies.
     pub fn flush(&mut self) {
-        while self.out_pos < self.out.len() && !self.broken {
+        while self.out_pos < self.out.len() && !self.broken && self.writable {
             let rest = &self.out[self.out_pos..];
             // SAFETY: sending from a valid buffer.
             let n = unsafe {
@@ -303,7 +313,7 @@ impl Client {
             }
             match io::Error::last_os_error().kind() {
                 io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::WouldBlock => self.writable = false,
                 _ => self.broken = true,
             }
         }

@@ -3,8 +3,8 @@
 //!
 //! Every wake-up is dispatched by token to a handler that does the kernel's side (accept, read,
 //! reap, signal) and tells the [`Table`] what happened; the table says which replies are due.
-//! Tokens carry their owner in the low two bits (listener and signals, client, pidfd, exec-status
-//! pipe) and its id above, so no lookup table is needed and a stale token finds nothing.
+//! Tokens carry their owner in the low two bits (listener and signals, client, pidfd) and its id
+//! above, so no lookup table is needed and a stale token finds nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -23,14 +23,18 @@ use signal_hook_mio::v1_0::Signals;
 use crate::args::Options;
 use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::listen::Listening;
-use crate::spawn::{self, Exec, ExecOutcome};
+use crate::spawn::{Exec, SpawnError, Spawner};
 use crate::sys;
 use crate::table::{Admission, ClientId, Proc, ReplyTo, Table, Waiter};
 use crate::timers::{TimerEvent, Timers};
 use crate::{debug, error, info, warn};
 
-/// Reads from one client per wake-up before others get a turn.
-const READS_PER_WAKE: usize = 16;
+/// Reads from one client per turn of the loop before others get a turn.
+const READS_PER_TURN: usize = 16;
+
+/// Requests taken from one client per turn of the loop before others get a turn: a client that
+/// floods requests is served as fast as the others, not instead of them.
+const REQUESTS_PER_TURN: usize = 64;
 
 /// Events taken from one `poll`.
 const EVENTS_CAPACITY: usize = 256;
@@ -48,7 +52,6 @@ const PRIVATE_ENV: [&str; 6] = [
 const TAG_FIXED: usize = 0;
 const TAG_CLIENT: usize = 1;
 const TAG_PIDFD: usize = 2;
-const TAG_EXEC: usize = 3;
 const LISTENER: Token = Token(TAG_FIXED);
 const SIGNALS: Token = Token((1 << 2) | TAG_FIXED);
 
@@ -92,6 +95,7 @@ pub struct Supervisor {
     queue: VecDeque<QueuedRun>,
     timers: Timers,
     base_env: Vec<(Vec<u8>, Vec<u8>)>,
+    spawner: Spawner,
     devnull: OwnedFd,
     /// An fd kept spare so that, out of fds, archon can still accept and refuse a connection
     /// instead of leaving it in the backlog to wake the loop forever.
@@ -161,6 +165,7 @@ impl Supervisor {
             .open("/dev/null")
             .map_err(setup("open /dev/null"))?;
         let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+        let spawner = Spawner::new().map_err(setup("map the child stack"))?;
 
         let mut base_env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
             .filter(|(k, _)| {
@@ -197,6 +202,7 @@ impl Supervisor {
             queue: VecDeque::new(),
             timers: Timers::default(),
             base_env,
+            spawner,
             devnull: devnull.into(),
             spare_fd,
             opts,
@@ -236,7 +242,6 @@ impl Supervisor {
                         self.on_client(id, event.is_writable(), event.is_write_closed())
                     }
                     (TAG_PIDFD, _) => self.on_pidfd(id),
-                    (TAG_EXEC, _) => self.on_exec_status(id),
                     _ => {}
                 }
             }
@@ -326,6 +331,7 @@ impl Supervisor {
     fn on_client(&mut self, id: ClientId, writable: bool, hung_up: bool) {
         if let Some(c) = self.clients.get_mut(&id) {
             if writable {
+                c.set_writable();
                 c.flush();
             }
         }
@@ -339,21 +345,26 @@ impl Supervisor {
         }
     }
 
-    /// Takes every request archon may take from a client now, reading as needed within the
-    /// budget, then writes what is ready.
+    /// Takes the requests archon may take from a client now, reading as needed, within this
+    /// turn's budget (the rest waits for the next turn), then writes what is ready.
     fn pump(&mut self, id: ClientId) {
-        let mut reads = 0;
+        let (mut reads, mut requests) = (0, 0);
         loop {
-            while let Some(incoming) = self.clients.get_mut(&id).and_then(Client::take_request) {
+            while requests < REQUESTS_PER_TURN {
+                let Some(incoming) = self.clients.get_mut(&id).and_then(Client::take_request)
+                else {
+                    break;
+                };
+                requests += 1;
                 self.handle(id, incoming);
             }
             let Some(c) = self.clients.get_mut(&id) else {
                 return;
             };
-            if !c.wants_read() {
+            if !c.wants_read() && requests < REQUESTS_PER_TURN {
                 break;
             }
-            if reads == READS_PER_WAKE {
+            if requests == REQUESTS_PER_TURN || reads == READS_PER_TURN {
                 self.wake(id);
                 break;
             }
@@ -504,15 +515,18 @@ impl Supervisor {
         std::array::from_fn(|i| fds.get(i).map_or(default[i], AsRawFd::as_raw_fd))
     }
 
-    /// Forks and execs `cmd`; on failure says why, in the words of an `Error` reply.
+    /// Starts `cmd`; on failure says why, in the words of an `Error` reply. A program that could
+    /// not be executed leaves no record: its child has exited 127 and is reaped as an orphan.
     fn spawn(&mut self, kind: Kind, cmd: &Command, fds: &[OwnedFd]) -> Result<Id, String> {
         let exec = Exec::prepare(cmd, &self.base_env).map_err(|e| e.to_string())?;
-        let child = spawn::spawn(&exec, self.stdio(fds))
-            .map_err(|e| format!("cannot start a process: {e}"))?;
+        let stdio = self.stdio(fds);
+        let child = self.spawner.spawn(&exec, stdio).map_err(|e| match e {
+            SpawnError::Exec(errno) => exec_failure(&cmd.argv, errno),
+            SpawnError::Clone(e) => format!("cannot start a process: {e}"),
+        })?;
         let mut proc = Proc::new(kind, child.pid, now_ms(), cmd.argv.clone());
         let raw = child.pidfd.as_raw_fd();
         proc.pidfd = Some(child.pidfd);
-        proc.exec_pipe = Some(child.exec_status);
         let id = self.table.insert(proc);
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&raw),
@@ -534,8 +548,6 @@ impl Supervisor {
         match self.spawn(Kind::Run, &cmd, &fds) {
             Ok(id) => {
                 if let Some(p) = self.table.get_mut(id) {
-                    // A Run is not watched for its exec: the outcome is read when it ends.
-                    p.state = ProcState::Running;
                     p.waiters.push(Waiter::Run(to));
                 }
             }
@@ -560,66 +572,11 @@ impl Supervisor {
     }
 
     fn start_daemon(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>) {
-        let id = match self.spawn(Kind::Daemon, &cmd, &fds) {
-            Ok(id) => id,
-            Err(reason) => return self.reply(to, Reply::error(reason)),
+        let reply = match self.spawn(Kind::Daemon, &cmd, &fds) {
+            Ok(id) => Reply::started(id, self.table.get(id).map_or(0, |p| p.pid)),
+            Err(reason) => Reply::error(reason),
         };
-        let Some(p) = self.table.get_mut(id) else {
-            return;
-        };
-        p.on_start = Some(to);
-        let registered = p.exec_pipe.as_ref().map(|pipe| {
-            let raw = pipe.as_raw_fd();
-            self.poll.registry().register(
-                &mut SourceFd(&raw),
-                token(TAG_EXEC, id),
-                Interest::READABLE,
-            )
-        });
-        if let Some(Err(e)) = registered {
-            warn!("cannot watch the exec of {id}: {e}; answering at once");
-            self.on_exec_status(id);
-        }
-    }
-
-    /// The exec-status pipe of a daemon is readable: it ran, or it could not be executed.
-    fn on_exec_status(&mut self, id: Id) {
-        let Some(p) = self.table.get_mut(id) else {
-            return;
-        };
-        let Some(pipe) = p.exec_pipe.as_ref() else {
-            return;
-        };
-        let outcome = spawn::exec_outcome(pipe);
-        if outcome == ExecOutcome::Pending {
-            return;
-        }
-        if let Some(pipe) = p.exec_pipe.take() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&pipe.as_raw_fd()));
-        }
-        match outcome {
-            ExecOutcome::Failed(errno) => {
-                let reason = exec_failure(&p.argv, errno);
-                let to = p.on_start.take();
-                // It exits 127 at once; the record goes when it is reaped.
-                p.exec_failed = true;
-                if let Some(to) = to {
-                    self.reply(to, Reply::error(reason));
-                }
-            }
-            _ => {
-                if p.state == ProcState::Starting {
-                    p.state = ProcState::Running;
-                }
-                let (pid, to) = (p.pid, p.on_start.take());
-                if let Some(to) = to {
-                    self.reply(to, Reply::started(id, pid));
-                }
-            }
-        }
+        self.reply(to, reply);
     }
 
     fn monitor(&mut self, to: ReplyTo, pidfd: OwnedFd) {
@@ -850,39 +807,9 @@ impl Supervisor {
                 .registry()
                 .deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
-        if let Some(pipe) = p.exec_pipe.take() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&pipe.as_raw_fd()));
-            if let ExecOutcome::Failed(errno) = spawn::exec_outcome(&pipe) {
-                p.exec_failed = true;
-                let reason = exec_failure(&p.argv, errno);
-                let mut owed: Vec<ReplyTo> = p.on_start.take().into_iter().collect();
-                owed.extend(p.waiters.iter().map(|w| match w {
-                    Waiter::Run(to) | Waiter::Stop(to) => *to,
-                }));
-                for to in owed {
-                    self.reply(to, Reply::error(reason.clone()));
-                }
-            }
-        }
-        let Some(p) = self.table.get_mut(id) else {
-            return;
-        };
-        if p.exec_failed {
-            let was_run = p.kind == Kind::Run;
-            if let Some(key) = p.kill_timer {
-                self.timers.cancel(key);
-            }
-            self.table.remove(id);
-            if was_run {
-                self.run_slot_freed();
-            }
-            return;
-        }
         debug!("{id} (pid {}) {status}", p.pid);
         if p.kill_timer.is_none() {
+            // No group left to signal after a stop: the pidfd can go now.
             p.pidfd = None;
         }
         let ended = self.table.end(id, status);

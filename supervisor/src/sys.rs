@@ -288,21 +288,6 @@ pub fn getpgid(pid: i32) -> io::Result<i32> {
     cvt(unsafe { libc::getpgid(pid) }.into()).map(|g| g as i32)
 }
 
-/// Reads what is there from a non-blocking fd: `Ok(0)` at end of file.
-pub fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,17 +53,10 @@ pub struct Proc {
     /// Its pidfd: registered with the poll while it runs, kept after it ends while its process
     /// group may still need a signal.
     pub pidfd: Option<OwnedFd>,
-    /// The exec-status pipe, until the exec is known to have succeeded or failed.
-    pub exec_pipe: Option<OwnedFd>,
-    /// `StartDaemon`'s reply, sent once the exec is known.
-    pub on_start: Option<ReplyTo>,
     /// Replies owed when it ends.
     pub waiters: Vec<Waiter>,
     /// The pending SIGKILL of a stop in progress.
     pub kill_timer: Option<TimerKey>,
-    /// Its program could not be executed: the client was told `Error`, and the record goes when
-    /// the child is reaped.
-    pub exec_failed: bool,
 }
 
 impl Proc {
@@ -73,20 +66,13 @@ impl Proc {
             id: 0,
             kind,
             pid,
-            state: if kind == Kind::Monitor {
-                ProcState::Running
-            } else {
-                ProcState::Starting
-            },
+            state: ProcState::Running,
             started_ms,
             status: None,
             argv,
             pidfd: None,
-            exec_pipe: None,
-            on_start: None,
             waiters: Vec::new(),
             kill_timer: None,
-            exec_failed: false,
         }
     }
 
@@ -254,8 +240,7 @@ impl Table {
         self.procs.values()
     }
 
-    /// Removes a process whose program could not be executed: it never ran, and the client was
-    /// told `Error`, so it leaves no record.
+    /// Removes a record at once (a process that could not be watched after all).
     pub fn remove(&mut self, id: Id) -> Option<Proc> {
         let proc = self.procs.remove(&id)?;
         if self.children.get(&proc.pid) == Some(&id) {
@@ -285,10 +270,6 @@ impl Table {
         }
         proc.state = ProcState::Exited;
         proc.status = Some(status);
-        if let Some(to) = proc.on_start.take() {
-            // Ended before archon read the exec outcome: it ran, so it started.
-            out.replies.push((to, Reply::started(id, proc.pid)));
-        }
         for waiter in proc.waiters.drain(..) {
             out.replies.push(match waiter {
                 Waiter::Run(to) => (to, Reply::ExitStatus(status)),
@@ -371,17 +352,6 @@ mod tests {
         // Ending twice changes nothing and pays nobody twice.
         assert!(t.end(id, Status::Exited(0)).replies.is_empty());
         assert_eq!(t.get(id).and_then(|p| p.status), Some(Status::Signaled(9)));
-    }
-
-    #[test]
-    fn daemon_that_ends_before_its_exec_is_read_still_gets_ok() {
-        let mut t = Table::new(1, 1, 8);
-        let mut p = Proc::new(Kind::Daemon, 7, 0, vec![]);
-        p.on_start = Some(to(5));
-        let id = t.insert(p);
-        let ended = t.end(id, Status::Exited(0));
-        assert_eq!(ended.replies, vec![(to(5), Reply::started(id, 7))]);
-        assert!(!ended.freed_run_slot);
     }
 
     #[test]
