@@ -4,6 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use archon_tests::archon_proto::{Kind, ProcState, Status};
 use archon_tests::*;
@@ -193,12 +194,14 @@ fn start_daemon_replies_ok_id_pid_once_executed() -> Result {
     let a = Archon::start()?;
     let mut c = a.conn()?;
     let (id, pid) = parse_started(&c.request("StartDaemon,/bin/sleep,100")?)?;
-    // The reply comes once the program has been executed: its argv is already sleep's.
-    ensure_eq!(
-        cmdline(pid),
-        Some(vec!["/bin/sleep".to_string(), "100".to_string()]),
-        "argv of pid {pid} right after Ok"
-    );
+    // The reply comes once the exec has passed its point of no return: the pid runs sleep from
+    // then on. The kernel fills /proc/PID/cmdline a moment after that point, so wait for it.
+    let want = Some(vec!["/bin/sleep".to_string(), "100".to_string()]);
+    wait_until(
+        format!("argv of pid {pid} to be sleep's"),
+        Duration::from_secs(10),
+        || cmdline(pid) == want,
+    )?;
     let st = stat(pid).context(format!("pid {pid} does not exist"))?;
     ensure!(st.state != 'Z', "the daemon is a zombie");
     ensure_eq!(st.ppid, a.pid(), "the daemon's parent");
