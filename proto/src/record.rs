@@ -33,8 +33,10 @@ pub fn split(body: &[u8]) -> Fields {
     READER.with_borrow_mut(|reader| {
         reader.reset();
         loop {
-            let (res, i, o, e) =
-                reader.read_record(&body[nin..], &mut out[nout..], &mut ends[nend..]);
+            // csv_core drops a UTF-8 byte order mark from the first input it is given after a
+            // reset, if that input holds one; fields are bytes, so the first call gets one byte.
+            let input = if nin == 0 { &body[..1] } else { &body[nin..] };
+            let (res, i, o, e) = reader.read_record(input, &mut out[nout..], &mut ends[nend..]);
             nin += i;
             nout += o;
             nend += e;
@@ -125,6 +127,12 @@ mod tests {
             split_line(b"\xff\xfe,x\n"),
             vec![b"\xff\xfe".to_vec(), b"x".to_vec()]
         );
+        // A byte order mark is bytes like any other, at the start of a record too.
+        assert_eq!(
+            split(b"\xef\xbb\xbfPing"),
+            vec![b"\xef\xbb\xbfPing".to_vec()]
+        );
+        assert_eq!(split(b"\xef\xbb\xbf"), vec![b"\xef\xbb\xbf".to_vec()]);
         assert!(split(b"").is_empty());
     }
 

@@ -86,7 +86,9 @@ pub fn parse(text: &[u8]) -> Option<i32> {
     }
     if let Some(k) = full.strip_prefix("SIGRTMIN+") {
         let k: i32 = k.parse().ok()?;
-        return Some(RTMIN + k).filter(|n| (RTMIN..=MAX_SIGNAL).contains(n));
+        return RTMIN
+            .checked_add(k)
+            .filter(|n| (RTMIN..=MAX_SIGNAL).contains(n));
     }
     if let Some(n) = full.strip_prefix("SIG") {
         return n.parse().ok().filter(|n| matches!(n, 32 | 33));
@@ -150,6 +152,8 @@ mod tests {
             b"-1",
             b"SIGFOO",
             b"RTMIN+31",
+            b"RTMIN+2147483647",
+            b"SIGRTMIN+2147483614",
             b"SIG34",
             b"\xff",
             b"+9",
