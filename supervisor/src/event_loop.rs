@@ -573,7 +573,7 @@ impl Supervisor {
 
     fn start_daemon(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>) {
         let reply = match self.spawn(Kind::Daemon, &cmd, &fds) {
-            Ok(id) => Reply::started(id, self.table.get(id).map_or(0, |p| p.pid)),
+            Ok(id) => Reply::started(id, self.table.get(id).map_or(0, |p| p.row.pid)),
             Err(reason) => Reply::error(reason),
         };
         self.reply(to, reply);
@@ -628,11 +628,11 @@ impl Supervisor {
             .as_ref()
             .ok_or_else(|| format!("process {id} has ended"))?;
         let result = if group {
-            if !p.is_child() && sys::getpgid(p.pid).ok() != Some(p.pid) {
+            if !p.is_child() && sys::getpgid(p.row.pid).ok() != Some(p.row.pid) {
                 return Err(format!("process {id} does not lead a process group"));
             }
             // A child not yet in its own group has no group members but itself.
-            sys::signal_tree(pidfd.as_fd(), p.pid, sig)
+            sys::signal_tree(pidfd.as_fd(), p.row.pid, sig)
         } else {
             sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
         };
@@ -653,7 +653,7 @@ impl Supervisor {
         if let Some(to) = to {
             p.waiters.push(Waiter::Stop(to));
         }
-        if p.state == ProcState::Stopping {
+        if p.row.state == ProcState::Stopping {
             // Already stopping: a shorter grace brings the SIGKILL forward.
             if let Some(key) = p.kill_timer.filter(|k| k.deadline() > deadline) {
                 self.timers.cancel(key);
@@ -661,18 +661,18 @@ impl Supervisor {
             }
             return Ok(());
         }
-        p.state = ProcState::Stopping;
+        p.row.state = ProcState::Stopping;
         p.kill_timer = Some(self.timers.arm(deadline, TimerEvent::Kill(id)));
         if let Some(pidfd) = p.pidfd.as_ref() {
             for sig in [libc::SIGTERM, libc::SIGCONT] {
-                if let Err(e) = sys::signal_tree(pidfd.as_fd(), p.pid, sig) {
+                if let Err(e) = sys::signal_tree(pidfd.as_fd(), p.row.pid, sig) {
                     debug!("stop {id}: signal {sig}: {e}");
                 }
             }
         }
         info!(
             "stopping {id} (pid {}), SIGKILL in {} ms",
-            p.pid,
+            p.row.pid,
             grace.as_millis()
         );
         Ok(())
@@ -696,16 +696,16 @@ impl Supervisor {
         let live = p.is_live();
         if let Some(pidfd) = p.pidfd.as_ref() {
             if live {
-                warn!("{id} (pid {}) did not stop in time: SIGKILL", p.pid);
+                warn!("{id} (pid {}) did not stop in time: SIGKILL", p.row.pid);
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
             }
-            if p.is_child() || sys::getpgid(p.pid).ok() == Some(p.pid) {
+            if p.is_child() || sys::getpgid(p.row.pid).ok() == Some(p.row.pid) {
                 // Whatever is left in its group goes too, even after the leader has ended (the
                 // pidfd pins the group's id, so no other group can be hit).
-                let _ = sys::signal_group(pidfd.as_fd(), p.pid, libc::SIGKILL);
+                let _ = sys::signal_group(pidfd.as_fd(), p.row.pid, libc::SIGKILL);
             }
         }
-        if !live && p.kind != Kind::Monitor {
+        if !live && p.row.kind != Kind::Monitor {
             // Nothing left to signal through it.
             p.pidfd = None;
         }
@@ -807,7 +807,7 @@ impl Supervisor {
                 .registry()
                 .deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
-        debug!("{id} (pid {}) {status}", p.pid);
+        debug!("{id} (pid {}) {status}", p.row.pid);
         if p.kill_timer.is_none() {
             // No group left to signal after a stop: the pidfd can go now.
             p.pidfd = None;
@@ -883,7 +883,7 @@ impl Supervisor {
             .table
             .iter()
             .filter(|p| p.kill_timer.is_some())
-            .map(|p| p.id)
+            .map(|p| p.row.id)
             .collect();
         for id in pending {
             self.kill(id);

@@ -36,20 +36,8 @@ pub enum Waiter {
 /// One watched process.
 #[derive(Debug)]
 pub struct Proc {
-    /// archon's id for it.
-    pub id: Id,
-    /// How it came under watch.
-    pub kind: Kind,
-    /// Its pid.
-    pub pid: i32,
-    /// Where it is in its life.
-    pub state: ProcState,
-    /// Start (or start of watch), in milliseconds since the epoch.
-    pub started_ms: u64,
-    /// How it ended.
-    pub status: Option<Status>,
-    /// Its command line (empty for a monitored process).
-    pub argv: Fields,
+    /// What `List` says of it: id, kind, pid, state, start, last status, command line.
+    pub row: ProcessRow,
     /// Its pidfd: registered with the poll while it runs, kept after it ends while its process
     /// group may still need a signal.
     pub pidfd: Option<OwnedFd>,
@@ -63,13 +51,15 @@ impl Proc {
     /// A process archon has just started or begun to watch.
     pub fn new(kind: Kind, pid: i32, started_ms: u64, argv: Fields) -> Proc {
         Proc {
-            id: 0,
-            kind,
-            pid,
-            state: ProcState::Running,
-            started_ms,
-            status: None,
-            argv,
+            row: ProcessRow {
+                id: 0,
+                kind,
+                pid,
+                state: ProcState::Running,
+                started_ms,
+                status: None,
+                argv,
+            },
             pidfd: None,
             waiters: Vec::new(),
             kill_timer: None,
@@ -78,24 +68,12 @@ impl Proc {
 
     /// True until it has ended.
     pub fn is_live(&self) -> bool {
-        self.state != ProcState::Exited
+        self.row.state != ProcState::Exited
     }
 
     /// True for a process archon started (its child, which it reaps).
     pub fn is_child(&self) -> bool {
-        self.kind != Kind::Monitor
-    }
-
-    fn row(&self) -> ProcessRow {
-        ProcessRow {
-            id: self.id,
-            kind: self.kind,
-            pid: self.pid,
-            state: self.state,
-            started_ms: self.started_ms,
-            status: self.status,
-            argv: self.argv.clone(),
-        }
+        self.row.kind != Kind::Monitor
     }
 }
 
@@ -190,9 +168,9 @@ impl Table {
     pub fn insert(&mut self, mut proc: Proc) -> Id {
         let id = self.next_id;
         self.next_id += 1;
-        proc.id = id;
+        proc.row.id = id;
         if proc.is_child() {
-            self.children.insert(proc.pid, id);
+            self.children.insert(proc.row.pid, id);
         }
         self.procs.insert(id, proc);
         id
@@ -217,8 +195,8 @@ impl Table {
     pub fn monitor_by_pid(&self, pid: i32) -> Option<Id> {
         self.procs
             .values()
-            .find(|p| p.kind == Kind::Monitor && p.pid == pid && p.is_live())
-            .map(|p| p.id)
+            .find(|p| p.row.kind == Kind::Monitor && p.row.pid == pid && p.is_live())
+            .map(|p| p.row.id)
     }
 
     /// Ids of the live processes archon started.
@@ -226,7 +204,7 @@ impl Table {
         self.procs
             .values()
             .filter(|p| p.is_child() && p.is_live())
-            .map(|p| p.id)
+            .map(|p| p.row.id)
             .collect()
     }
 
@@ -243,8 +221,8 @@ impl Table {
     /// Removes a record at once (a process that could not be watched after all).
     pub fn remove(&mut self, id: Id) -> Option<Proc> {
         let proc = self.procs.remove(&id)?;
-        if self.children.get(&proc.pid) == Some(&id) {
-            self.children.remove(&proc.pid);
+        if self.children.get(&proc.row.pid) == Some(&id) {
+            self.children.remove(&proc.row.pid);
         }
         self.ended.retain(|&e| e != id);
         Some(proc)
@@ -263,24 +241,24 @@ impl Table {
         };
         if !proc.is_live() {
             // A monitored process whose status the kernel told later: keep the better answer.
-            if proc.status == Some(Status::Unknown) && status != Status::Unknown {
-                proc.status = Some(status);
+            if proc.row.status == Some(Status::Unknown) && status != Status::Unknown {
+                proc.row.status = Some(status);
             }
             return out;
         }
-        proc.state = ProcState::Exited;
-        proc.status = Some(status);
+        proc.row.state = ProcState::Exited;
+        proc.row.status = Some(status);
         for waiter in proc.waiters.drain(..) {
             out.replies.push(match waiter {
                 Waiter::Run(to) => (to, Reply::ExitStatus(status)),
                 Waiter::Stop(to) => (to, Reply::stopped(id, status)),
             });
         }
-        if proc.kind == Kind::Run {
+        if proc.row.kind == Kind::Run {
             out.freed_run_slot = true;
         }
         if proc.is_child() {
-            self.children.remove(&proc.pid);
+            self.children.remove(&proc.row.pid);
         }
         self.ended.push_back(id);
         while self.ended.len() > self.ended_kept {
@@ -293,7 +271,7 @@ impl Table {
 
     /// The rows of a `List` reply, by id.
     pub fn rows(&self) -> Vec<ProcessRow> {
-        self.procs.values().map(Proc::row).collect()
+        self.procs.values().map(|p| p.row.clone()).collect()
     }
 }
 
@@ -351,7 +329,10 @@ mod tests {
         );
         // Ending twice changes nothing and pays nobody twice.
         assert!(t.end(id, Status::Exited(0)).replies.is_empty());
-        assert_eq!(t.get(id).and_then(|p| p.status), Some(Status::Signaled(9)));
+        assert_eq!(
+            t.get(id).and_then(|p| p.row.status),
+            Some(Status::Signaled(9))
+        );
     }
 
     #[test]
@@ -362,9 +343,15 @@ mod tests {
         t.end(id, Status::Unknown);
         assert_eq!(t.monitor_by_pid(9), None);
         t.end(id, Status::Exited(3));
-        assert_eq!(t.get(id).and_then(|p| p.status), Some(Status::Exited(3)));
+        assert_eq!(
+            t.get(id).and_then(|p| p.row.status),
+            Some(Status::Exited(3))
+        );
         t.end(id, Status::Exited(4));
-        assert_eq!(t.get(id).and_then(|p| p.status), Some(Status::Exited(3)));
+        assert_eq!(
+            t.get(id).and_then(|p| p.row.status),
+            Some(Status::Exited(3))
+        );
     }
 
     #[test]
@@ -380,7 +367,7 @@ mod tests {
                 t.end(id, Status::Exited(0))
                     .evicted
                     .into_iter()
-                    .map(|p| p.id),
+                    .map(|p| p.row.id),
             );
         }
         assert_eq!(evicted, ids[..2]);
