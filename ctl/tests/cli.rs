@@ -10,9 +10,19 @@ fn version_usage_and_no_archon() -> std::io::Result<()> {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = Command::new(ctl).arg("stop").output()?;
-    assert_eq!(out.status.code(), Some(100), "a sub-command without its argument is a usage error");
-    let out = Command::new(ctl).args(["--socket", "/nonexistent/archon.sock", "ping"]).output()?;
-    assert_eq!(out.status.code(), Some(111), "no archon to talk to: exit 111");
+    assert_eq!(
+        out.status.code(),
+        Some(100),
+        "a sub-command without its argument is a usage error"
+    );
+    let out = Command::new(ctl)
+        .args(["--socket", "/nonexistent/archon.sock", "ping"])
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(111),
+        "no archon to talk to: exit 111"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/archon.sock"));
     Ok(())
 }
