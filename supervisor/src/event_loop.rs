@@ -6,7 +6,7 @@
 //! Tokens carry their owner in the low two bits (listener and signals, client, pidfd) and its id
 //! above, so no lookup table is needed and a stale token finds nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::listen::Listening;
 use crate::spawn::{Exec, SpawnError, Spawner};
 use crate::sys;
-use crate::table::{Admission, ClientId, Proc, ReplyTo, Table, Waiter};
+use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
 use crate::timers::{TimerEvent, Timers};
 use crate::{debug, error, info, warn};
 
@@ -70,13 +70,6 @@ fn errno_text(errno: i32) -> String {
     nix::errno::Errno::from_raw(errno).desc().to_string()
 }
 
-/// A `Run` waiting for a slot in the pool.
-struct QueuedRun {
-    to: ReplyTo,
-    cmd: Command,
-    fds: Vec<OwnedFd>,
-}
-
 /// A shutdown in progress.
 struct Shutdown {
     /// A second SIGTERM/SIGINT came: everything was killed at once.
@@ -92,7 +85,6 @@ pub struct Supervisor {
     clients: HashMap<ClientId, Client>,
     next_client: ClientId,
     table: Table,
-    queue: VecDeque<QueuedRun>,
     timers: Timers,
     base_env: Vec<(Vec<u8>, Vec<u8>)>,
     spawner: Spawner,
@@ -199,7 +191,6 @@ impl Supervisor {
             clients: HashMap::new(),
             next_client: 1,
             table: Table::new(opts.max_runs, opts.run_queue, MAX_ENDED_KEPT),
-            queue: VecDeque::new(),
             timers: Timers::default(),
             base_env,
             spawner,
@@ -467,13 +458,14 @@ impl Supervisor {
                 },
             ),
             Request::List => self.reply(to, Reply::List(self.table.rows())),
-            Request::Run(cmd) => match self.table.admit_run() {
-                Admission::Start => self.start_run(to, cmd, fds),
-                Admission::Queue => self.queue.push_back(QueuedRun { to, cmd, fds }),
-                Admission::Busy => {
+            Request::Run(cmd) => match self.table.admit_run(PendingRun { to, cmd, fds }) {
+                Admission::Start(run) => self.start_run(run),
+                Admission::Queued => {}
+                Admission::Busy(run) => {
                     let (running, waiting) = self.table.run_counts();
                     warn!("Run refused: {running} running and {waiting} waiting");
-                    self.reply(to, Reply::error("busy"))
+                    // Its fds close with it.
+                    self.reply(run.to, Reply::error("busy"))
                 }
             },
             Request::StartDaemon(cmd) => self.start_daemon(to, cmd, fds),
@@ -544,7 +536,9 @@ impl Supervisor {
         Ok(id)
     }
 
-    fn start_run(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>) {
+    /// Starts a `Run` that has a pool slot; the slot goes back if it cannot start.
+    fn start_run(&mut self, run: PendingRun) {
+        let PendingRun { to, cmd, fds } = run;
         match self.spawn(Kind::Run, &cmd, &fds) {
             Ok(id) => {
                 if let Some(p) = self.table.get_mut(id) {
@@ -552,22 +546,18 @@ impl Supervisor {
                 }
             }
             Err(reason) => {
+                self.table.release_run_slot();
                 self.reply(to, Reply::error(reason));
-                self.run_slot_freed();
             }
         }
         // The child has its own copies of the fds; archon's close here.
         drop(fds);
     }
 
-    fn run_slot_freed(&mut self) {
-        self.table.release_run_slot();
-        while self.table.dequeue_run() {
-            let Some(q) = self.queue.pop_front() else {
-                self.table.release_run_slot();
-                return;
-            };
-            self.start_run(q.to, q.cmd, q.fds);
+    /// Starts queued `Run`s while slots are free.
+    fn start_queued_runs(&mut self) {
+        while let Some(run) = self.table.next_run() {
+            self.start_run(run);
         }
     }
 
@@ -832,7 +822,7 @@ impl Supervisor {
             }
         }
         if ended.freed_run_slot {
-            self.run_slot_freed();
+            self.start_queued_runs();
         }
     }
 
@@ -851,9 +841,8 @@ impl Supervisor {
         let live = self.table.live_children();
         info!("{name}: stopping {} processes", live.len());
         self.shutdown = Some(Shutdown { forced: false });
-        for q in std::mem::take(&mut self.queue) {
-            self.table.release_run_slot();
-            self.reply(q.to, Reply::error("shutting down"));
+        for run in self.table.take_queue() {
+            self.reply(run.to, Reply::error("shutting down"));
         }
         for id in live {
             let _ = self.stop(id, self.opts.stop_grace, None);

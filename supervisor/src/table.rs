@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 
 use archon_proto::record::Fields;
-use archon_proto::{Id, Kind, ProcState, ProcessRow, Reply, Status};
+use archon_proto::{Command, Id, Kind, ProcState, ProcessRow, Reply, Status};
 
 use crate::timers::TimerKey;
 
@@ -77,15 +77,26 @@ impl Proc {
     }
 }
 
-/// What to do with a new `Run`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A `Run` with a slot in the pool or waiting for one: who asked, what, and its stdio.
+#[derive(Debug)]
+pub struct PendingRun {
+    /// Where the `ExitStatus` goes.
+    pub to: ReplyTo,
+    /// The command.
+    pub cmd: Command,
+    /// The fds sent with the request.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// What became of a new `Run`.
+#[derive(Debug)]
 pub enum Admission {
-    /// A slot is free: start it now.
-    Start,
-    /// All slots are busy: queue it.
-    Queue,
-    /// The queue is full: `Error,busy`.
-    Busy,
+    /// A slot was free and is now its: start it.
+    Start(PendingRun),
+    /// All slots are busy: it waits in the table's queue.
+    Queued,
+    /// The queue is full too: `Error,busy`.
+    Busy(PendingRun),
 }
 
 /// What ended a process's record, for the loop to act on.
@@ -93,7 +104,7 @@ pub enum Admission {
 pub struct Ended {
     /// The replies now due.
     pub replies: Vec<(ReplyTo, Reply)>,
-    /// It was a `Run`: a pool slot is free.
+    /// It was a `Run`: its pool slot is free now, for a queued one.
     pub freed_run_slot: bool,
     /// Records pushed out of the ended ring: drop them (their fds close).
     pub evicted: Vec<Proc>,
@@ -109,7 +120,7 @@ pub struct Table {
     runs_active: usize,
     max_runs: usize,
     max_queue: usize,
-    queued: usize,
+    queue: VecDeque<PendingRun>,
     ended_kept: usize,
 }
 
@@ -125,43 +136,48 @@ impl Table {
             runs_active: 0,
             max_runs,
             max_queue,
-            queued: 0,
+            queue: VecDeque::new(),
             ended_kept,
         }
     }
 
-    /// Decides what to do with a new `Run`, and counts it where it goes.
-    pub fn admit_run(&mut self) -> Admission {
+    /// Gives a new `Run` a slot, a place in the queue, or neither.
+    pub fn admit_run(&mut self, run: PendingRun) -> Admission {
         if self.runs_active < self.max_runs {
             self.runs_active += 1;
-            Admission::Start
-        } else if self.queued < self.max_queue {
-            self.queued += 1;
-            Admission::Queue
+            Admission::Start(run)
+        } else if self.queue.len() < self.max_queue {
+            self.queue.push_back(run);
+            Admission::Queued
         } else {
-            Admission::Busy
+            Admission::Busy(run)
         }
     }
 
-    /// A queued `Run` takes the slot just freed: true when there is a free slot for it.
-    pub fn dequeue_run(&mut self) -> bool {
-        if self.queued > 0 && self.runs_active < self.max_runs {
-            self.queued -= 1;
-            self.runs_active += 1;
-            true
-        } else {
-            false
+    /// The next queued `Run`, with the slot that is free for it; `None` when no slot is free or
+    /// nothing waits.
+    pub fn next_run(&mut self) -> Option<PendingRun> {
+        if self.runs_active >= self.max_runs {
+            return None;
         }
+        let run = self.queue.pop_front()?;
+        self.runs_active += 1;
+        Some(run)
     }
 
-    /// A `Run` that had a slot ended or never started.
+    /// Empties the queue (at shutdown); the runs in it held no slot.
+    pub fn take_queue(&mut self) -> VecDeque<PendingRun> {
+        std::mem::take(&mut self.queue)
+    }
+
+    /// A `Run` that had a slot could not be started after all.
     pub fn release_run_slot(&mut self) {
         self.runs_active = self.runs_active.saturating_sub(1);
     }
 
     /// `Run`s running, and waiting.
     pub fn run_counts(&self) -> (usize, usize) {
-        (self.runs_active, self.queued)
+        (self.runs_active, self.queue.len())
     }
 
     /// Adds a process; returns its new id.
@@ -255,6 +271,7 @@ impl Table {
             });
         }
         if proc.row.kind == Kind::Run {
+            self.runs_active = self.runs_active.saturating_sub(1);
             out.freed_run_slot = true;
         }
         if proc.is_child() {
@@ -283,25 +300,31 @@ mod tests {
         ReplyTo { client: 1, seq }
     }
 
+    fn run(seq: u64) -> PendingRun {
+        PendingRun {
+            to: to(seq),
+            cmd: Command::new(["x"]),
+            fds: Vec::new(),
+        }
+    }
+
     #[test]
     fn run_pool_starts_then_queues_then_refuses() {
         let mut t = Table::new(2, 1, 8);
-        let got: Vec<Admission> = (0..4).map(|_| t.admit_run()).collect();
-        assert_eq!(
-            got,
-            [
-                Admission::Start,
-                Admission::Start,
-                Admission::Queue,
-                Admission::Busy
-            ]
-        );
+        let got: Vec<&str> = (0..4)
+            .map(|i| match t.admit_run(run(i)) {
+                Admission::Start(_) => "start",
+                Admission::Queued => "queue",
+                Admission::Busy(_) => "busy",
+            })
+            .collect();
+        assert_eq!(got, ["start", "start", "queue", "busy"]);
         assert_eq!(t.run_counts(), (2, 1));
-        assert!(!t.dequeue_run(), "no slot is free yet");
+        assert!(t.next_run().is_none(), "no slot is free yet");
         t.release_run_slot();
-        assert!(t.dequeue_run());
+        assert_eq!(t.next_run().map(|r| r.to), Some(to(2)));
         assert_eq!(t.run_counts(), (2, 0));
-        assert!(!t.dequeue_run(), "the queue is empty");
+        assert!(t.next_run().is_none(), "the queue is empty");
     }
 
     #[test]
