@@ -22,6 +22,15 @@ use archon_proto::{Frame, Framer, Request, RequestError};
 /// How many bytes one read asks for.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Size, in u64 words, of the control buffer of one read: room for [`MAX_FDS_PER_MESSAGE`] fds,
+/// on the stack rather than allocated for every read.
+// SAFETY: CMSG_SPACE is a pure computation.
+const CMSG_WORDS: usize =
+    unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) as u32) }
+        as usize
+        / 8
+        + 1;
+
 /// The peer's credentials, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
@@ -220,18 +229,14 @@ impl Client {
             iov_base: spare.as_mut_ptr().cast(),
             iov_len: spare.len(),
         };
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let cmsg_space = unsafe {
-            libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) as u32)
-        } as usize;
         // u64 elements keep the buffer aligned for cmsghdr.
-        let mut cmsg_buf = vec![0u64; cmsg_space.div_ceil(8)];
+        let mut cmsg_buf = [0u64; CMSG_WORDS];
         // SAFETY: an all-zero msghdr is valid; the fields are set below.
         let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space as _;
+        msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
         let n = loop {
             // SAFETY: msg points at valid buffers for the duration of the call.
             let n = unsafe {

@@ -159,22 +159,7 @@ impl Supervisor {
         let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
         let spawner = Spawner::new().map_err(setup("map the child stack"))?;
 
-        let mut base_env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-            .filter(|(k, _)| {
-                !PRIVATE_ENV.iter().any(|p| k == p) && k != archon_proto::socket::SOCKET_ENV
-            })
-            .map(|(k, v)| {
-                use std::os::unix::ffi::OsStringExt;
-                (k.into_vec(), v.into_vec())
-            })
-            .collect();
-        {
-            use std::os::unix::ffi::OsStrExt;
-            base_env.push((
-                archon_proto::socket::SOCKET_ENV.as_bytes().to_vec(),
-                listening.path.as_os_str().as_bytes().to_vec(),
-            ));
-        }
+        let base_env = base_environment(&listening.path);
 
         info!(
             "listening on {} (max runs {}, run queue {}, stop grace {} ms, open files {nofile})",
@@ -413,6 +398,23 @@ impl Supervisor {
         }
     }
 
+    /// Registers the pidfd of process `id` with the poll.
+    fn watch_pidfd(&self, id: Id, pidfd: RawFd) -> io::Result<()> {
+        self.poll.registry().register(
+            &mut SourceFd(&pidfd),
+            token(TAG_PIDFD, id),
+            Interest::READABLE,
+        )
+    }
+
+    /// Removes a pidfd from the poll (it may stay open, to signal what is left of a group).
+    fn unwatch_pidfd(&self, pidfd: &OwnedFd) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+    }
+
     /// Has the loop serve a client before it sleeps again.
     fn wake(&mut self, id: ClientId) {
         if !self.more_to_read.contains(&id) {
@@ -516,15 +518,11 @@ impl Supervisor {
             SpawnError::Exec(errno) => exec_failure(&cmd.argv, errno),
             SpawnError::Clone(e) => format!("cannot start a process: {e}"),
         })?;
-        let mut proc = Proc::new(kind, child.pid, now_ms(), cmd.argv.clone());
         let raw = child.pidfd.as_raw_fd();
+        let mut proc = Proc::new(kind, child.pid, now_ms(), cmd.argv.clone());
         proc.pidfd = Some(child.pidfd);
         let id = self.table.insert(proc);
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&raw),
-            token(TAG_PIDFD, id),
-            Interest::READABLE,
-        ) {
+        if let Err(e) = self.watch_pidfd(id, raw) {
             // Still reaped through SIGCHLD; only the wake-up is lost.
             warn!("cannot watch the pidfd of {}: {e}", child.pid);
         }
@@ -592,11 +590,7 @@ impl Supervisor {
         let mut proc = Proc::new(Kind::Monitor, pid, now_ms(), Vec::new());
         proc.pidfd = Some(pidfd);
         let id = self.table.insert(proc);
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&raw),
-            token(TAG_PIDFD, id),
-            Interest::READABLE,
-        ) {
+        if let Err(e) = self.watch_pidfd(id, raw) {
             self.table.remove(id);
             return self.reply(to, Reply::error(format!("cannot watch the pidfd: {e}")));
         }
@@ -775,30 +769,22 @@ impl Supervisor {
     }
 
     fn forget_pidfd(&mut self, id: Id) {
-        let Some(p) = self.table.get_mut(id) else {
-            return;
-        };
-        if let Some(fd) = p.pidfd.take() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        let pidfd = self.table.get_mut(id).and_then(|p| p.pidfd.take());
+        if let Some(fd) = pidfd {
+            self.unwatch_pidfd(&fd);
         }
     }
 
     /// archon's child `id` has been reaped with `status`.
     fn child_ended(&mut self, id: Id, status: Status) {
-        let Some(p) = self.table.get_mut(id) else {
+        let Some(p) = self.table.get(id) else {
             return;
         };
         if let Some(fd) = p.pidfd.as_ref() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            self.unwatch_pidfd(fd);
         }
         debug!("{id} (pid {}) {status}", p.row.pid);
-        if p.kill_timer.is_none() {
+        if let Some(p) = self.table.get_mut(id).filter(|p| p.kill_timer.is_none()) {
             // No group left to signal after a stop: the pidfd can go now.
             p.pidfd = None;
         }
@@ -815,10 +801,7 @@ impl Supervisor {
                 self.timers.cancel(key);
             }
             if let Some(fd) = p.pidfd.as_ref() {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&fd.as_raw_fd()));
+                self.unwatch_pidfd(fd);
             }
         }
         if ended.freed_run_slot {
@@ -888,6 +871,22 @@ impl Supervisor {
         info!("all processes stopped; exiting");
         true
     }
+}
+
+/// The environment every child starts from: archon's own, without the variables that describe
+/// archon's service manager, with `ARCHON_SOCKET` naming archon's socket.
+fn base_environment(socket: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let socket_env = archon_proto::socket::SOCKET_ENV;
+    let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        .filter(|(k, _)| !PRIVATE_ENV.iter().any(|p| k == p) && k != socket_env)
+        .map(|(k, v)| (k.into_vec(), v.into_vec()))
+        .collect();
+    env.push((
+        socket_env.as_bytes().to_vec(),
+        socket.as_os_str().as_bytes().to_vec(),
+    ));
+    env
 }
 
 /// The reason given when a program cannot be executed.
