@@ -1,7 +1,9 @@
 //! Writing one request line, with descriptors attached as `SCM_RIGHTS`.
 //!
-//! archon takes the descriptors that arrive with the first bytes of a line as that line's, so
-//! they go in the same `sendmsg` as the whole line. The kernel may take fewer bytes than offered
+//! archon gives descriptors to the request that holds the last byte of the read that brought
+//! them (the kernel ends such a read right after the bytes sent with the descriptors), so they go
+//! in one `sendmsg` with the whole line, and with nothing after it: a caller sending several
+//! records sends the one that carries descriptors on its own. The kernel may take fewer bytes than offered
 //! (a full socket buffer); the rest follows without descriptors, which went with the first part.
 //! `MSG_NOSIGNAL`: a closed connection is an `EPIPE` error to report, not a `SIGPIPE` that kills
 //! the caller (a C program or a preloaded shim does not expect that from a library).
