@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -872,6 +872,19 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe2")
 }
 
+/// Waits until `fd` is readable; false when `deadline` passes first.
+fn readable_before(fd: &OwnedFd, deadline: Instant) -> Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Err(Errno::EINTR) => continue,
+            r => return Ok(r.context("poll")? > 0),
+        }
+    }
+}
+
 /// Reads `fd` to end-of-file; fails if no EOF comes within `bound` (a write end still open
 /// somewhere: in archon, or in a child that has not ended).
 pub fn read_to_eof(fd: &OwnedFd, bound: Duration) -> Result<Vec<u8>> {
@@ -879,14 +892,7 @@ pub fn read_to_eof(fd: &OwnedFd, bound: Duration) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        let n = match poll(&mut fds, PollTimeout::from(ms)) {
-            Err(Errno::EINTR) => continue,
-            r => r.context("poll")?,
-        };
-        if n == 0 {
+        if !readable_before(fd, deadline)? {
             return fail(format!(
                 "no end of file within {bound:?} (a write end is still open; read so far: {:?})",
                 String::from_utf8_lossy(&out)
@@ -912,14 +918,7 @@ pub fn read_line(fd: &OwnedFd) -> Result<String> {
     let mut out = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        let n = match poll(&mut fds, PollTimeout::from(ms)) {
-            Err(Errno::EINTR) => continue,
-            r => r.context("poll")?,
-        };
-        if n == 0 {
+        if !readable_before(fd, deadline)? {
             return fail(format!("no line within {BOUND:?} (so far {out:?})"));
         }
         match nix::unistd::read(fd, &mut byte) {
@@ -942,16 +941,9 @@ pub fn dev_null() -> Result<OwnedFd> {
     Ok(OwnedFd::from(f))
 }
 
-/// A pidfd for `pid` (`pidfd_open`, close-on-exec).
+/// A pidfd for `pid` (`pidfd_open`, close-on-exec), through the client library's wrapper.
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return fail(format!("pidfd_open({pid}): {}", Errno::last()));
-    }
-    let fd = RawFd::try_from(fd).context("pidfd_open returned a bad fd")?;
-    // SAFETY: the fd was just returned by the kernel and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    archon_ctl::pidfd_open(pid).context(format!("pidfd_open({pid})"))
 }
 
 /// A process the test started itself; killed and reaped on drop.
