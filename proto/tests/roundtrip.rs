@@ -476,55 +476,9 @@ fn records(stream: &[u8], cuts: &[usize]) -> Result<Vec<Vec<u8>>, String> {
         .collect()
 }
 
-/// RFC 4180's fields, read the plain way; `None` when `body` breaks the strict grammar. An
-/// independent reading to hold `record::split` (the `csv` crate) against.
-fn reference_split(body: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut fields = Vec::new();
-    if body.is_empty() {
-        return Some(fields);
-    }
-    let mut i = 0;
-    loop {
-        let mut field = Vec::new();
-        if body.get(i) == Some(&b'"') {
-            i += 1;
-            loop {
-                match body.get(i) {
-                    None => return None,
-                    Some(b'"') if body.get(i + 1) == Some(&b'"') => {
-                        field.push(b'"');
-                        i += 2;
-                    }
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&b) => {
-                        field.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            if i < body.len() && body[i] != b',' {
-                return None;
-            }
-        } else {
-            while let Some(&b) = body.get(i) {
-                match b {
-                    b',' => break,
-                    b'"' | b'\n' => return None,
-                    _ => field.push(b),
-                }
-                i += 1;
-            }
-        }
-        fields.push(field);
-        if i == body.len() {
-            return Some(fields);
-        }
-        i += 1;
-    }
-}
+#[path = "support/reference.rs"]
+mod reference;
+use reference::reference_split;
 
 /// `record::split` must read a framed record as RFC 4180 does.
 fn check_split(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {

@@ -80,54 +80,9 @@ fn serve(data: &[u8], chunk: usize, limit: usize) -> (Vec<Item>, Option<FrameErr
     (items, finish)
 }
 
-/// RFC 4180's fields, read the plain way; `None` when `body` breaks the strict grammar.
-fn reference_split(body: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut fields = Vec::new();
-    if body.is_empty() {
-        return Some(fields);
-    }
-    let mut i = 0;
-    loop {
-        let mut field = Vec::new();
-        if body.get(i) == Some(&b'"') {
-            i += 1;
-            loop {
-                match body.get(i) {
-                    None => return None,
-                    Some(b'"') if body.get(i + 1) == Some(&b'"') => {
-                        field.push(b'"');
-                        i += 2;
-                    }
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&b) => {
-                        field.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            if i < body.len() && body[i] != b',' {
-                return None;
-            }
-        } else {
-            while let Some(&b) = body.get(i) {
-                match b {
-                    b',' => break,
-                    b'"' | b'\n' => return None,
-                    _ => field.push(b),
-                }
-                i += 1;
-            }
-        }
-        fields.push(field);
-        if i == body.len() {
-            return Some(fields);
-        }
-        i += 1;
-    }
-}
+#[path = "../../tests/support/reference.rs"]
+mod reference;
+use reference::reference_split;
 
 /// The records of bytes an encoder wrote: all of them must frame cleanly.
 fn records(bytes: &[u8]) -> Vec<Vec<u8>> {
