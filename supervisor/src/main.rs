@@ -5,10 +5,14 @@
 //! start (no socket path, socket in use, a system call failing during setup).
 
 mod args;
+mod cgroup;
 mod control;
 mod event_loop;
+mod health;
 mod listen;
 mod log;
+mod notify;
+mod procstat;
 mod spawn;
 mod sys;
 mod table;
