@@ -8,7 +8,8 @@
 //! - [`record`]: a record's fields, split and joined with the `csv` crate;
 //! - [`command`]: the argv/env of `Run` and `StartDaemon`, in the simple and the explicit form;
 //! - [`request`] and [`reply`]: the typed messages;
-//! - [`signal`], [`socket`], [`limits`]: names, the socket path rule, the limits.
+//! - [`signal`], [`name`], [`socket`], [`limits`]: signal names, the service name rule, the
+//!   socket path rule, the limits.
 //!
 //! ```
 //! use archon_proto::{Request, Command, Reply, Status};
@@ -21,6 +22,7 @@
 pub mod command;
 pub mod frame;
 pub mod limits;
+pub mod name;
 pub mod record;
 pub mod reply;
 pub mod request;
