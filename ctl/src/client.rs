@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use archon_proto::socket::socket_path;
-use archon_proto::{Command, Id, ProcessRow, Reply, ReplyError, Request, Status};
+use archon_proto::{Command, Id, ProcessRow, Reply, ReplyError, Request, Status, Target};
 
 use crate::error::Error;
 use crate::raw::with_newline;
@@ -171,7 +171,11 @@ impl Client {
     /// Stops process `id`: SIGTERM to its process group, SIGKILL after `grace_ms` milliseconds
     /// (archon's `--stop-grace` when `None`). Returns how it ended, once it has.
     pub fn stop(&mut self, id: Id, grace_ms: Option<u64>) -> Result<Status, Error> {
-        match self.request(&Request::Stop { id, grace_ms }, &[])? {
+        let request = Request::Stop {
+            target: Target::Id(id),
+            grace_ms,
+        };
+        match self.request(&request, &[])? {
             Reply::Ok(fields) => match fields.get(1) {
                 Some(status) => Status::from_field(status)
                     .ok_or_else(|| malformed("Stop's status is not a status")),
@@ -183,7 +187,12 @@ impl Client {
 
     /// Sends signal number `signal` to process `id`, or to its process group when `group`.
     pub fn signal(&mut self, id: Id, signal: i32, group: bool) -> Result<(), Error> {
-        match self.request(&Request::Signal { id, signal, group }, &[])? {
+        let request = Request::Signal {
+            target: Target::Id(id),
+            signal,
+            group,
+        };
+        match self.request(&request, &[])? {
             Reply::Ok(_) => Ok(()),
             other => Err(refused_or_unexpected(other)),
         }
