@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use archon_proto::limits::{MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION};
-use archon_proto::{Command, Id, Kind, ProcState, Reply, Request, Status};
+use archon_proto::{Command, Id, Kind, ProcState, Reply, Request, Status, Target};
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -485,20 +485,38 @@ impl Supervisor {
                     Reply::error(format!("cannot open a pidfd for {pid}: {e}")),
                 ),
             },
-            Request::Stop { id, grace_ms } => {
+            Request::Stop {
+                target: Target::Id(id),
+                grace_ms,
+            } => {
                 let grace = grace_ms.map_or(self.opts.stop_grace, Duration::from_millis);
                 match self.stop(id, grace, Some(to)) {
                     Ok(()) => {}
                     Err(reason) => self.reply(to, Reply::error(reason)),
                 }
             }
-            Request::Signal { id, signal, group } => {
+            Request::Signal {
+                target: Target::Id(id),
+                signal,
+                group,
+            } => {
                 let reply = match self.signal(id, signal, group) {
                     Ok(()) => Reply::Ok(vec![id.to_string().into_bytes()]),
                     Err(reason) => Reply::error(reason),
                 };
                 self.reply(to, reply)
             }
+            // Services come with the service model (issue 3).
+            Request::Stop { .. }
+            | Request::Signal { .. }
+            | Request::Start { .. }
+            | Request::Restart { .. }
+            | Request::Pause { .. }
+            | Request::Resume { .. }
+            | Request::Status { .. }
+            | Request::Tree { .. }
+            | Request::Config
+            | Request::Reload => self.reply(to, Reply::error("not supported yet")),
         }
     }
 
