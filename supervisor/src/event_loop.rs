@@ -23,7 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::args::Options;
 use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::listen::Listening;
-use crate::spawn::{Exec, SpawnError, Spawner};
+use crate::spawn::{Exec, SpawnError, Spawner, Step};
 use crate::sys;
 use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
 use crate::timers::{TimerEvent, Timers};
@@ -533,8 +533,11 @@ impl Supervisor {
         let exec = Exec::prepare(cmd, &self.base_env).map_err(|e| e.to_string())?;
         let stdio = self.stdio(fds);
         let child = self.spawner.spawn(&exec, stdio).map_err(|e| match e {
-            SpawnError::Exec(errno) => exec_failure(&cmd.argv, errno),
-            SpawnError::Clone(e) => format!("cannot start a process: {e}"),
+            SpawnError::Setup {
+                step: Step::Exec(_),
+                errno,
+            } => exec_failure(&cmd.argv, errno),
+            e => e.to_string(),
         })?;
         let raw = child.pidfd.as_raw_fd();
         let mut proc = Proc::new(kind, child.pid, now_ms(), cmd.argv.clone());
