@@ -4,6 +4,8 @@
 //! reported first (the alphabetically first one, so the message does not depend on Lua's table
 //! order), then the known fields in the order of [`FIELDS`].
 
+use std::cell::Cell;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -72,6 +74,44 @@ const MAX_READY_FD: i64 = 1023;
 /// The largest user or group id; `(uid_t)-1` means "unchanged" to the kernel.
 const MAX_ID: i64 = u32::MAX as i64 - 1;
 
+/// What declarations may still copy out of Lua, in bytes. Checked while copying, so that a
+/// list of many references to one long string cannot make archon allocate a copy for each.
+pub(crate) struct Room {
+    left: Cell<usize>,
+    limit: usize,
+}
+
+impl Room {
+    /// Room for `left` more bytes of the `limit` all declarations share.
+    pub(crate) fn new(left: usize, limit: usize) -> Room {
+        Room {
+            left: Cell::new(left),
+            limit,
+        }
+    }
+
+    /// The bytes still free.
+    pub(crate) fn left(&self) -> usize {
+        self.left.get()
+    }
+
+    /// Takes `bytes` (plus what keeping an item costs), or says the configuration is too large.
+    fn take(&self, bytes: usize) -> Res<()> {
+        const ITEM: usize = 32;
+        let need = bytes.saturating_add(ITEM);
+        match self.left.get().checked_sub(need) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(format!(
+                "the configuration is too large: its declarations hold more than {} MiB",
+                self.limit >> 20
+            )),
+        }
+    }
+}
+
 /// The known fields of a table, found by name.
 struct Fields(Vec<(&'static str, Value)>);
 
@@ -82,7 +122,8 @@ impl Fields {
         let what = prefix.trim_end_matches('.');
         let mut found = Vec::new();
         let mut unknown: Vec<Vec<u8>> = Vec::new();
-        for (k, v) in value::entries(t, what)? {
+        for pair in value::entries(t, what) {
+            let (k, v) = pair?;
             let Value::String(k) = &k else {
                 let table = if what.is_empty() { "the table" } else { what };
                 return Err(format!(
@@ -119,11 +160,13 @@ pub(crate) fn service(
     kind: UnitKind,
     line: u32,
     table: &Value,
+    room: &Room,
 ) -> Res<Service> {
+    room.take(std::mem::size_of::<Service>())?;
     let t = value::table(table, "the declaration", "a table of fields")?;
     let f = Fields::read(&t, "", &FIELDS, "argv = {...}")?;
     let argv = match f.get("argv") {
-        Some(v) => argv(lua, v, "argv")?,
+        Some(v) => argv(lua, v, "argv", room)?,
         None => {
             return Err(
                 "argv is required: the program and its arguments, as in argv = {\"/usr/bin/prog\", \"--flag\"}"
@@ -134,21 +177,24 @@ pub(crate) fn service(
     let mut s = Service::new(name, kind, argv);
     s.line = line;
     if let Some(v) = f.get("env") {
-        s.env = env(lua, v)?;
+        s.env = env(lua, v, room)?;
     }
     if let Some(v) = f.get("cwd") {
         s.cwd = Some(cwd(v)?);
+        room.take(s.cwd.as_ref().map_or(0, |p| p.as_os_str().len()))?;
     }
     let user = f.get("user").map(|v| who(v, "user")).transpose()?;
     let group = f.get("group").map(|v| who(v, "group")).transpose()?;
     let groups = match f.get("groups") {
-        Some(v) => Some(
-            list(v, "groups", "a list of group names or numbers")?
-                .iter()
-                .enumerate()
-                .map(|(i, g)| who(g, &format!("groups[{}]", i + 1)))
-                .collect::<Res<Vec<Who>>>()?,
-        ),
+        Some(v) => Some(list(
+            v,
+            "groups",
+            "a list of group names or numbers",
+            |i, g| {
+                room.take(8)?;
+                who(g, &format!("groups[{i}]"))
+            },
+        )?),
         None => None,
     };
     s.user = users::credentials(user.as_ref(), group.as_ref(), groups.as_deref())?;
@@ -186,13 +232,13 @@ pub(crate) fn service(
         s.critical = boolean(v, "critical")?;
     }
     if let Some(v) = f.get("requires") {
-        s.requires = names(v, "requires", name)?;
+        s.requires = names(v, "requires", name, room)?;
     }
     if let Some(v) = f.get("after") {
-        s.after = names(v, "after", name)?;
+        s.after = names(v, "after", name, room)?;
     }
     if let Some(v) = f.get("before") {
-        s.before = names(v, "before", name)?;
+        s.before = names(v, "before", name, room)?;
     }
     if let Some(v) = f.get("ready") {
         s.ready = ready(v)?;
@@ -225,36 +271,51 @@ pub(crate) fn service(
         if kind == UnitKind::Task {
             return Err("health checks are for services; a task runs to completion".to_string());
         }
-        s.health = Some(health(lua, v)?);
+        s.health = Some(health(lua, v, room)?);
     }
     Ok(s)
 }
 
 /// A non-empty list of strings (numbers allowed) without NUL, the first one not empty.
-fn argv(lua: &Lua, v: &Value, what: &str) -> Res<Vec<Vec<u8>>> {
-    let items = list(v, what, "a list of strings")?;
-    if items.is_empty() {
-        return Err(format!(
+fn argv(lua: &Lua, v: &Value, what: &str, room: &Room) -> Res<Vec<Vec<u8>>> {
+    let out = list(v, what, "a list of strings", |i, item| {
+        // The strings are the common case, and argv may be long: no message made up front.
+        let arg = match item {
+            Value::String(s) => {
+                let bytes = s.as_bytes();
+                room.take(bytes.len())?;
+                bytes.to_vec()
+            }
+            _ => {
+                let arg = text(lua, item, &format!("{what}[{i}]"), "a string")?;
+                room.take(arg.len())?;
+                arg
+            }
+        };
+        if arg.contains(&0) {
+            return Err(format!("{what}[{i}] contains a NUL byte"));
+        }
+        Ok(arg)
+    })?;
+    match out.first() {
+        None => Err(format!(
             "{what} is empty: it needs at least the program to run"
-        ));
+        )),
+        Some(program) if program.is_empty() => {
+            Err(format!("{what}[1] is empty: it must name the program"))
+        }
+        Some(_) => Ok(out),
     }
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("{what}[{}]", i + 1);
-        let arg = text(lua, item, &at, "a string")?;
-        no_nul(&arg, &at)?;
-        out.push(arg);
-    }
-    if out[0].is_empty() {
-        return Err(format!("{what}[1] is empty: it must name the program"));
-    }
-    Ok(out)
 }
 
-fn env(lua: &Lua, v: &Value) -> Res<Vec<(Vec<u8>, Vec<u8>)>> {
+fn env(lua: &Lua, v: &Value, room: &Room) -> Res<Vec<(Vec<u8>, Vec<u8>)>> {
     let t = value::table(v, "env", "a table of NAME = value")?;
     let mut out = Vec::new();
-    for (k, v) in value::entries(&t, "env")? {
+    for pair in value::entries(&t, "env") {
+        let (k, v) = pair?;
+        if out.len() == value::MAX_LIST {
+            return Err(format!("env has more than {} variables", value::MAX_LIST));
+        }
         let Value::String(k) = &k else {
             return Err(format!(
                 "env must map names to values, as in env = {{NAME = \"value\"}}, but it has \
@@ -272,7 +333,14 @@ fn env(lua: &Lua, v: &Value) -> Res<Vec<(Vec<u8>, Vec<u8>)>> {
         }
         no_nul(&name, &format!("env name {shown}"))?;
         let at = format!("env[{shown}]");
+        // Charged before the copy for a string, which may be long; a number's text is short.
+        let len = match &v {
+            Value::String(s) => s.as_bytes().len(),
+            _ => 0,
+        };
+        room.take(name.len() + len)?;
         let value = text(lua, &v, &at, "a string or a number")?;
+        room.take(value.len() - len.min(value.len()))?;
         no_nul(&value, &at)?;
         out.push((name, value));
     }
@@ -334,7 +402,8 @@ fn rlimits(v: &Value) -> Res<Vec<Rlimit>> {
     let t = value::table(v, "rlimits", "a table like {nofile = 1024}")?;
     let names: Vec<&str> = RESOURCES.iter().map(|(n, _)| *n).collect();
     let mut out = Vec::new();
-    for (k, v) in value::entries(&t, "rlimits")? {
+    for entry in value::entries(&t, "rlimits") {
+        let (k, v) = entry?;
         let Value::String(k) = &k else {
             return Err(format!(
                 "rlimits names its limits, as in {{nofile = 1024}}, but it has the key [{}]",
@@ -396,7 +465,8 @@ fn pair(v: &Value, what: &str) -> Res<(u64, u64)> {
     let t = value::table(v, what, EXPECTED)?;
     let mut soft = None;
     let mut hard = None;
-    for (k, item) in value::entries(&t, what)? {
+    for pair in value::entries(&t, what) {
+        let (k, item) = pair?;
         let slot = match &k {
             Value::Integer(1) => &mut soft,
             Value::Integer(2) => &mut hard,
@@ -535,15 +605,24 @@ fn signal(v: &Value) -> Res<i32> {
 }
 
 /// A list of declaration names, checked and deduplicated, not naming `me`.
-fn names(v: &Value, what: &str, me: &str) -> Res<Vec<String>> {
-    let items = list(v, what, "a list of names")?;
-    let mut out: Vec<String> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("{what}[{}]", i + 1);
-        let bytes = string(item, &at, "a name")?;
+fn names(v: &Value, what: &str, me: &str, room: &Room) -> Res<Vec<String>> {
+    let mut seen = HashSet::new();
+    let all = list(v, what, "a list of names", |i, item| {
+        let bytes = match item {
+            Value::String(s) => {
+                room.take(s.as_bytes().len())?;
+                s.as_bytes().to_vec()
+            }
+            other => {
+                return Err(format!(
+                    "{what}[{i}] must be a name, got {}",
+                    value::type_name(other)
+                ));
+            }
+        };
         if let Err(why) = archon_proto::name::check(&bytes) {
             return Err(format!(
-                "{at} {} is not a valid name: {why}",
+                "{what}[{i}] {} is not a valid name: {why}",
                 describe(item)
             ));
         }
@@ -551,11 +630,9 @@ fn names(v: &Value, what: &str, me: &str) -> Res<Vec<String>> {
         if name == me {
             return Err(format!("{what} names {me} itself"));
         }
-        if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    Ok(out)
+        Ok(name)
+    })?;
+    Ok(all.into_iter().filter(|n| seen.insert(n.clone())).collect())
 }
 
 fn ready(v: &Value) -> Res<Ready> {
@@ -578,7 +655,7 @@ fn positive(v: &Value, what: &str) -> Res<u64> {
     }
 }
 
-fn health(lua: &Lua, v: &Value) -> Res<Health> {
+fn health(lua: &Lua, v: &Value, room: &Room) -> Res<Health> {
     let t = value::table(
         v,
         "health",
@@ -589,7 +666,7 @@ fn health(lua: &Lua, v: &Value) -> Res<Health> {
         (Some(_), Some(_)) => {
             return Err("health has both command and tcp; give one".to_string());
         }
-        (Some(v), None) => Check::Command(argv(lua, v, "health.command")?),
+        (Some(v), None) => Check::Command(argv(lua, v, "health.command", room)?),
         (None, Some(v)) => Check::Tcp(tcp(v)?),
         (None, None) => {
             return Err(

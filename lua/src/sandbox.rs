@@ -400,46 +400,21 @@ fn complete(lua: &Lua, st: &Shared, slot: usize, table: &Value) -> mlua::Result<
             format!("{name}: the declaration needs a table of fields, got nil"),
         ));
     }
-    let service = fields::service(lua, &name, kind, line, table)
+    let room = {
+        let s = st.try_borrow().map_err(|_| busy())?;
+        fields::Room::new(
+            s.limits.declared.saturating_sub(s.declared),
+            s.limits.declared,
+        )
+    };
+    let service = fields::service(lua, &name, kind, line, table, &room)
         .map_err(|m| fail(st, Some(line), format!("{name}: {m}")))?;
     let mut s = st.try_borrow_mut().map_err(|_| busy())?;
-    s.declared = s.declared.saturating_add(weight(&service));
-    if s.declared > s.limits.declared {
-        let message = format!(
-            "the configuration is too large: its declarations hold more than {} MiB",
-            s.limits.declared >> 20
-        );
-        drop(s);
-        return Err(fail(st, Some(line), message));
-    }
+    s.declared = s.limits.declared.saturating_sub(room.left());
     if let Some(sl) = s.slots.get_mut(slot) {
         sl.service = Some(service);
     }
     Ok(())
-}
-
-/// About the bytes `s` holds.
-fn weight(s: &Service) -> usize {
-    const ITEM: usize = 32;
-    let strings = |v: &[Vec<u8>]| v.iter().map(|a| a.len() + ITEM).sum::<usize>();
-    let names = |v: &[String]| v.iter().map(|a| a.len() + ITEM).sum::<usize>();
-    let health = match s.health.as_ref().map(|h| &h.check) {
-        Some(crate::model::Check::Command(argv)) => strings(argv),
-        _ => 0,
-    };
-    std::mem::size_of::<Service>()
-        + strings(&s.argv)
-        + s.env
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + ITEM)
-            .sum::<usize>()
-        + s.cwd.as_ref().map_or(0, |p| p.as_os_str().len())
-        + s.user.as_ref().map_or(0, |c| c.groups.len() * 4)
-        + s.rlimits.len() * std::mem::size_of::<crate::model::Rlimit>()
-        + names(&s.requires)
-        + names(&s.after)
-        + names(&s.before)
-        + health
 }
 
 /// An error Lua returned, as a line and a message.

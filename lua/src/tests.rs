@@ -1054,6 +1054,32 @@ fn field_type_and_value_errors() -> Res {
 }
 
 #[test]
+fn lists_have_a_length_limit() -> Res {
+    errors(&[
+        (
+            "local t = {}\nfor i = 1, 65537 do t[i] = \"a\" end\nservice \"x\" { argv = t }",
+            Some(3),
+            "x: argv has 65537 items; at most 65536",
+        ),
+        (
+            "local t = {}\nfor i = 1, 65537 do t[\"V\" .. i] = \"a\" end\nservice \"x\" { argv = {\"a\"}, env = t }",
+            Some(3),
+            "x: env has more than 65536 variables",
+        ),
+        (
+            "local t = {}\nfor i = 1, 65537 do t[i] = \"a\" end\nservice \"x\" { argv = {\"a\"}, after = t }",
+            Some(3),
+            "x: after has 65537 items; at most 65536",
+        ),
+    ])?;
+    let s =
+        one("local t = {}\nfor i = 1, 65536 do t[i] = \"a\" .. i end\nservice \"x\" { argv = t }")?;
+    assert_eq!(s.argv.len(), 65536);
+    assert_eq!(s.argv[65535], b"a65536");
+    Ok(())
+}
+
+#[test]
 fn task_only_errors() -> Res {
     errors(&[
         (
@@ -1254,8 +1280,17 @@ fn an_endless_loop_is_interrupted() -> Res {
             Some(2),
             &message,
         ),
-        ("local function f() return f() end\nf()", Some(1), &message),
-    ])
+    ])?;
+    // A tail call that never returns is an endless loop too.
+    let limits = small(1_000_000, MAX_MEMORY_BYTES, MAX_DECLARED_BYTES);
+    let e = load_with("t.lua", b"local function f() return f() end\nf()", limits)
+        .err()
+        .ok_or("loaded")?;
+    assert_eq!(
+        e.to_string(),
+        "t.lua:1: configuration did not finish: over 1000000 instructions (an endless loop?)"
+    );
+    Ok(())
 }
 
 fn small(instructions: u64, memory: usize, declared: usize) -> sandbox::Limits {
@@ -1342,7 +1377,14 @@ fn declarations_may_not_hold_too_much() -> Res {
         .ok_or("loaded")?;
     assert_eq!(
         e.to_string(),
-        "t.lua:3: the configuration is too large: its declarations hold more than 1 MiB"
+        "t.lua:3: w11: the configuration is too large: its declarations hold more than 1 MiB"
+    );
+    // One declaration that names one long string many times is stopped while it is copied.
+    let src = "local big = string.rep(\"x\", 1 << 20)\nlocal t = {}\nfor i = 1, 60000 do t[i] = big end\nservice \"x\" { argv = t }";
+    let e = load_str("t.lua", src.as_bytes()).err().ok_or("loaded")?;
+    assert_eq!(
+        e.to_string(),
+        "t.lua:4: x: the configuration is too large: its declarations hold more than 64 MiB"
     );
     Ok(())
 }

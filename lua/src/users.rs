@@ -6,6 +6,9 @@ use nix::unistd::{Gid, Group, Uid, User, getgid, getgrouplist, getuid};
 use crate::model::Credentials;
 use crate::value::Res;
 
+/// The most supplementary groups `setgroups` takes (Linux's `NGROUPS_MAX`).
+const MAX_GROUPS: usize = 65536;
+
 /// A user or group as written: a name or a number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Who {
@@ -37,11 +40,20 @@ pub(crate) fn credentials(
     if user.is_none() && group.is_none() && groups.is_none() {
         return Ok(None);
     }
+    if let Some(list) = groups {
+        if list.len() > MAX_GROUPS {
+            return Err(format!(
+                "groups lists {} groups; the kernel takes at most {MAX_GROUPS}",
+                list.len()
+            ));
+        }
+    }
     let group = group.map(gid).transpose()?;
     let groups = match groups {
         Some(list) => Some(dedup(list.iter().map(gid).collect::<Res<Vec<u32>>>()?)),
         None => None,
     };
+
     let Some(user) = user else {
         let gid = group.unwrap_or_else(|| getgid().as_raw());
         return Ok(Some(Credentials {
@@ -102,13 +114,8 @@ fn gid(who: &Who) -> Res<u32> {
 }
 
 fn dedup(list: Vec<u32>) -> Vec<u32> {
-    let mut out: Vec<u32> = Vec::with_capacity(list.len());
-    for g in list {
-        if !out.contains(&g) {
-            out.push(g);
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::new();
+    list.into_iter().filter(|g| seen.insert(*g)).collect()
 }
 
 #[cfg(test)]
@@ -174,6 +181,15 @@ mod tests {
             })
         );
         Ok(())
+    }
+
+    #[test]
+    fn too_many_groups() {
+        let many = vec![Who::Id(1); MAX_GROUPS + 1];
+        assert_eq!(
+            credentials(None, None, Some(&many)),
+            Err("groups lists 65537 groups; the kernel takes at most 65536".to_string())
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub(crate) type Res<T> = Result<T, String>;
 /// archon computes from one stays far from overflowing.
 pub(crate) const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
 
+/// The most items a list or table field may hold: far more than any argv or environment
+/// needs, and a bound on the work and memory one declaration can ask of archon.
+pub(crate) const MAX_LIST: usize = 65536;
+
 /// How a duration may be written, for error messages.
 const DURATION: &str = "a duration (seconds, or a string like \"250ms\", \"5s\", \"2m\", \"1h\")";
 
@@ -81,13 +85,14 @@ pub(crate) fn table(v: &Value, what: &str, expected: &str) -> Res<Table> {
     }
 }
 
-/// The key-value pairs of `t`, read raw.
-pub(crate) fn entries(t: &Table, what: &str) -> Res<Vec<(Value, Value)>> {
-    let mut out = Vec::new();
-    for pair in t.pairs::<Value, Value>() {
-        out.push(pair.map_err(|e| format!("{what}: {e}"))?);
-    }
-    Ok(out)
+/// The key-value pairs of `t`, read raw, one at a time: each pair holds a slot on Lua's
+/// stack only while it is looked at, so a table of millions of entries needs no more.
+pub(crate) fn entries<'a>(
+    t: &'a Table,
+    what: &'a str,
+) -> impl Iterator<Item = Res<(Value, Value)>> + 'a {
+    t.pairs::<Value, Value>()
+        .map(move |pair| pair.map_err(|e| format!("{what}: {e}")))
 }
 
 /// The index of a list key: an integer from 1 on.
@@ -99,13 +104,26 @@ fn index(k: &Value) -> Option<i64> {
     }
 }
 
-/// `v` as a list (a table with the keys 1..n only), its items in order.
-pub(crate) fn list(v: &Value, what: &str, expected: &str) -> Res<Vec<Value>> {
+/// `v` as a list (a table with the keys 1..n only), each item converted by `item` (given its
+/// index from 1) in order.
+pub(crate) fn list<T>(
+    v: &Value,
+    what: &str,
+    expected: &str,
+    mut item: impl FnMut(usize, &Value) -> Res<T>,
+) -> Res<Vec<T>> {
     let t = table(v, what, expected)?;
-    let mut items = Vec::new();
-    for (k, v) in entries(&t, what)? {
+    let len = t.raw_len();
+    if len > MAX_LIST {
+        return Err(format!("{what} has {len} items; at most {MAX_LIST}"));
+    }
+    let mut count = 0usize;
+    let mut beyond = false;
+    for pair in entries(&t, what) {
+        let (k, _) = pair?;
         match index(&k) {
-            Some(i) => items.push((i, v)),
+            Some(i) if i as usize <= len => count += 1,
+            Some(_) => beyond = true,
             None => {
                 return Err(format!(
                     "{what} must be {expected}, but it has the key {}",
@@ -114,16 +132,25 @@ pub(crate) fn list(v: &Value, what: &str, expected: &str) -> Res<Vec<Value>> {
             }
         }
     }
-    items.sort_by_key(|(i, _)| *i);
-    for (n, (i, _)) in items.iter().enumerate() {
-        if *i != n as i64 + 1 {
-            return Err(format!(
-                "{what} must be {expected}, but it has a hole: nothing at [{}]",
-                n + 1
-            ));
+    if beyond || count < len {
+        // Keys past the length, or fewer keys than it: somewhere a value is missing.
+        let mut hole = len + 1;
+        for i in 1..=len {
+            if matches!(t.raw_get::<Value>(i), Ok(Value::Nil)) {
+                hole = i;
+                break;
+            }
         }
+        return Err(format!(
+            "{what} must be {expected}, but it has a hole: nothing at [{hole}]"
+        ));
     }
-    Ok(items.into_iter().map(|(_, v)| v).collect())
+    let mut out = Vec::with_capacity(len.min(1024));
+    for i in 1..=len {
+        let v: Value = t.raw_get(i).map_err(|e| format!("{what}: {e}"))?;
+        out.push(item(i, &v)?);
+    }
+    Ok(out)
 }
 
 /// `v` as a Lua string's bytes.
