@@ -13,6 +13,7 @@ mod listen;
 mod log;
 mod notify;
 mod procstat;
+mod service;
 mod spawn;
 mod sys;
 mod table;
