@@ -288,6 +288,16 @@ pub struct ReloadCounts {
     pub unchanged: usize,
 }
 
+impl std::fmt::Display for ReloadCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} started, {} stopped, {} restarted, {} unchanged",
+            self.started, self.stopped, self.restarted, self.unchanged
+        )
+    }
+}
+
 /// Every unit, and the actions owed to the loop.
 #[derive(Debug, Default)]
 pub struct Manager {

@@ -10,4 +10,6 @@ pub mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use manager::{Action, Health, Manager, ReloadCounts, State, TimerKind, UnitId, UnitView};
+pub use manager::{
+    Action, Health, Manager, ReloadCounts, State, TimerKind, UnitId, UnitView, ms_text,
+};
