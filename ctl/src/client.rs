@@ -11,8 +11,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use archon_proto::reply::ready;
 use archon_proto::socket::socket_path;
-use archon_proto::{Command, Id, ProcessRow, Reply, ReplyError, Request, Status};
+use archon_proto::{
+    Command, Id, ProcessRow, ReloadCounts, Reply, ReplyError, Request, ServiceRow, Setting, Status,
+    Target, TreeNode,
+};
 
 use crate::error::Error;
 use crate::raw::with_newline;
@@ -171,7 +175,11 @@ impl Client {
     /// Stops process `id`: SIGTERM to its process group, SIGKILL after `grace_ms` milliseconds
     /// (archon's `--stop-grace` when `None`). Returns how it ended, once it has.
     pub fn stop(&mut self, id: Id, grace_ms: Option<u64>) -> Result<Status, Error> {
-        match self.request(&Request::Stop { id, grace_ms }, &[])? {
+        let request = Request::Stop {
+            target: Target::Id(id),
+            grace_ms,
+        };
+        match self.request(&request, &[])? {
             Reply::Ok(fields) => match fields.get(1) {
                 Some(status) => Status::from_field(status)
                     .ok_or_else(|| malformed("Stop's status is not a status")),
@@ -181,9 +189,128 @@ impl Client {
         }
     }
 
+    /// Stops `target`, a process or a service (a service's dependents are stopped first), with
+    /// `grace_ms` between SIGTERM and SIGKILL (archon's default, or the service's `stop_timeout`,
+    /// when `None`). Returns how its main process ended, once it has; `None` when a service was
+    /// not running.
+    pub fn stop_target(
+        &mut self,
+        target: &Target,
+        grace_ms: Option<u64>,
+    ) -> Result<Option<Status>, Error> {
+        let request = Request::Stop {
+            target: target.clone(),
+            grace_ms,
+        };
+        match self.request(&request, &[])? {
+            Reply::Ok(fields) => match fields.get(1).map(Vec::as_slice) {
+                Some(none) if none == ready::NONE.as_bytes() => Ok(None),
+                Some(status) => Status::from_field(status)
+                    .map(Some)
+                    .ok_or_else(|| malformed("Stop's status is not a status")),
+                None => Err(malformed("Stop's Ok has no status")),
+            },
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Starts service or task `name`, and what it requires that is not running. Returns once it
+    /// is ready (a service) or done (a task); [`Error::Refused`] when it does not get there.
+    pub fn start(&mut self, name: &[u8]) -> Result<(), Error> {
+        let request = Request::Start {
+            name: name.to_vec(),
+        };
+        done(self.request(&request, &[])?)
+    }
+
+    /// Restarts service `name`; returns once it is ready again.
+    pub fn restart(&mut self, name: &[u8]) -> Result<(), Error> {
+        let request = Request::Restart {
+            name: name.to_vec(),
+        };
+        done(self.request(&request, &[])?)
+    }
+
+    /// Stops (SIGSTOP, or freezes the cgroup of) the whole tree of `target`.
+    pub fn pause(&mut self, target: &Target) -> Result<(), Error> {
+        let request = Request::Pause {
+            target: target.clone(),
+        };
+        done(self.request(&request, &[])?)
+    }
+
+    /// Lets what [`pause`](Self::pause) stopped go on.
+    pub fn resume(&mut self, target: &Target) -> Result<(), Error> {
+        let request = Request::Resume {
+            target: target.clone(),
+        };
+        done(self.request(&request, &[])?)
+    }
+
+    /// Sends signal number `signal` to `target`'s (main) process, or to its process group when
+    /// `group`.
+    pub fn signal_target(
+        &mut self,
+        target: &Target,
+        signal: i32,
+        group: bool,
+    ) -> Result<(), Error> {
+        let request = Request::Signal {
+            target: target.clone(),
+            signal,
+            group,
+        };
+        done(self.request(&request, &[])?)
+    }
+
+    /// One row per service, task and process; or, when `names` is not empty, per service named.
+    pub fn status<N: AsRef<[u8]>>(&mut self, names: &[N]) -> Result<Vec<ServiceRow>, Error> {
+        let request = Request::Status {
+            names: names.iter().map(|n| n.as_ref().to_vec()).collect(),
+        };
+        match self.request(&request, &[])? {
+            Reply::Status(rows) => Ok(rows),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Every process of every service, or of service `name`.
+    pub fn tree(&mut self, name: Option<&[u8]>) -> Result<Vec<TreeNode>, Error> {
+        let request = Request::Tree {
+            name: name.map(<[u8]>::to_vec),
+        };
+        match self.request(&request, &[])? {
+            Reply::Tree(nodes) => Ok(nodes),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// The effective configuration: every field of every service, defaults filled in.
+    pub fn config(&mut self) -> Result<Vec<Setting>, Error> {
+        match self.request(&Request::Config, &[])? {
+            Reply::Config(settings) => Ok(settings),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Reads the configuration file again and applies what changed: what it did. A broken file
+    /// is [`Error::Refused`] with `file:line: what`, and nothing changes.
+    pub fn reload(&mut self) -> Result<ReloadCounts, Error> {
+        match self.request(&Request::Reload, &[])? {
+            Reply::Ok(fields) => ReloadCounts::from_fields(&fields)
+                .ok_or_else(|| malformed("Reload's Ok does not hold four counts")),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
     /// Sends signal number `signal` to process `id`, or to its process group when `group`.
     pub fn signal(&mut self, id: Id, signal: i32, group: bool) -> Result<(), Error> {
-        match self.request(&Request::Signal { id, signal, group }, &[])? {
+        let request = Request::Signal {
+            target: Target::Id(id),
+            signal,
+            group,
+        };
+        match self.request(&request, &[])? {
             Reply::Ok(_) => Ok(()),
             other => Err(refused_or_unexpected(other)),
         }
@@ -226,9 +353,14 @@ fn malformed(what: &str) -> Error {
 }
 
 fn refused_or_unexpected(reply: Reply) -> Error {
+    Error::from_reply(reply)
+}
+
+/// `Ok[,...]` with nothing needed from its fields.
+fn done(reply: Reply) -> Result<(), Error> {
     match reply {
-        Reply::Error(reason) => Error::Refused(reason),
-        other => Error::Unexpected(other),
+        Reply::Ok(_) => Ok(()),
+        other => Err(refused_or_unexpected(other)),
     }
 }
 
@@ -541,6 +673,121 @@ mod tests {
         assert!(matches!(client.list(), Err(Error::Unexpected(Reply::Pong))));
         assert!(matches!(client.ping(), Err(Error::Closed)));
         join(server);
+    }
+
+    #[test]
+    fn service_calls_speak_their_requests_and_read_their_replies() {
+        let (mut client, server) = pair();
+        let server = serve(
+            server,
+            vec![
+                ("Start,db\n", "Ok,db\n"),
+                ("Start,web\n", "Error,no such service: web\n"),
+                ("Restart,db\n", "Ok,db\n"),
+                ("Stop,db,250\n", "Ok,db,-\n"),
+                ("Stop,web\n", "Ok,web,SIGTERM\n"),
+                ("Stop,4\n", "Ok,4,0\n"),
+                ("Stop,web\n", "Ok,web,nonsense\n"),
+                ("Pause,db\n", "Ok,db\n"),
+                ("Resume,4\n", "Ok,4\n"),
+                ("Signal,db,SIGHUP,group\n", "Ok,db\n"),
+                (
+                    "Status\n",
+                    "Status,1\nService,db,service,ready,5,1.000,0,,yes,-,100,20,\n",
+                ),
+                ("Status,db,web\n", "Status,0\n"),
+                ("Tree,db\n", "Tree,1\nNode,db,5,1,redis-server\n"),
+                ("Tree\n", "Tree,0\n"),
+                (
+                    "Config\n",
+                    "Config,1\nSetting,db,restart,\"\"\"always\"\"\"\n",
+                ),
+                ("Reload\n", "Ok,1,0,2,3\n"),
+                (
+                    "Reload\n",
+                    "Error,/etc/archon/archon.lua:3: unknown field 'x'\n",
+                ),
+                ("Reload\n", "Ok,1\n"),
+                ("Status\n", "Pong\n"),
+            ],
+        );
+        let db = Target::Service(b"db".to_vec());
+        let web = Target::Service(b"web".to_vec());
+        ok(client.start(b"db"), "start");
+        assert!(matches!(
+            client.start(b"web"),
+            Err(Error::Refused(r)) if r == b"no such service: web"
+        ));
+        ok(client.restart(b"db"), "restart");
+        assert_eq!(ok(client.stop_target(&db, Some(250)), "stop"), None);
+        assert_eq!(
+            ok(client.stop_target(&web, None), "stop"),
+            Some(Status::Signaled(15))
+        );
+        assert_eq!(
+            ok(client.stop_target(&Target::Id(4), None), "stop"),
+            Some(Status::Exited(0))
+        );
+        assert!(matches!(
+            client.stop_target(&web, None),
+            Err(Error::Malformed(_))
+        ));
+        ok(client.pause(&db), "pause");
+        ok(client.resume(&Target::Id(4)), "resume");
+        ok(client.signal_target(&db, 1, true), "signal");
+        let rows = ok(client.status::<&[u8]>(&[]), "status");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].name, b"db");
+        assert_eq!(rows[0].rss_kib, Some(100));
+        assert!(ok(client.status(&["db", "web"]), "status").is_empty());
+        let nodes = ok(client.tree(Some(b"db")), "tree");
+        assert_eq!(
+            nodes,
+            vec![TreeNode {
+                name: b"db".to_vec(),
+                pid: 5,
+                ppid: 1,
+                comm: b"redis-server".to_vec(),
+            }]
+        );
+        assert!(ok(client.tree(None), "tree").is_empty());
+        assert_eq!(
+            ok(client.config(), "config"),
+            vec![Setting {
+                name: b"db".to_vec(),
+                key: b"restart".to_vec(),
+                value: b"\"always\"".to_vec(),
+            }]
+        );
+        assert_eq!(
+            ok(client.reload(), "reload"),
+            ReloadCounts {
+                started: 1,
+                stopped: 0,
+                restarted: 2,
+                unchanged: 3
+            }
+        );
+        assert!(matches!(client.reload(), Err(Error::Refused(_))));
+        assert!(matches!(client.reload(), Err(Error::Malformed(_))));
+        assert!(matches!(
+            client.status::<&[u8]>(&[]),
+            Err(Error::Unexpected(Reply::Pong))
+        ));
+        join(server);
+    }
+
+    #[test]
+    fn a_bad_name_is_not_sent() {
+        let (mut client, _server) = pair();
+        assert!(matches!(
+            client.start(b"12"),
+            Err(Error::Encode(archon_proto::RequestError::BadName(_)))
+        ));
+        assert!(matches!(
+            client.stop_target(&Target::Service(b"a b".to_vec()), None),
+            Err(Error::Encode(_))
+        ));
     }
 
     #[test]

@@ -47,6 +47,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for a reply that is not the answer a request wanted: [`Error::Refused`] with the
+    /// reason for `Error`, [`Error::Unexpected`] for anything else.
+    pub fn from_reply(reply: Reply) -> Error {
+        match reply {
+            Reply::Error(reason) => Error::Refused(reason),
+            other => Error::Unexpected(other),
+        }
+    }
+
     /// The reason archon gave, when it answered `Error`.
     pub fn refusal(&self) -> Option<&[u8]> {
         match self {
@@ -173,5 +182,13 @@ mod tests {
         assert_eq!(e.to_string(), "archon: no such process: 9");
         assert_eq!(e.refusal(), Some(&b"no such process: 9"[..]));
         assert_eq!(Error::Closed.refusal(), None);
+        assert!(matches!(
+            Error::from_reply(Reply::error("busy")),
+            Error::Refused(r) if r == b"busy"
+        ));
+        assert!(matches!(
+            Error::from_reply(Reply::Pong),
+            Error::Unexpected(Reply::Pong)
+        ));
     }
 }

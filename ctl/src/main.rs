@@ -3,24 +3,29 @@
 
 mod cli {
     pub mod args;
+    pub mod config;
+    pub mod status;
     pub mod table;
+    pub mod tree;
 }
 
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use archon_ctl::{Client, Error, RawLine, pidfd_open};
+use archon_ctl::{Client, Error, RawLine, Received, pidfd_open};
+use archon_proto::frame::{Frame, Framer};
 use archon_proto::request::verb;
-use archon_proto::{Command, Reply, Status};
+use archon_proto::{Command, Reply, Request, Status};
 use nix::fcntl::{FcntlArg, fcntl};
 
-use cli::args::{self, Action, Invocation};
-use cli::table;
+use cli::args::{self, Action, Format, Invocation};
+use cli::{config, status, table, tree};
 
 /// Success.
 const EXIT_OK: u8 = 0;
@@ -42,15 +47,29 @@ A first argument that is not a sub-command is a request line: sent as it is
 (a newline appended), the reply printed as received. A Run line passes
 archonctl's stdin, stdout and stderr and exits with the command's status.
 
-sub-commands:
+sub-commands (TARGET is a service's NAME or a process's ID):
+  start NAME              start a service or task; wait until ready or done
+  stop TARGET [--grace MS]
+                          stop it (SIGTERM, SIGKILL after MS); print how it ended
+  restart NAME            stop and start a service; wait until ready again
+  pause TARGET, resume TARGET
+                          SIGSTOP / SIGCONT its whole tree
+  signal TARGET SIGNAL [--group]
+                          send SIGNAL (name or number), to its group with --group
+  status [NAME]... [--table|--csv]
+                          services, tasks and processes: a table on a terminal,
+                          CSV rows otherwise
+  tree [NAME] [--table|--csv]
+                          every process of every service (or of NAME)
+  config [--table|--csv]  the effective configuration
+  reload                  read the configuration again and apply the changes
   run [-e NAME=VALUE]... [--] CMD [ARG]...
                           run CMD, wait, exit with its status
-  start [-e NAME=VALUE]... [--] CMD [ARG]...
+  daemon [-e NAME=VALUE]... [--] CMD [ARG]...
                           start CMD as a daemon; print its ID and PID
-  stop ID [--grace MS]    stop it (SIGTERM, SIGKILL after MS); print how it ended
-  signal ID SIGNAL [--group]
-                          send SIGNAL (name or number), to its group with --group
-  status, list            list the processes archon supervises
+  start [-e NAME=VALUE]... [--] CMD [ARG]...
+                          the same, unless it is one word that is a service name
+  list                    list the processes archon started or watches
   monitor PID [--pidfd]   watch a process archon did not start; print ID and PID
   ping                    check that archon answers
   version                 print archon's version
@@ -139,19 +158,59 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
     match action {
         Action::Raw(text) => raw(client, &text),
         Action::Run(command) => run(client, &command),
-        Action::Start(command) => {
+        Action::Daemon(command) => {
             let (id, pid) = client.start_daemon(&command, &[])?;
             print_ok(format!("{id} {pid}\n"))
         }
-        Action::Stop { id, grace_ms } => {
-            let status = client.stop(id, grace_ms)?;
-            print_ok(format!("{id} {}\n", table::status_text(Some(status))))
+        Action::Start(name) => done(client.start(&name)),
+        Action::Stop { target, grace_ms } => {
+            let status = client.stop_target(&target, grace_ms)?;
+            print_ok(format!("{target} {}\n", table::status_text(status)))
         }
-        Action::Signal { id, signal, group } => {
-            client.signal(id, signal, group)?;
-            Ok(EXIT_OK)
+        Action::Restart(name) => done(client.restart(&name)),
+        Action::Pause(target) => done(client.pause(&target)),
+        Action::Resume(target) => done(client.resume(&target)),
+        Action::Signal {
+            target,
+            signal,
+            group,
+        } => done(client.signal_target(&target, signal, group)),
+        Action::Status { names, format } => {
+            let received = table_reply(client, &Request::Status { names })?;
+            match received.reply {
+                Reply::Status(rows) if table_wanted(format) => {
+                    print_ok(status::render(&rows, now_ms()))
+                }
+                Reply::Status(_) => print_rows(&received.raw),
+                other => Err(Error::from_reply(other).into()),
+            }
         }
-        Action::Status => print_ok(table::render(&client.list()?)),
+        Action::List => print_ok(table::render(&client.list()?)),
+        Action::Tree { name, format } => {
+            let received = table_reply(client, &Request::Tree { name })?;
+            match received.reply {
+                Reply::Tree(nodes) if table_wanted(format) => print_ok(tree::render(&nodes)),
+                Reply::Tree(_) => print_rows(&received.raw),
+                other => Err(Error::from_reply(other).into()),
+            }
+        }
+        Action::Config { format } => {
+            let received = table_reply(client, &Request::Config)?;
+            match received.reply {
+                Reply::Config(settings) if table_wanted(format) => {
+                    print_ok(config::render(&settings))
+                }
+                Reply::Config(_) => print_rows(&received.raw),
+                other => Err(Error::from_reply(other).into()),
+            }
+        }
+        Action::Reload => {
+            let c = client.reload()?;
+            print_ok(format!(
+                "{} started, {} stopped, {} restarted, {} unchanged\n",
+                c.started, c.stopped, c.restarted, c.unchanged
+            ))
+        }
         Action::Monitor { pid, pidfd } => {
             let (id, pid) = if pidfd {
                 let fd = pidfd_open(pid).map_err(|e| Failure::Pidfd(pid, e))?;
@@ -174,6 +233,48 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
         }
         Action::Help | Action::Version => Ok(EXIT_OK),
     }
+}
+
+/// A request that nothing is printed for on success.
+fn done(result: Result<(), Error>) -> Result<u8, Failure> {
+    result.map(|()| EXIT_OK).map_err(Failure::Client)
+}
+
+/// Sends `request` and reads its reply with its bytes as received.
+fn table_reply(client: &mut Client, request: &Request) -> Result<Received, Failure> {
+    client.send(request, &[])?;
+    Ok(client.receive()?)
+}
+
+/// Whether a table's rows are drawn for people (`--table`, or a terminal without `--csv`)
+/// rather than printed as archon sent them.
+fn table_wanted(format: Format) -> bool {
+    match format {
+        Format::Table => true,
+        Format::Csv => false,
+        Format::Auto => io::stdout().is_terminal(),
+    }
+}
+
+/// The rows of a table reply as received, without its `<Kind>,<n>` header: CSV for programs.
+fn print_rows(raw: &[u8]) -> Result<u8, Failure> {
+    print(rows_only(raw)).map(|()| EXIT_OK)
+}
+
+/// `raw` without its first record.
+fn rows_only(raw: &[u8]) -> &[u8] {
+    match Framer::new(raw.len().saturating_add(1)).next_frame(raw) {
+        Frame::Record { consumed, .. } => &raw[consumed..],
+        // A reply that came through the reader has framed cleanly; nothing to drop otherwise.
+        _ => raw,
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `run`: the command gets archonctl's stdin, stdout and stderr; archonctl exits as it did.
@@ -306,6 +407,20 @@ mod tests {
             run_exit_code(Status::Unknown),
             Err(Failure::UnknownStatus)
         ));
+    }
+
+    #[test]
+    fn csv_output_is_the_rows_as_received() {
+        let raw = b"Status,2\nService,a,service,ready,1,1.000,0,,yes,-,,,\"x\ny\"\r\nService,3,daemon,running,2,1.000,0,,-,-,,,\n";
+        let rows = &raw[b"Status,2\n".len()..];
+        assert_eq!(rows_only(raw), rows);
+        assert_eq!(rows_only(b"Status,0\r\n"), b"");
+        assert_eq!(
+            rows_only(b"\"Tr\nee\",1\nNode,a,1,0,sh\n"),
+            b"Node,a,1,0,sh\n"
+        );
+        assert!(!table_wanted(Format::Csv));
+        assert!(table_wanted(Format::Table));
     }
 
     #[test]

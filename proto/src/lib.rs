@@ -7,7 +7,8 @@
 //! - [`frame`]: where a record ends in a byte stream, with the grammar's errors;
 //! - [`record`]: a record's fields, split and joined with the `csv` crate;
 //! - [`command`]: the argv/env of `Run` and `StartDaemon`, in the simple and the explicit form;
-//! - [`request`] and [`reply`]: the typed messages;
+//! - [`request`] and [`reply`]: the typed messages; a request names a process by its id or a
+//!   service by its name ([`Target`]);
 //! - [`signal`], [`name`], [`socket`], [`limits`]: signal names, the service name rule, the
 //!   socket path rule, the limits.
 //!
@@ -31,5 +32,8 @@ pub mod socket;
 
 pub use command::{Command, EnvEntry};
 pub use frame::{Frame, FrameError, Framer};
-pub use reply::{Kind, ProcState, ProcessRow, Reply, ReplyError, ReplyParser, Status};
-pub use request::{Id, Request, RequestError};
+pub use reply::{
+    Health, Kind, ProcState, ProcessRow, ReloadCounts, Reply, ReplyError, ReplyParser, ServiceKind,
+    ServiceRow, ServiceState, Setting, Status, TreeNode,
+};
+pub use request::{Id, Request, RequestError, Target};

@@ -51,6 +51,17 @@ pub const MAX_STOP_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
 /// ended; the oldest record goes first.
 pub const MAX_ENDED_KEPT: usize = 128;
 
+/// Most services and tasks one configuration may declare (16384). It bounds the rows of the
+/// service replies: a `Status` reply has one row per service and task (so at most this many) and
+/// one per process that `List` shows; a `Config` reply has one row per field of each service
+/// and task.
+pub const MAX_SERVICES: usize = 16_384;
+
+/// Most rows of a `Tree` reply (65536), one per process. When the services asked about have more
+/// processes than this, archon answers `Error,too many processes` instead, and a client reading a
+/// `Tree,<n>` header with a larger `n` takes the reply as malformed.
+pub const MAX_TREE_NODES: usize = 65_536;
+
 /// The protocol's version, as `Version` reports it. Raised when a change is not backwards
 /// compatible.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,12 +1,15 @@
 //! Replies: what archon answers, one per request, in request order on each connection.
 //!
-//! Every reply is one record, except `List`: its first record is `List,<n>`, and `n` records
-//! `Process,...` follow, so a client knows where the reply ends without waiting.
+//! Every reply is one record, except the tables: `List`, `Status`, `Tree` and `Config`. Their
+//! first record is `<Kind>,<n>` and `n` rows follow (`Process`, `Service`, `Node`, `Setting`), so
+//! a client knows where the reply ends without waiting.
 
 use std::fmt;
 
+use crate::limits::MAX_TREE_NODES;
+use crate::name;
 use crate::record::{self, Fields};
-use crate::request::{Id, parse_pid, parse_u64};
+use crate::request::{Id, Target, parse_pid, parse_u64};
 use crate::signal;
 
 /// How a process ended.
@@ -123,6 +126,213 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// What a row of a `Status` reply describes: a configured service or task, or a process that
+    /// came by request.
+    ServiceKind {
+        /// A service from the configuration: kept running.
+        Service = "service",
+        /// A task from the configuration: runs once to completion.
+        Task = "task",
+        /// A process started by `StartDaemon`.
+        Daemon = "daemon",
+        /// A process started by `Run`.
+        Run = "run",
+        /// A process watched by `MonitorFD` or `Monitor`.
+        Monitor = "monitor",
+    }
+}
+
+impl ServiceKind {
+    /// True for the kinds of processes that came by request (named by their id), false for
+    /// services and tasks (named by their name).
+    pub fn is_process(self) -> bool {
+        matches!(
+            self,
+            ServiceKind::Daemon | ServiceKind::Run | ServiceKind::Monitor
+        )
+    }
+}
+
+impl From<Kind> for ServiceKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Run => ServiceKind::Run,
+            Kind::Daemon => ServiceKind::Daemon,
+            Kind::Monitor => ServiceKind::Monitor,
+        }
+    }
+}
+
+wire_enum! {
+    /// Where a service, a task or a process is, as `Status` reports it: one set of words for
+    /// both, since a process's states are a subset of a service's plus `exited`.
+    ServiceState {
+        /// Not running: never started, stopped on request, or not enabled.
+        Stopped = "stopped",
+        /// Started; not yet ready (a service) or not yet known to have executed (a process).
+        Starting = "starting",
+        /// Running; a service that reports readiness has not yet done so.
+        Running = "running",
+        /// Running and ready; dependents may start.
+        Ready = "ready",
+        /// Asked to stop; SIGKILL follows when its grace period ends.
+        Stopping = "stopping",
+        /// Ended and waiting to be restarted.
+        Backoff = "backoff",
+        /// Given up: failed to start, a required service failed, too many restarts, or a task
+        /// that exited non-zero; the reason says which.
+        Failed = "failed",
+        /// A task that exited 0.
+        Done = "done",
+        /// Stopped by `Pause` (SIGSTOP, or its cgroup frozen) until `Resume`.
+        Paused = "paused",
+        /// A process that has ended (processes only; its last status says how).
+        Exited = "exited",
+    }
+}
+
+impl ServiceState {
+    /// Whether a row of kind `kind` may be in this state: a process is starting, running,
+    /// paused, stopping or exited; a service or a task is never exited.
+    pub fn fits(self, kind: ServiceKind) -> bool {
+        if kind.is_process() {
+            matches!(
+                self,
+                ServiceState::Starting
+                    | ServiceState::Running
+                    | ServiceState::Paused
+                    | ServiceState::Stopping
+                    | ServiceState::Exited
+            )
+        } else {
+            self != ServiceState::Exited
+        }
+    }
+}
+
+impl From<ProcState> for ServiceState {
+    fn from(state: ProcState) -> Self {
+        match state {
+            ProcState::Starting => ServiceState::Starting,
+            ProcState::Running => ServiceState::Running,
+            ProcState::Stopping => ServiceState::Stopping,
+            ProcState::Exited => ServiceState::Exited,
+        }
+    }
+}
+
+wire_enum! {
+    /// What a service's health check says.
+    Health {
+        /// The check passes.
+        Healthy = "healthy",
+        /// It failed `retries` times in a row after the start period.
+        Unhealthy = "unhealthy",
+        /// Within the start period, or no check has finished yet.
+        Starting = "starting",
+    }
+}
+
+/// One row of a `Status` reply:
+/// `Service,<name>,<kind>,<state>,<pid>,<since>,<restarts>,<last>,<ready>,<health>,<rss-kib>,<cpu-ms>,<reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceRow {
+    /// A service's or task's name; a process's id, in decimal.
+    pub name: Vec<u8>,
+    /// What the row describes.
+    pub kind: ServiceKind,
+    /// Where it is; [`ServiceState::fits`] its kind.
+    pub state: ServiceState,
+    /// Its main process; `None` (an empty field) when it has none.
+    pub pid: Option<i32>,
+    /// When it entered its state, in milliseconds since the Unix epoch (so for `running` and
+    /// `ready`, when it started); written as seconds with three decimals.
+    pub since_ms: u64,
+    /// How many times archon has restarted it.
+    pub restarts: u32,
+    /// How its main process last ended; `None` (an empty field) when it never has.
+    pub last: Option<Status>,
+    /// Whether it has reported readiness: `yes`, `no`, or `None` (`-`) where that does not
+    /// apply (not running, a process).
+    pub ready: Option<bool>,
+    /// Its health check's verdict; `None` (`-`) without a check.
+    pub health: Option<Health>,
+    /// Resident memory of its whole tree, in KiB; `None` (an empty field) when unknown.
+    pub rss_kib: Option<u64>,
+    /// CPU time used by its whole tree, user and system, in milliseconds; `None` (an empty
+    /// field) when unknown.
+    pub cpu_ms: Option<u64>,
+    /// Why it is failed, in backoff or stopped, for people; may be empty.
+    pub reason: Vec<u8>,
+}
+
+/// One row of a `Tree` reply: `Node,<name>,<pid>,<ppid>,<comm>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TreeNode {
+    /// The service the process belongs to, or the id (in decimal) of the process that came by
+    /// request whose descendant it is.
+    pub name: Vec<u8>,
+    /// The process.
+    pub pid: i32,
+    /// Its parent (0 when the kernel shows none, as for a process whose parent is outside
+    /// archon's pid namespace).
+    pub ppid: i32,
+    /// Its command name as the kernel has it (`/proc/<pid>/comm`, at most 15 bytes there).
+    pub comm: Vec<u8>,
+}
+
+/// One row of a `Config` reply: `Setting,<name>,<key>,<value>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Setting {
+    /// The service or task.
+    pub name: Vec<u8>,
+    /// The field (`argv`, `restart`, `backoff.initial`); never empty.
+    pub key: Vec<u8>,
+    /// Its effective value, as a Lua literal would read: `{"a","b"}`, `"always"`, `7000ms`.
+    pub value: Vec<u8>,
+}
+
+/// What a `Reload` did: `Ok,<started>,<stopped>,<restarted>,<unchanged>`, counts of services
+/// and tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ReloadCounts {
+    /// New in the file: started (or only declared, when not to be started).
+    pub started: u32,
+    /// Gone from the file: stopped.
+    pub stopped: u32,
+    /// Changed: restarted with the new settings.
+    pub restarted: u32,
+    /// Left as they were.
+    pub unchanged: u32,
+}
+
+impl ReloadCounts {
+    /// The fields after `Ok`.
+    pub fn to_fields(self) -> Fields {
+        [self.started, self.stopped, self.restarted, self.unchanged]
+            .iter()
+            .map(|n| n.to_string().into_bytes())
+            .collect()
+    }
+
+    /// Reads the fields after `Ok`; fields after the fourth are an extension and are ignored.
+    pub fn from_fields(fields: &[Vec<u8>]) -> Option<ReloadCounts> {
+        let n = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| parse_u64(f))
+                .and_then(|n| u32::try_from(n).ok())
+        };
+        Some(ReloadCounts {
+            started: n(0)?,
+            stopped: n(1)?,
+            restarted: n(2)?,
+            unchanged: n(3)?,
+        })
+    }
+}
+
 /// One row of a `List` reply:
 /// `Process,<id>,<kind>,<pid>,<state>,<started>,<status>[,<argv>...]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -160,13 +370,37 @@ pub mod kind {
     pub const LIST: &str = "List";
     /// A row of [`super::Reply::List`]
     pub const PROCESS: &str = "Process";
+    /// [`super::Reply::Status`]'s header
+    pub const STATUS: &str = "Status";
+    /// A row of [`super::Reply::Status`]
+    pub const SERVICE: &str = "Service";
+    /// [`super::Reply::Tree`]'s header
+    pub const TREE: &str = "Tree";
+    /// A row of [`super::Reply::Tree`]
+    pub const NODE: &str = "Node";
+    /// [`super::Reply::Config`]'s header
+    pub const CONFIG: &str = "Config";
+    /// A row of [`super::Reply::Config`]
+    pub const SETTING: &str = "Setting";
+}
+
+/// The words of a `Status` row's `ready` field.
+pub mod ready {
+    /// It has reported readiness.
+    pub const YES: &str = "yes";
+    /// It has not (yet).
+    pub const NO: &str = "no";
+    /// Does not apply; also the `health` field's word for no check, and `Stop`'s status of a
+    /// service that was not running.
+    pub const NONE: &str = "-";
 }
 
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reply {
     /// `Ok[,<field>...]`: done. `StartDaemon`, `MonitorFD` and `Monitor` add `<id>,<pid>`; `Stop`
-    /// adds `<id>,<status>`; `Signal` adds `<id>`.
+    /// adds `<target>,<status>`; `Signal`, `Start`, `Restart`, `Pause` and `Resume` add
+    /// `<target>`; `Reload` adds its [`ReloadCounts`].
     Ok(Fields),
     /// `Error,<reason>`: not done, and nothing changed.
     Error(Vec<u8>),
@@ -184,6 +418,12 @@ pub enum Reply {
     },
     /// `List,<n>` and `n` rows.
     List(Vec<ProcessRow>),
+    /// `Status,<n>` and `n` rows.
+    Status(Vec<ServiceRow>),
+    /// `Tree,<n>` and `n` rows (at most [`MAX_TREE_NODES`]).
+    Tree(Vec<TreeNode>),
+    /// `Config,<n>` and `n` rows.
+    Config(Vec<Setting>),
 }
 
 /// A reply that does not follow the grammar.
@@ -236,6 +476,25 @@ impl Reply {
         Reply::Ok(vec![id.to_string().into_bytes(), status.to_field()])
     }
 
+    /// `Ok,<target>`: the answer to `Signal`, `Start`, `Restart`, `Pause` and `Resume`.
+    pub fn done(target: &Target) -> Reply {
+        Reply::Ok(vec![target.to_field()])
+    }
+
+    /// `Ok,<name>,<status>`: the answer to a `Stop` of a service; the status is `-` when it was
+    /// not running.
+    pub fn stopped_service(name: &[u8], last: Option<Status>) -> Reply {
+        Reply::Ok(vec![
+            name.to_vec(),
+            last.map_or_else(|| ready::NONE.as_bytes().to_vec(), Status::to_field),
+        ])
+    }
+
+    /// `Ok,<started>,<stopped>,<restarted>,<unchanged>`: the answer to `Reload`.
+    pub fn reloaded(counts: ReloadCounts) -> Reply {
+        Reply::Ok(counts.to_fields())
+    }
+
     /// Appends the reply's records to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let k = |s: &str| s.as_bytes().to_vec();
@@ -278,6 +537,41 @@ impl Reply {
                     record::join_into(fields, out);
                 }
             }
+            Reply::Status(rows) => {
+                header(kind::STATUS, rows.len(), out);
+                for row in rows {
+                    record::join_into(service_fields(row), out);
+                }
+            }
+            Reply::Tree(nodes) => {
+                header(kind::TREE, nodes.len(), out);
+                for n in nodes {
+                    record::join_into(
+                        [
+                            k(kind::NODE),
+                            n.name.clone(),
+                            n.pid.to_string().into_bytes(),
+                            n.ppid.to_string().into_bytes(),
+                            n.comm.clone(),
+                        ],
+                        out,
+                    );
+                }
+            }
+            Reply::Config(settings) => {
+                header(kind::CONFIG, settings.len(), out);
+                for s in settings {
+                    record::join_into(
+                        [
+                            k(kind::SETTING),
+                            s.name.clone(),
+                            s.key.clone(),
+                            s.value.clone(),
+                        ],
+                        out,
+                    );
+                }
+            }
         }
     }
 
@@ -289,11 +583,87 @@ impl Reply {
     }
 }
 
+/// `<kind>,<n>`: the first record of a table.
+fn header(kind: &str, n: usize, out: &mut Vec<u8>) {
+    record::join_into([kind.as_bytes(), n.to_string().as_bytes()], out);
+}
+
+fn opt_num(n: Option<impl ToString>) -> Vec<u8> {
+    n.map(|n| n.to_string().into_bytes()).unwrap_or_default()
+}
+
+fn service_fields(row: &ServiceRow) -> [Vec<u8>; 13] {
+    let word = |s: &str| s.as_bytes().to_vec();
+    [
+        word(kind::SERVICE),
+        row.name.clone(),
+        word(row.kind.as_str()),
+        word(row.state.as_str()),
+        opt_num(row.pid),
+        millis_to_field(row.since_ms),
+        row.restarts.to_string().into_bytes(),
+        row.last.map(Status::to_field).unwrap_or_default(),
+        word(match row.ready {
+            Some(true) => ready::YES,
+            Some(false) => ready::NO,
+            None => ready::NONE,
+        }),
+        word(row.health.map_or(ready::NONE, Health::as_str)),
+        opt_num(row.rss_kib),
+        opt_num(row.cpu_ms),
+        row.reason.clone(),
+    ]
+}
+
+/// The rows of a table read so far.
+#[derive(Debug)]
+enum Rows {
+    List(Vec<ProcessRow>),
+    Status(Vec<ServiceRow>),
+    Tree(Vec<TreeNode>),
+    Config(Vec<Setting>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::List(r) => r.len(),
+            Rows::Status(r) => r.len(),
+            Rows::Tree(r) => r.len(),
+            Rows::Config(r) => r.len(),
+        }
+    }
+
+    fn push(&mut self, fields: &[Vec<u8>]) -> Result<(), ReplyError> {
+        match self {
+            Rows::List(r) => r.push(parse_row(fields)?),
+            Rows::Status(r) => r.push(parse_service(fields)?),
+            Rows::Tree(r) => r.push(parse_node(fields)?),
+            Rows::Config(r) => r.push(parse_setting(fields)?),
+        }
+        Ok(())
+    }
+
+    fn into_reply(self) -> Reply {
+        match self {
+            Rows::List(r) => Reply::List(r),
+            Rows::Status(r) => Reply::Status(r),
+            Rows::Tree(r) => Reply::Tree(r),
+            Rows::Config(r) => Reply::Config(r),
+        }
+    }
+}
+
+/// Room reserved for the rows of a table before they come: the count in the header is the
+/// peer's word, so memory follows the rows that arrive, not the count.
+const ROWS_RESERVED: usize = 1024;
+
 /// Reads a reply record by record, as a client does: most replies are done after one record, a
-/// `List` after its rows.
+/// table (`List`, `Status`, `Tree`, `Config`) after its rows.
 #[derive(Debug, Default)]
 pub struct ReplyParser {
-    list: Option<(usize, Vec<ProcessRow>)>,
+    /// The table being read: how many rows it has, and those read so far.
+    table: Option<(usize, Rows)>,
 }
 
 impl ReplyParser {
@@ -302,16 +672,23 @@ impl ReplyParser {
         Self::default()
     }
 
+    /// Begins a table of `n` rows: complete at once when it has none.
+    fn start_table(&mut self, n: usize, rows: Rows) -> Option<Reply> {
+        if n == 0 {
+            return Some(rows.into_reply());
+        }
+        self.table = Some((n, rows));
+        None
+    }
+
     /// Takes the next record's fields; returns the reply once it is complete.
     pub fn push(&mut self, fields: &[Vec<u8>]) -> Result<Option<Reply>, ReplyError> {
-        if let Some((want, rows)) = &mut self.list {
-            rows.push(parse_row(fields)?);
-            if rows.len() == *want {
-                let rows = std::mem::take(rows);
-                self.list = None;
-                return Ok(Some(Reply::List(rows)));
+        if let Some((want, rows)) = &mut self.table {
+            rows.push(fields)?;
+            if rows.len() < *want {
+                return Ok(None);
             }
-            return Ok(None);
+            return Ok(self.table.take().map(|(_, rows)| rows.into_reply()));
         }
         let Some((head, rest)) = fields.split_first() else {
             return Err(bad("empty record"));
@@ -346,21 +723,43 @@ impl ReplyParser {
                 _ => return Err(bad("Version takes two fields")),
             },
             b"List" => {
-                let n = match rest {
-                    [n] => parse_u64(n)
-                        .and_then(|n| usize::try_from(n).ok())
-                        .ok_or_else(|| bad("row count"))?,
-                    _ => return Err(bad("List takes one field")),
-                };
-                if n > 0 {
-                    self.list = Some((n, Vec::with_capacity(n.min(1024))));
-                    return Ok(None);
-                }
-                Reply::List(Vec::new())
+                let n = row_count(rest, kind::LIST, usize::MAX)?;
+                return Ok(
+                    self.start_table(n, Rows::List(Vec::with_capacity(n.min(ROWS_RESERVED))))
+                );
+            }
+            b"Status" => {
+                let n = row_count(rest, kind::STATUS, usize::MAX)?;
+                return Ok(
+                    self.start_table(n, Rows::Status(Vec::with_capacity(n.min(ROWS_RESERVED))))
+                );
+            }
+            b"Tree" => {
+                let n = row_count(rest, kind::TREE, MAX_TREE_NODES)?;
+                return Ok(
+                    self.start_table(n, Rows::Tree(Vec::with_capacity(n.min(ROWS_RESERVED))))
+                );
+            }
+            b"Config" => {
+                let n = row_count(rest, kind::CONFIG, usize::MAX)?;
+                return Ok(
+                    self.start_table(n, Rows::Config(Vec::with_capacity(n.min(ROWS_RESERVED))))
+                );
             }
             _ => return Err(bad("unknown reply kind")),
         };
         Ok(Some(reply))
+    }
+}
+
+/// The `<n>` of a table's header, at most `max`.
+fn row_count(rest: &[Vec<u8>], kind: &str, max: usize) -> Result<usize, ReplyError> {
+    match rest {
+        [n] => parse_u64(n)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= max)
+            .ok_or_else(|| bad("row count")),
+        _ => Err(ReplyError(format!("{kind} takes one field"))),
     }
 }
 
@@ -382,6 +781,117 @@ fn parse_row(fields: &[Vec<u8>]) -> Result<ProcessRow, ReplyError> {
             s => Some(Status::from_field(s).ok_or_else(|| bad("status"))?),
         },
         argv: argv.to_vec(),
+    })
+}
+
+/// An empty field is `None`.
+fn optional<T>(
+    field: &[u8],
+    parse: impl FnOnce(&[u8]) -> Option<T>,
+    what: &str,
+) -> Result<Option<T>, ReplyError> {
+    match field {
+        b"" => Ok(None),
+        f => parse(f).map(Some).ok_or_else(|| bad(what)),
+    }
+}
+
+/// A row's name: a process's id when `process`, else a service name.
+fn check_row_name(field: &[u8], process: bool) -> Result<(), ReplyError> {
+    let ok = if process {
+        field.iter().all(u8::is_ascii_digit) && parse_u64(field).is_some()
+    } else {
+        name::check(field).is_ok()
+    };
+    if ok { Ok(()) } else { Err(bad("name")) }
+}
+
+fn parse_service(fields: &[Vec<u8>]) -> Result<ServiceRow, ReplyError> {
+    let [
+        head,
+        name,
+        kind,
+        state,
+        pid,
+        since,
+        restarts,
+        last,
+        ready,
+        health,
+        rss,
+        cpu,
+        reason,
+    ] = fields
+    else {
+        return Err(bad("a Service row has 13 fields"));
+    };
+    if head != kind::SERVICE.as_bytes() {
+        return Err(bad("expected a Service row"));
+    }
+    let kind = ServiceKind::from_field(kind).ok_or_else(|| bad("kind"))?;
+    check_row_name(name, kind.is_process())?;
+    let state = ServiceState::from_field(state)
+        .filter(|s| s.fits(kind))
+        .ok_or_else(|| bad("state"))?;
+    Ok(ServiceRow {
+        name: name.clone(),
+        kind,
+        state,
+        pid: optional(pid, parse_pid, "pid")?,
+        since_ms: millis_from_field(since).ok_or_else(|| bad("since"))?,
+        restarts: parse_u64(restarts)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad("restarts"))?,
+        last: optional(last, Status::from_field, "last status")?,
+        ready: match ready.as_slice() {
+            b"yes" => Some(true),
+            b"no" => Some(false),
+            b"-" => None,
+            _ => return Err(bad("ready")),
+        },
+        health: match health.as_slice() {
+            b"-" => None,
+            h => Some(Health::from_field(h).ok_or_else(|| bad("health"))?),
+        },
+        rss_kib: optional(rss, parse_u64, "rss")?,
+        cpu_ms: optional(cpu, parse_u64, "cpu")?,
+        reason: reason.clone(),
+    })
+}
+
+fn parse_node(fields: &[Vec<u8>]) -> Result<TreeNode, ReplyError> {
+    let [head, name, pid, ppid, comm] = fields else {
+        return Err(bad("a Node row has 5 fields"));
+    };
+    if head != kind::NODE.as_bytes() {
+        return Err(bad("expected a Node row"));
+    }
+    check_row_name(name, name.iter().all(u8::is_ascii_digit))?;
+    Ok(TreeNode {
+        name: name.clone(),
+        pid: parse_pid(pid).ok_or_else(|| bad("pid"))?,
+        ppid: parse_u64(ppid)
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| bad("ppid"))?,
+        comm: comm.clone(),
+    })
+}
+
+fn parse_setting(fields: &[Vec<u8>]) -> Result<Setting, ReplyError> {
+    let [head, name, key, value] = fields else {
+        return Err(bad("a Setting row has 4 fields"));
+    };
+    if head != kind::SETTING.as_bytes() {
+        return Err(bad("expected a Setting row"));
+    }
+    check_row_name(name, false)?;
+    if key.is_empty() {
+        return Err(bad("key"));
+    }
+    Ok(Setting {
+        name: name.clone(),
+        key: key.clone(),
+        value: value.clone(),
     })
 }
 
@@ -493,6 +1003,218 @@ mod tests {
             Reply::List(vec![]),
         ] {
             assert_eq!(round_trip(&reply), reply);
+        }
+    }
+
+    fn service_row() -> ServiceRow {
+        ServiceRow {
+            name: b"web".to_vec(),
+            kind: ServiceKind::Service,
+            state: ServiceState::Ready,
+            pid: Some(4242),
+            since_ms: 1_763_769_600_250,
+            restarts: 2,
+            last: Some(Status::Signaled(9)),
+            ready: Some(true),
+            health: Some(Health::Healthy),
+            rss_kib: Some(12_600),
+            cpu_ms: Some(1_500),
+            reason: Vec::new(),
+        }
+    }
+
+    fn process_row() -> ServiceRow {
+        ServiceRow {
+            name: b"3".to_vec(),
+            kind: ServiceKind::Daemon,
+            state: ServiceState::Exited,
+            pid: Some(77),
+            since_ms: 5,
+            restarts: 0,
+            last: Some(Status::Exited(0)),
+            ready: None,
+            health: None,
+            rss_kib: None,
+            cpu_ms: None,
+            reason: b"stopped, \"on request\"".to_vec(),
+        }
+    }
+
+    #[test]
+    fn service_wire_forms() {
+        assert_eq!(
+            Reply::Status(vec![service_row(), process_row()]).encode(),
+            &b"Status,2\n\
+               Service,web,service,ready,4242,1763769600.250,2,SIGKILL,yes,healthy,12600,1500,\n\
+               Service,3,daemon,exited,77,0.005,0,0,-,-,,,\"stopped, \"\"on request\"\"\"\n"[..]
+        );
+        let stopped = ServiceRow {
+            name: b"db".to_vec(),
+            kind: ServiceKind::Task,
+            state: ServiceState::Stopped,
+            pid: None,
+            last: None,
+            ready: Some(false),
+            health: Some(Health::Starting),
+            ..service_row()
+        };
+        assert_eq!(
+            Reply::Status(vec![stopped]).encode(),
+            &b"Status,1\n\
+               Service,db,task,stopped,,1763769600.250,2,,no,starting,12600,1500,\n"[..]
+        );
+        assert_eq!(Reply::Status(vec![]).encode(), b"Status,0\n");
+        let node = TreeNode {
+            name: b"web".to_vec(),
+            pid: 4250,
+            ppid: 4242,
+            comm: b"python3".to_vec(),
+        };
+        assert_eq!(
+            Reply::Tree(vec![node]).encode(),
+            b"Tree,1\nNode,web,4250,4242,python3\n"
+        );
+        let setting = Setting {
+            name: b"web".to_vec(),
+            key: b"argv".to_vec(),
+            value: br#"{"/usr/bin/python3","-m"}"#.to_vec(),
+        };
+        assert_eq!(
+            Reply::Config(vec![setting]).encode(),
+            &br#"Config,1
+Setting,web,argv,"{""/usr/bin/python3"",""-m""}"
+"#[..]
+        );
+        assert_eq!(
+            Reply::done(&Target::Service(b"db".to_vec())).encode(),
+            b"Ok,db\n"
+        );
+        assert_eq!(Reply::done(&Target::Id(4)).encode(), b"Ok,4\n");
+        assert_eq!(Reply::stopped_service(b"db", None).encode(), b"Ok,db,-\n");
+        assert_eq!(
+            Reply::stopped_service(b"db", Some(Status::Signaled(15))).encode(),
+            b"Ok,db,SIGTERM\n"
+        );
+        let counts = ReloadCounts {
+            started: 1,
+            stopped: 2,
+            restarted: 3,
+            unchanged: 4,
+        };
+        assert_eq!(Reply::reloaded(counts).encode(), b"Ok,1,2,3,4\n");
+        assert_eq!(ReloadCounts::from_fields(&counts.to_fields()), Some(counts));
+        let mut more = counts.to_fields();
+        more.push(b"x".to_vec());
+        assert_eq!(ReloadCounts::from_fields(&more), Some(counts));
+        assert_eq!(ReloadCounts::from_fields(&more[..3]), None);
+    }
+
+    #[test]
+    fn service_replies_round_trip() {
+        let node = |name: &[u8], pid, ppid, comm: &[u8]| TreeNode {
+            name: name.to_vec(),
+            pid,
+            ppid,
+            comm: comm.to_vec(),
+        };
+        for reply in [
+            Reply::Status(vec![service_row(), process_row()]),
+            Reply::Status(vec![]),
+            Reply::Tree(vec![
+                node(b"web", 1, 0, b""),
+                node(b"12", i32::MAX, i32::MAX, b"a,b\nc"),
+            ]),
+            Reply::Tree(vec![]),
+            Reply::Config(vec![Setting {
+                name: b"w@1".to_vec(),
+                key: b"env.A".to_vec(),
+                value: b"".to_vec(),
+            }]),
+            Reply::Config(vec![]),
+        ] {
+            assert_eq!(round_trip(&reply), reply);
+        }
+    }
+
+    #[test]
+    fn kinds_and_states_fit() {
+        for kind in [ServiceKind::Daemon, ServiceKind::Run, ServiceKind::Monitor] {
+            assert!(kind.is_process());
+            assert!(ServiceState::Exited.fits(kind));
+            assert!(ServiceState::Paused.fits(kind));
+            assert!(!ServiceState::Ready.fits(kind));
+            assert!(!ServiceState::Backoff.fits(kind));
+        }
+        for kind in [ServiceKind::Service, ServiceKind::Task] {
+            assert!(!kind.is_process());
+            assert!(!ServiceState::Exited.fits(kind));
+            assert!(ServiceState::Done.fits(kind));
+        }
+        for (k, s) in [
+            (Kind::Run, ProcState::Starting),
+            (Kind::Daemon, ProcState::Running),
+            (Kind::Monitor, ProcState::Stopping),
+            (Kind::Run, ProcState::Exited),
+        ] {
+            let (kind, state) = (ServiceKind::from(k), ServiceState::from(s));
+            assert_eq!(kind.as_str(), k.as_str());
+            assert_eq!(state.as_str(), s.as_str());
+            assert!(state.fits(kind));
+        }
+    }
+
+    #[test]
+    fn malformed_service_rows_are_errors() {
+        let good = "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,";
+        let split = |s: &str| record::split(s.as_bytes());
+        let mut p = ReplyParser::new();
+        assert_eq!(p.push(&split("Status,1")), Ok(None));
+        assert!(matches!(p.push(&split(good)), Ok(Some(Reply::Status(_)))));
+        for row in [
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,x",
+            "Process,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,12,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,web,daemon,running,4242,1.250,2,SIGKILL,-,-,12600,1500,",
+            "Service,web,unit,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,web,service,exited,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,3,daemon,ready,4242,1.250,2,SIGKILL,-,-,12600,1500,",
+            "Service,web,service,ready,0,1.250,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,web,service,ready,4242,1.25,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,web,service,ready,4242,1.250,4294967296,SIGKILL,yes,healthy,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,-,yes,healthy,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,,healthy,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,true,healthy,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,sick,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,-,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1.5,",
+        ] {
+            let mut p = ReplyParser::new();
+            assert_eq!(p.push(&split("Status,2")), Ok(None));
+            assert_eq!(p.push(&split(good)), Ok(None));
+            assert!(p.push(&split(row)).is_err(), "{row}");
+        }
+        for (header, row) in [
+            ("Tree,1", "Node,web,1,0"),
+            ("Tree,1", "Node,web,0,1,sh"),
+            ("Tree,1", "Node,web,1,-1,sh"),
+            ("Tree,1", "Node,,1,0,sh"),
+            ("Tree,1", "Node,-x,1,0,sh"),
+            ("Tree,1", "Setting,web,1,0"),
+            ("Config,1", "Setting,web,,1"),
+            ("Config,1", "Setting,3,argv,1"),
+            ("Config,1", "Setting,web,argv"),
+        ] {
+            let mut p = ReplyParser::new();
+            assert_eq!(p.push(&split(header)), Ok(None));
+            assert!(p.push(&split(row)).is_err(), "{row}");
+        }
+        assert!(ReplyParser::new().push(&split("Tree,65537")).is_err());
+        assert_eq!(ReplyParser::new().push(&split("Tree,65536")), Ok(None));
+        for line in ["Status", "Status,1,2", "Tree,x", "Config,-1", "Service,web"] {
+            assert!(ReplyParser::new().push(&split(line)).is_err(), "{line}");
         }
     }
 

@@ -5,12 +5,84 @@ use std::fmt;
 use crate::command::{Command, CommandError};
 use crate::frame::FrameError;
 use crate::limits::{MAX_FDS_PER_REQUEST, MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
+use crate::name;
 use crate::record::{self, Fields};
 use crate::signal;
 
 /// What a supervised process is called in requests and replies: a number archon gives it, never
 /// reused while archon runs.
 pub type Id = u64;
+
+/// What `Stop`, `Signal`, `Pause` and `Resume` act on: a configured service (or task) by its name,
+/// or a process archon started or watches by its id.
+///
+/// On the wire it is one field: digits only make an id (a process started by `StartDaemon` or
+/// `Run`, or watched by `Monitor`/`MonitorFD`), anything else must be a service name as
+/// [`name::check`] has it. No name is all digits, so the two never collide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A process, by archon's id.
+    Id(Id),
+    /// A service or task, by its name.
+    Service(Vec<u8>),
+}
+
+impl Target {
+    /// Reads a target field: an id (digits only, at most 20, fitting in 64 bits) or a valid
+    /// service name. An empty field is a missing target.
+    pub fn from_field(field: &[u8]) -> Result<Target, RequestError> {
+        if field.is_empty() {
+            return Err(RequestError::Missing("target"));
+        }
+        if field.iter().all(u8::is_ascii_digit) {
+            return parse_u64(field)
+                .map(Target::Id)
+                .ok_or(RequestError::BadNumber("id"));
+        }
+        service_name(field, "target").map(Target::Service)
+    }
+
+    /// The target as one field: the id in decimal, or the name.
+    pub fn to_field(&self) -> Vec<u8> {
+        match self {
+            Target::Id(id) => id.to_string().into_bytes(),
+            Target::Service(name) => name.clone(),
+        }
+    }
+
+    /// Checks a target built in code, as [`from_field`](Self::from_field) would read it back.
+    fn check(&self) -> Result<(), RequestError> {
+        match self {
+            Target::Id(_) => Ok(()),
+            Target::Service(name) => service_name(name, "target").map(drop),
+        }
+    }
+}
+
+impl From<Id> for Target {
+    fn from(id: Id) -> Self {
+        Target::Id(id)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Id(id) => write!(f, "{id}"),
+            Target::Service(name) => f.write_str(&String::from_utf8_lossy(name)),
+        }
+    }
+}
+
+/// A service name field: empty counts as missing (`what` names the field), else it must pass
+/// [`name::check`].
+fn service_name(field: &[u8], what: &'static str) -> Result<Vec<u8>, RequestError> {
+    if field.is_empty() {
+        return Err(RequestError::Missing(what));
+    }
+    name::check(field).map_err(RequestError::BadName)?;
+    Ok(field.to_vec())
+}
 
 /// A request, one per line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,18 +100,22 @@ pub enum Request {
         /// The process to watch.
         pid: i32,
     },
-    /// `Stop,<id>[,<grace-ms>]`: SIGTERM to the process (its process group when it leads one),
-    /// SIGKILL after the grace period; the reply comes when it has ended.
+    /// `Stop,<target>[,<grace-ms>]`: a process: SIGTERM to it (its process group when it leads
+    /// one), SIGKILL after the grace period, answered `Ok,<id>,<status>` when it has ended. A
+    /// service: its dependents first, then it, answered `Ok,<name>,<status>` (`-` when it was not
+    /// running).
     Stop {
-        /// The process to stop.
-        id: Id,
-        /// Time between SIGTERM and SIGKILL, in milliseconds; archon's default when `None`.
+        /// The process or service to stop.
+        target: Target,
+        /// Time between SIGTERM and SIGKILL, in milliseconds; archon's default (a service's
+        /// `stop_timeout`) when `None`.
         grace_ms: Option<u64>,
     },
-    /// `Signal,<id>,<signal>[,group]`: send a signal to the process, or to its process group.
+    /// `Signal,<target>,<signal>[,group]`: send a signal to the process (a service's main
+    /// process), or to its process group; answered `Ok,<target>`.
     Signal {
-        /// The process.
-        id: Id,
+        /// The process or service.
+        target: Target,
         /// The signal's number (0 only checks that the process exists).
         signal: i32,
         /// Send it to the process group the process leads, not to the process alone.
@@ -51,6 +127,47 @@ pub enum Request {
     Ping,
     /// `Version`: answered `Version,<archon version>,<protocol version>`.
     Version,
+    /// `Start,<name>`: start a service (and what it requires that is not running); answered
+    /// `Ok,<name>` once it is ready, or a task once it is done.
+    Start {
+        /// The service or task.
+        name: Vec<u8>,
+    },
+    /// `Restart,<name>`: stop a service and start it again; answered `Ok,<name>` once it is
+    /// ready again.
+    Restart {
+        /// The service.
+        name: Vec<u8>,
+    },
+    /// `Pause,<target>`: SIGSTOP to the whole tree (freeze its cgroup, else its process group);
+    /// answered `Ok,<target>`.
+    Pause {
+        /// The process or service.
+        target: Target,
+    },
+    /// `Resume,<target>`: SIGCONT to what `Pause` stopped; answered `Ok,<target>`.
+    Resume {
+        /// The process or service.
+        target: Target,
+    },
+    /// `Status[,<name>...]`: one row per service and per process, or for the services named;
+    /// answered with [`Reply::Status`](crate::Reply::Status).
+    Status {
+        /// The services asked about; every service and process when empty.
+        names: Vec<Vec<u8>>,
+    },
+    /// `Tree[,<name>]`: every process of every service, or of one; answered with
+    /// [`Reply::Tree`](crate::Reply::Tree).
+    Tree {
+        /// The service asked about; all of them when `None`.
+        name: Option<Vec<u8>>,
+    },
+    /// `Config`: the effective configuration; answered with
+    /// [`Reply::Config`](crate::Reply::Config).
+    Config,
+    /// `Reload`: read the configuration file again and apply what changed; answered
+    /// `Ok,<started>,<stopped>,<restarted>,<unchanged>`.
+    Reload,
 }
 
 /// The verbs, as spelled on the wire.
@@ -73,6 +190,22 @@ pub mod verb {
     pub const PING: &str = "Ping";
     /// [`super::Request::Version`]
     pub const VERSION: &str = "Version";
+    /// [`super::Request::Start`]
+    pub const START: &str = "Start";
+    /// [`super::Request::Restart`]
+    pub const RESTART: &str = "Restart";
+    /// [`super::Request::Pause`]
+    pub const PAUSE: &str = "Pause";
+    /// [`super::Request::Resume`]
+    pub const RESUME: &str = "Resume";
+    /// [`super::Request::Status`]
+    pub const STATUS: &str = "Status";
+    /// [`super::Request::Tree`]
+    pub const TREE: &str = "Tree";
+    /// [`super::Request::Config`]
+    pub const CONFIG: &str = "Config";
+    /// [`super::Request::Reload`]
+    pub const RELOAD: &str = "Reload";
     /// The keyword that makes `Signal` reach the process group.
     pub const GROUP: &str = "group";
 }
@@ -102,6 +235,8 @@ pub enum RequestError {
     BadSignal,
     /// `Signal`'s fourth field is not `group`.
     BadSignalScope,
+    /// A service name that breaks the naming rule (the text is [`name::check`]'s reason).
+    BadName(String),
     /// The request carries fds that it does not take, or more than it takes.
     Fds {
         /// The verb.
@@ -126,6 +261,7 @@ impl fmt::Display for RequestError {
             RequestError::BadNumber(what) => write!(f, "bad {what}"),
             RequestError::BadSignal => write!(f, "bad signal"),
             RequestError::BadSignalScope => write!(f, "bad signal scope: only 'group' is known"),
+            RequestError::BadName(why) => write!(f, "bad name: {why}"),
             RequestError::Fds { verb, got } => match (*verb, *got) {
                 (verb::MONITOR_FD, 0) => write!(f, "MonitorFD needs a pidfd attached"),
                 (verb::MONITOR_FD, n) => write!(f, "MonitorFD takes exactly one pidfd, got {n}"),
@@ -193,6 +329,16 @@ fn printable(field: &[u8]) -> String {
     s
 }
 
+/// The first argument as a target.
+fn target_arg(args: &[Vec<u8>]) -> Result<Target, RequestError> {
+    Target::from_field(args.first().map_or(&[][..], Vec::as_slice))
+}
+
+/// The first argument as a service name.
+fn name_arg(args: &[Vec<u8>]) -> Result<Vec<u8>, RequestError> {
+    service_name(args.first().map_or(&[][..], Vec::as_slice), "name")
+}
+
 fn no_more(fields: &[Vec<u8>], n: usize, verb: &'static str) -> Result<(), RequestError> {
     if fields.len() > n {
         return Err(RequestError::ExtraFields(verb));
@@ -222,7 +368,7 @@ impl Request {
             }
             b"Stop" => {
                 no_more(args, 2, verb::STOP)?;
-                let id = args.first().ok_or(RequestError::Missing("id"))?;
+                let target = target_arg(args)?;
                 let grace_ms = match args.get(1) {
                     None => None,
                     Some(g) => Some(
@@ -231,14 +377,11 @@ impl Request {
                             .ok_or(RequestError::BadNumber("grace period"))?,
                     ),
                 };
-                Request::Stop {
-                    id: parse_u64(id).ok_or(RequestError::BadNumber("id"))?,
-                    grace_ms,
-                }
+                Request::Stop { target, grace_ms }
             }
             b"Signal" => {
                 no_more(args, 3, verb::SIGNAL)?;
-                let id = args.first().ok_or(RequestError::Missing("id"))?;
+                let target = target_arg(args)?;
                 let sig = args.get(1).ok_or(RequestError::Missing("signal"))?;
                 let group = match args.get(2).map(Vec::as_slice) {
                     None => false,
@@ -246,7 +389,7 @@ impl Request {
                     Some(_) => return Err(RequestError::BadSignalScope),
                 };
                 Request::Signal {
-                    id: parse_u64(id).ok_or(RequestError::BadNumber("id"))?,
+                    target,
                     signal: signal::parse(sig).ok_or(RequestError::BadSignal)?,
                     group,
                 }
@@ -262,6 +405,53 @@ impl Request {
             b"Version" => {
                 no_more(args, 0, verb::VERSION)?;
                 Request::Version
+            }
+            b"Start" => {
+                no_more(args, 1, verb::START)?;
+                Request::Start {
+                    name: name_arg(args)?,
+                }
+            }
+            b"Restart" => {
+                no_more(args, 1, verb::RESTART)?;
+                Request::Restart {
+                    name: name_arg(args)?,
+                }
+            }
+            b"Pause" => {
+                no_more(args, 1, verb::PAUSE)?;
+                Request::Pause {
+                    target: target_arg(args)?,
+                }
+            }
+            b"Resume" => {
+                no_more(args, 1, verb::RESUME)?;
+                Request::Resume {
+                    target: target_arg(args)?,
+                }
+            }
+            b"Status" => Request::Status {
+                names: args
+                    .iter()
+                    .map(|n| service_name(n, "name"))
+                    .collect::<Result<_, _>>()?,
+            },
+            b"Tree" => {
+                no_more(args, 1, verb::TREE)?;
+                Request::Tree {
+                    name: match args.first() {
+                        None => None,
+                        Some(n) => Some(service_name(n, "name")?),
+                    },
+                }
+            }
+            b"Config" => {
+                no_more(args, 0, verb::CONFIG)?;
+                Request::Config
+            }
+            b"Reload" => {
+                no_more(args, 0, verb::RELOAD)?;
+                Request::Reload
             }
             [] if args.is_empty() => return Err(RequestError::Empty),
             other => return Err(RequestError::UnknownVerb(printable(other))),
@@ -286,6 +476,14 @@ impl Request {
             Request::List => verb::LIST,
             Request::Ping => verb::PING,
             Request::Version => verb::VERSION,
+            Request::Start { .. } => verb::START,
+            Request::Restart { .. } => verb::RESTART,
+            Request::Pause { .. } => verb::PAUSE,
+            Request::Resume { .. } => verb::RESUME,
+            Request::Status { .. } => verb::STATUS,
+            Request::Tree { .. } => verb::TREE,
+            Request::Config => verb::CONFIG,
+            Request::Reload => verb::RELOAD,
         }
     }
 
@@ -314,12 +512,16 @@ impl Request {
         match self {
             Request::Run(c) | Request::StartDaemon(c) => out.extend(c.to_fields()),
             Request::Monitor { pid } => out.push(num(*pid as u64)),
-            Request::Stop { id, grace_ms } => {
-                out.push(num(*id));
+            Request::Stop { target, grace_ms } => {
+                out.push(target.to_field());
                 out.extend(grace_ms.map(num));
             }
-            Request::Signal { id, signal, group } => {
-                out.push(num(*id));
+            Request::Signal {
+                target,
+                signal,
+                group,
+            } => {
+                out.push(target.to_field());
                 out.push(
                     signal::name(*signal)
                         .unwrap_or_else(|| signal.to_string())
@@ -329,14 +531,45 @@ impl Request {
                     out.push(verb::GROUP.as_bytes().to_vec());
                 }
             }
-            Request::MonitorFd | Request::List | Request::Ping | Request::Version => {}
+            Request::Start { name } | Request::Restart { name } => out.push(name.clone()),
+            Request::Pause { target } | Request::Resume { target } => out.push(target.to_field()),
+            Request::Status { names } => out.extend(names.iter().cloned()),
+            Request::Tree { name } => out.extend(name.iter().cloned()),
+            Request::MonitorFd
+            | Request::List
+            | Request::Ping
+            | Request::Version
+            | Request::Config
+            | Request::Reload => {}
         }
         out
     }
 
-    /// The request as one line, `\n` included. Fails on a NUL byte, which no field can carry, or
+    /// Checks the names and targets of a request built in code, as the parser would read them.
+    fn check_names(&self) -> Result<(), RequestError> {
+        match self {
+            Request::Stop { target, .. }
+            | Request::Signal { target, .. }
+            | Request::Pause { target }
+            | Request::Resume { target } => target.check(),
+            Request::Start { name } | Request::Restart { name } => {
+                service_name(name, "name").map(drop)
+            }
+            Request::Status { names } => names
+                .iter()
+                .try_for_each(|n| service_name(n, "name").map(drop)),
+            Request::Tree { name } => name
+                .iter()
+                .try_for_each(|n| service_name(n, "name").map(drop)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The request as one line, `\n` included. Fails on a NUL byte, which no field can carry, on a
+    /// service name that breaks the naming rule (so that what is sent reads back as itself), or
     /// when the line would exceed [`MAX_REQUEST_LEN`].
     pub fn encode(&self) -> Result<Vec<u8>, RequestError> {
+        self.check_names()?;
         let fields = self.to_fields();
         if fields.iter().any(|f| f.contains(&0)) {
             return Err(RequestError::Nul);
@@ -383,21 +616,21 @@ mod tests {
         assert_eq!(
             parse("Stop,7"),
             Ok(Request::Stop {
-                id: 7,
+                target: Target::Id(7),
                 grace_ms: None
             })
         );
         assert_eq!(
             parse("Stop,7,250"),
             Ok(Request::Stop {
-                id: 7,
+                target: Target::Id(7),
                 grace_ms: Some(250)
             })
         );
         assert_eq!(
             parse("Signal,7,HUP"),
             Ok(Request::Signal {
-                id: 7,
+                target: Target::Id(7),
                 signal: 1,
                 group: false
             })
@@ -405,7 +638,7 @@ mod tests {
         assert_eq!(
             parse("Signal,7,9,group"),
             Ok(Request::Signal {
-                id: 7,
+                target: Target::Id(7),
                 signal: 9,
                 group: true
             })
@@ -413,6 +646,119 @@ mod tests {
         assert_eq!(parse("List"), Ok(Request::List));
         assert_eq!(parse("Ping"), Ok(Request::Ping));
         assert_eq!(parse("Version"), Ok(Request::Version));
+    }
+
+    fn service(name: &str) -> Target {
+        Target::Service(name.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn service_requests() {
+        let name = |n: &str| n.as_bytes().to_vec();
+        let cases = [
+            ("Start,db", Request::Start { name: name("db") }),
+            (
+                "Restart,getty@tty1",
+                Request::Restart {
+                    name: name("getty@tty1"),
+                },
+            ),
+            (
+                "Stop,web",
+                Request::Stop {
+                    target: service("web"),
+                    grace_ms: None,
+                },
+            ),
+            (
+                "Stop,web,0",
+                Request::Stop {
+                    target: service("web"),
+                    grace_ms: Some(0),
+                },
+            ),
+            (
+                "Stop,007",
+                Request::Stop {
+                    target: Target::Id(7),
+                    grace_ms: None,
+                },
+            ),
+            (
+                "Signal,worker1,USR1,group",
+                Request::Signal {
+                    target: service("worker1"),
+                    signal: 10,
+                    group: true,
+                },
+            ),
+            (
+                "Pause,web",
+                Request::Pause {
+                    target: service("web"),
+                },
+            ),
+            (
+                "Pause,3",
+                Request::Pause {
+                    target: Target::Id(3),
+                },
+            ),
+            (
+                "Resume,1a",
+                Request::Resume {
+                    target: service("1a"),
+                },
+            ),
+            ("Status", Request::Status { names: vec![] }),
+            (
+                "Status,db,web,db",
+                Request::Status {
+                    names: vec![name("db"), name("web"), name("db")],
+                },
+            ),
+            ("Tree", Request::Tree { name: None }),
+            (
+                "Tree,db",
+                Request::Tree {
+                    name: Some(name("db")),
+                },
+            ),
+            ("Config", Request::Config),
+            ("Reload", Request::Reload),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line), Ok(want.clone()), "{line}");
+            assert!(want.check_fds(0).is_ok());
+            assert!(want.check_fds(1).is_err());
+        }
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(Target::from_field(b"42"), Ok(Target::Id(42)));
+        assert_eq!(Target::from_field(b"0"), Ok(Target::Id(0)));
+        assert_eq!(
+            Target::from_field(b"18446744073709551615"),
+            Ok(Target::Id(u64::MAX))
+        );
+        assert_eq!(
+            Target::from_field(b"18446744073709551616"),
+            Err(RequestError::BadNumber("id"))
+        );
+        assert_eq!(Target::from_field(b"db"), Ok(service("db")));
+        assert_eq!(
+            Target::from_field(b""),
+            Err(RequestError::Missing("target"))
+        );
+        assert!(matches!(
+            Target::from_field(b"-1"),
+            Err(RequestError::BadName(_))
+        ));
+        assert_eq!(service("web").to_field(), b"web");
+        assert_eq!(Target::Id(9).to_field(), b"9");
+        assert_eq!(Target::from(9).to_string(), "9");
+        assert_eq!(service("web").to_string(), "web");
     }
 
     #[test]
@@ -429,14 +775,49 @@ mod tests {
             ("Monitor,0", "bad pid"),
             ("Monitor,-5", "bad pid"),
             ("Monitor,2147483648", "bad pid"),
-            ("Stop", "missing id"),
-            ("Stop,x", "bad id"),
+            ("Stop", "missing target"),
+            ("Stop,", "missing target"),
+            ("Stop,99999999999999999999", "bad id"),
+            ("Stop,-1", "bad name: a name may not start with '-'"),
+            (
+                "Stop,a b",
+                "bad name: ' ' is not allowed in a name (only letters, digits and _ . @ : -)",
+            ),
             ("Stop,1,99999999999", "bad grace period"),
+            ("Stop,db,x", "bad grace period"),
             ("Stop,1,2,3", "too many fields for Stop"),
+            ("Signal", "missing target"),
             ("Signal,1", "missing signal"),
+            ("Signal,.x,TERM", "bad name: a name may not start with '.'"),
             ("Signal,1,SIGNOPE", "bad signal"),
             ("Signal,1,9,all", "bad signal scope: only 'group' is known"),
             ("Ping,x", "too many fields for Ping"),
+            ("Start", "missing name"),
+            ("Start,", "missing name"),
+            (
+                "Start,12",
+                "bad name: a name may not be all digits (that is a process id)",
+            ),
+            ("Start,a,b", "too many fields for Start"),
+            ("Restart", "missing name"),
+            (
+                "Restart,/bin/sh",
+                "bad name: '/' is not allowed in a name (only letters, digits and _ . @ : -)",
+            ),
+            ("Pause", "missing target"),
+            ("Pause,1,2", "too many fields for Pause"),
+            ("Resume", "missing target"),
+            ("Resume,x,y", "too many fields for Resume"),
+            ("Status,db,", "missing name"),
+            (
+                "Status,db,3",
+                "bad name: a name may not be all digits (that is a process id)",
+            ),
+            ("Tree,", "missing name"),
+            ("Tree,a,b", "too many fields for Tree"),
+            ("Config,x", "too many fields for Config"),
+            ("Reload,now", "too many fields for Reload"),
+            ("start,db", "unknown request: start"),
         ];
         for (line, reason) in cases {
             let got = parse(line).map_err(|e| e.to_string());
@@ -477,12 +858,79 @@ mod tests {
         assert_eq!(Request::Ping.encode(), Ok(b"Ping\n".to_vec()));
         assert_eq!(
             Request::Signal {
-                id: 3,
+                target: Target::Id(3),
                 signal: 15,
                 group: true
             }
             .encode(),
             Ok(b"Signal,3,SIGTERM,group\n".to_vec())
         );
+    }
+
+    #[test]
+    fn encode_writes_service_requests_and_refuses_bad_names() {
+        let name = |n: &str| n.as_bytes().to_vec();
+        let cases: [(Request, &[u8]); 9] = [
+            (Request::Start { name: name("db") }, b"Start,db\n"),
+            (
+                Request::Stop {
+                    target: service("web"),
+                    grace_ms: Some(500),
+                },
+                b"Stop,web,500\n",
+            ),
+            (
+                Request::Signal {
+                    target: service("web"),
+                    signal: 1,
+                    group: false,
+                },
+                b"Signal,web,SIGHUP\n",
+            ),
+            (
+                Request::Pause {
+                    target: Target::Id(4),
+                },
+                b"Pause,4\n",
+            ),
+            (
+                Request::Status {
+                    names: vec![name("a"), name("b")],
+                },
+                b"Status,a,b\n",
+            ),
+            (Request::Status { names: vec![] }, b"Status\n"),
+            (Request::Tree { name: None }, b"Tree\n"),
+            (Request::Config, b"Config\n"),
+            (Request::Reload, b"Reload\n"),
+        ];
+        for (request, line) in cases {
+            assert_eq!(request.encode().as_deref(), Ok(line), "{request:?}");
+        }
+        for bad in [
+            Request::Start { name: name("12") },
+            Request::Restart { name: name("") },
+            Request::Stop {
+                target: service("a,b"),
+                grace_ms: None,
+            },
+            Request::Resume {
+                target: service("7"),
+            },
+            Request::Status {
+                names: vec![name("ok"), name(".no")],
+            },
+            Request::Tree {
+                name: Some(name("x\ny")),
+            },
+        ] {
+            assert!(
+                matches!(
+                    bad.encode(),
+                    Err(RequestError::BadName(_) | RequestError::Missing(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -13,8 +13,9 @@ use archon_proto::limits::{MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
 use archon_proto::record;
 use archon_proto::signal::MAX_SIGNAL;
 use archon_proto::{
-    Command, EnvEntry, Frame, FrameError, Framer, Kind, ProcState, ProcessRow, Reply, ReplyParser,
-    Request, RequestError, Status,
+    Command, EnvEntry, Frame, FrameError, Framer, Health, Kind, ProcState, ProcessRow, Reply,
+    ReplyParser, Request, RequestError, ServiceKind, ServiceRow, ServiceState, Setting, Status,
+    Target, TreeNode, name,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -280,15 +281,63 @@ fn gen_pid(rng: &mut Rng) -> i32 {
     }
 }
 
+/// Bytes a service name may hold.
+const NAME_BYTES: &[u8] = b"abcxyzABCXYZ0189_.@:-";
+
+/// A valid service name: 1 to 64 bytes of the allowed set, not all digits, not starting with
+/// `.` or `-`; often one that a parser could take for something else (`1a`, `0x`, `a-`).
+fn gen_service_name(rng: &mut Rng) -> Vec<u8> {
+    const LOOKALIKE_NAMES: &[&[u8]] = &[
+        b"db",
+        b"1a",
+        b"0x",
+        b"a-",
+        b"a.",
+        b"_",
+        b"getty@tty1",
+        b"a:b",
+        b"0_",
+        b"9.9",
+        b"Run",
+        b"Stop",
+        b"group",
+    ];
+    if rng.chance(1, 4) {
+        return rng.pick(LOOKALIKE_NAMES).to_vec();
+    }
+    let len = match rng.below(10) {
+        0 => name::MAX_LEN,
+        1 => 1,
+        _ => rng.range(1, 12) as usize,
+    };
+    let mut name: Vec<u8> = (0..len).map(|_| rng.pick(NAME_BYTES)).collect();
+    if matches!(name[0], b'.' | b'-') {
+        name[0] = b'x';
+    }
+    if name.iter().all(u8::is_ascii_digit) {
+        let at = rng.below(name.len());
+        name[at] = rng.pick(b"a_Z");
+    }
+    name
+}
+
+fn gen_target(rng: &mut Rng) -> Target {
+    if rng.chance(1, 2) {
+        Target::Id(gen_u64(rng))
+    } else {
+        Target::Service(gen_service_name(rng))
+    }
+}
+
 /// A request archon can be sent: every variant, every value in the range the parser accepts.
 fn gen_request(rng: &mut Rng) -> Request {
-    match rng.below(12) {
+    match rng.below(20) {
         0..=2 => Request::Run(gen_command(rng)),
         3 | 4 => Request::StartDaemon(gen_command(rng)),
         5 => Request::MonitorFd,
         6 => Request::Monitor { pid: gen_pid(rng) },
         7 => Request::Stop {
-            id: gen_u64(rng),
+            target: gen_target(rng),
             grace_ms: match rng.below(4) {
                 0 => None,
                 1 => Some(rng.pick(&[0, MAX_STOP_GRACE_MS, 7000])),
@@ -296,13 +345,33 @@ fn gen_request(rng: &mut Rng) -> Request {
             },
         },
         8 => Request::Signal {
-            id: gen_u64(rng),
+            target: gen_target(rng),
             signal: rng.range(0, MAX_SIGNAL as u64) as i32,
             group: rng.chance(1, 2),
         },
         9 => Request::List,
         10 => Request::Ping,
-        _ => Request::Version,
+        11 => Request::Version,
+        12 => Request::Start {
+            name: gen_service_name(rng),
+        },
+        13 => Request::Restart {
+            name: gen_service_name(rng),
+        },
+        14 => Request::Pause {
+            target: gen_target(rng),
+        },
+        15 => Request::Resume {
+            target: gen_target(rng),
+        },
+        16 => Request::Status {
+            names: (0..rng.below(6)).map(|_| gen_service_name(rng)).collect(),
+        },
+        17 => Request::Tree {
+            name: rng.chance(1, 2).then(|| gen_service_name(rng)),
+        },
+        18 => Request::Config,
+        _ => Request::Reload,
     }
 }
 
@@ -335,9 +404,106 @@ fn gen_row(rng: &mut Rng) -> ProcessRow {
     }
 }
 
-/// A reply archon can send: every variant, `List` with and without rows.
+fn gen_option<T>(rng: &mut Rng, make: impl FnOnce(&mut Rng) -> T) -> Option<T> {
+    if rng.chance(1, 3) {
+        None
+    } else {
+        Some(make(rng))
+    }
+}
+
+const SERVICE_KINDS: [ServiceKind; 5] = [
+    ServiceKind::Service,
+    ServiceKind::Task,
+    ServiceKind::Daemon,
+    ServiceKind::Run,
+    ServiceKind::Monitor,
+];
+
+const SERVICE_STATES: [ServiceState; 10] = [
+    ServiceState::Stopped,
+    ServiceState::Starting,
+    ServiceState::Running,
+    ServiceState::Ready,
+    ServiceState::Stopping,
+    ServiceState::Backoff,
+    ServiceState::Failed,
+    ServiceState::Done,
+    ServiceState::Paused,
+    ServiceState::Exited,
+];
+
+/// A `Status` row: a service or task by name, or a process by id, in a state that fits it.
+fn gen_service_row(rng: &mut Rng) -> ServiceRow {
+    let kind = rng.pick(&SERVICE_KINDS);
+    let states: Vec<ServiceState> = SERVICE_STATES
+        .into_iter()
+        .filter(|s| s.fits(kind))
+        .collect();
+    ServiceRow {
+        name: if kind.is_process() {
+            gen_u64(rng).to_string().into_bytes()
+        } else {
+            gen_service_name(rng)
+        },
+        kind,
+        state: rng.pick(&states),
+        pid: gen_option(rng, gen_pid),
+        since_ms: gen_u64(rng),
+        restarts: match rng.below(4) {
+            0 => 0,
+            1 => u32::MAX,
+            _ => rng.next_u64() as u32 >> rng.below(32),
+        },
+        last: gen_option(rng, gen_status),
+        ready: gen_option(rng, |r| r.chance(1, 2)),
+        health: gen_option(rng, |r| {
+            r.pick(&[Health::Healthy, Health::Unhealthy, Health::Starting])
+        }),
+        rss_kib: gen_option(rng, gen_u64),
+        cpu_ms: gen_option(rng, gen_u64),
+        reason: if rng.chance(1, 2) {
+            Vec::new()
+        } else {
+            gen_bytes(rng)
+        },
+    }
+}
+
+/// A `Tree` row: named by a service or a process id; `ppid` may be 0.
+fn gen_node(rng: &mut Rng) -> TreeNode {
+    TreeNode {
+        name: match gen_target(rng) {
+            Target::Id(id) => id.to_string().into_bytes(),
+            Target::Service(name) => name,
+        },
+        pid: gen_pid(rng),
+        ppid: if rng.chance(1, 8) { 0 } else { gen_pid(rng) },
+        comm: gen_arg(rng),
+    }
+}
+
+fn gen_setting(rng: &mut Rng) -> Setting {
+    let mut key = gen_arg(rng);
+    if key.is_empty() {
+        key.push(b'k');
+    }
+    Setting {
+        name: gen_service_name(rng),
+        key,
+        value: gen_arg(rng),
+    }
+}
+
+/// How many rows a table gets: none now and then.
+fn gen_rows<T>(rng: &mut Rng, make: fn(&mut Rng) -> T) -> Vec<T> {
+    let n = if rng.chance(1, 5) { 0 } else { rng.range(1, 6) };
+    (0..n).map(|_| make(rng)).collect()
+}
+
+/// A reply archon can send: every variant, tables with and without rows.
 fn gen_reply(rng: &mut Rng) -> Reply {
-    match rng.below(7) {
+    match rng.below(10) {
         0 => Reply::Ok((0..rng.below(5)).map(|_| gen_arg(rng)).collect()),
         1 => Reply::Error(gen_bytes(rng)),
         2 => Reply::ExitStatus(gen_status(rng)),
@@ -346,10 +512,10 @@ fn gen_reply(rng: &mut Rng) -> Reply {
             archon: gen_arg(rng),
             protocol: rng.next_u64() as u32 >> rng.below(32),
         },
-        _ => {
-            let n = if rng.chance(1, 5) { 0 } else { rng.range(1, 6) };
-            Reply::List((0..n).map(|_| gen_row(rng)).collect())
-        }
+        5 | 6 => Reply::List(gen_rows(rng, gen_row)),
+        7 => Reply::Status(gen_rows(rng, gen_service_row)),
+        8 => Reply::Tree(gen_rows(rng, gen_node)),
+        _ => Reply::Config(gen_rows(rng, gen_setting)),
     }
 }
 
@@ -628,7 +794,8 @@ fn prop_replies(rng: &mut Rng) -> Result<(), String> {
     Ok(())
 }
 
-const VERBS: &[&[u8]] = &[
+/// The request verbs.
+const REQUEST_VERBS: &[&[u8]] = &[
     b"Run",
     b"StartDaemon",
     b"MonitorFD",
@@ -638,11 +805,26 @@ const VERBS: &[&[u8]] = &[
     b"List",
     b"Ping",
     b"Version",
+    b"Start",
+    b"Restart",
+    b"Pause",
+    b"Resume",
+    b"Status",
+    b"Tree",
+    b"Config",
+    b"Reload",
+];
+
+/// The words that start a reply or a row (`List`, `Status`, `Tree`, `Config` are verbs too).
+const REPLY_KINDS: &[&[u8]] = &[
     b"Ok",
     b"Error",
     b"ExitStatus",
     b"Pong",
     b"Process",
+    b"Service",
+    b"Node",
+    b"Setting",
 ];
 
 /// Fields that parse as numbers, or nearly do.
@@ -702,10 +884,26 @@ const REPLY_WORDS: &[&[u8]] = &[
     b"run",
     b"daemon",
     b"monitor",
+    b"service",
+    b"task",
     b"starting",
     b"running",
     b"stopping",
     b"exited",
+    b"stopped",
+    b"ready",
+    b"backoff",
+    b"failed",
+    b"done",
+    b"paused",
+    b"yes",
+    b"no",
+    b"-",
+    b"healthy",
+    b"unhealthy",
+    b"db",
+    b".db",
+    b"-db",
     b"1763769600.250",
     b"0.000",
     b"1.5",
@@ -740,13 +938,23 @@ fn gen_signal(rng: &mut Rng) -> Vec<u8> {
     }
 }
 
-/// A field for a free-form line: a number, a signal, a reply word, or an argument.
+/// A field for a free-form line: a number, a signal, a reply word, a name, or an argument.
 fn gen_word(rng: &mut Rng) -> Vec<u8> {
-    match rng.below(8) {
+    match rng.below(9) {
         0 | 1 => gen_number(rng),
         2 => gen_signal(rng),
         3 => rng.pick(REPLY_WORDS).to_vec(),
+        4 => gen_service_name(rng),
         _ => gen_arg(rng),
+    }
+}
+
+/// A target field: a number, a name, or something close to one.
+fn gen_target_field(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(4) {
+        0 => gen_number(rng),
+        1 | 2 => gen_service_name(rng),
+        _ => gen_word(rng),
     }
 }
 
@@ -770,7 +978,7 @@ fn gen_explicit_fields(rng: &mut Rng, fields: &mut Vec<Vec<u8>>) {
 
 /// A request verb with about the fields it takes: most such lines parse.
 fn gen_shaped_fields(rng: &mut Rng) -> Vec<Vec<u8>> {
-    let verb = rng.pick(&VERBS[..9]);
+    let verb = rng.pick(REQUEST_VERBS);
     let mut fields = vec![verb.to_vec()];
     match verb {
         b"Run" | b"StartDaemon" if rng.chance(1, 3) => gen_explicit_fields(rng, &mut fields),
@@ -785,12 +993,21 @@ fn gen_shaped_fields(rng: &mut Rng) -> Vec<Vec<u8>> {
         }
         b"Monitor" => fields.push(gen_number(rng)),
         b"Stop" => {
-            for _ in 0..rng.range(1, 2) {
+            fields.push(gen_target_field(rng));
+            if rng.chance(1, 2) {
                 fields.push(gen_number(rng));
             }
         }
+        b"Start" | b"Restart" | b"Pause" | b"Resume" | b"Tree" => {
+            fields.push(gen_target_field(rng));
+        }
+        b"Status" => {
+            for _ in 0..rng.below(4) {
+                fields.push(gen_target_field(rng));
+            }
+        }
         b"Signal" => {
-            fields.push(gen_number(rng));
+            fields.push(gen_target_field(rng));
             fields.push(gen_signal(rng));
             if rng.chance(1, 2) {
                 fields.push(rng.pick(&[&b"group"[..], b"group", b"Group", b""]).to_vec());
@@ -806,10 +1023,17 @@ fn gen_shaped_fields(rng: &mut Rng) -> Vec<Vec<u8>> {
 
 /// Any verb, any fields.
 fn gen_free_fields(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let pick = |rng: &mut Rng| {
+        if rng.chance(1, 3) {
+            rng.pick(REPLY_KINDS)
+        } else {
+            rng.pick(REQUEST_VERBS)
+        }
+    };
     let verb = match rng.below(10) {
         0 => gen_arg(rng),
-        1 => rng.pick(VERBS).to_ascii_lowercase(),
-        _ => rng.pick(VERBS).to_vec(),
+        1 => pick(rng).to_ascii_lowercase(),
+        _ => pick(rng).to_vec(),
     };
     let mut fields = vec![verb];
     if rng.chance(1, 4) {

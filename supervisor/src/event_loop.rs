@@ -25,7 +25,7 @@ use crate::cgroup::Cgroups;
 use crate::service::{Manager, UnitId};
 use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::listen::Listening;
-use crate::spawn::{Exec, SpawnError, Spawner};
+use crate::spawn::{Exec, SpawnError, Spawner, Step};
 use crate::sys;
 use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
 use crate::timers::{TimerEvent, Timers};
@@ -589,9 +589,12 @@ impl Supervisor {
             }
             Request::Reload => {
                 let reply = match self.reload() {
-                    Ok(counts) => {
-                        info!("reloaded: {counts}");
-                        Reply::reloaded(counts)
+                    Ok(c) => {
+                        info!(
+                            "reloaded: {} started, {} stopped, {} restarted, {} unchanged",
+                            c.started, c.stopped, c.restarted, c.unchanged
+                        );
+                        Reply::reloaded(c)
                     }
                     Err(e) => Reply::error(e),
                 };
@@ -673,8 +676,11 @@ impl Supervisor {
         let exec = Exec::prepare(cmd, &self.base_env).map_err(|e| e.to_string())?;
         let stdio = self.stdio(fds);
         let child = self.spawner.spawn(&exec, stdio).map_err(|e| match e {
-            SpawnError::Exec(errno) => exec_failure(&cmd.argv, errno),
-            SpawnError::Clone(e) => format!("cannot start a process: {e}"),
+            SpawnError::Setup {
+                step: Step::Exec(_),
+                errno,
+            } => exec_failure(&cmd.argv, errno),
+            e => e.to_string(),
         })?;
         let raw = child.pidfd.as_raw_fd();
         let mut proc = Proc::new(kind, child.pid, now_ms(), cmd.argv.clone());
@@ -864,7 +870,10 @@ impl Supervisor {
                 SIGCHLD => self.reap_children(),
                 SIGTERM | SIGINT => self.begin_shutdown(Some(sig)),
                 SIGHUP => match self.reload() {
-                    Ok(counts) => info!("SIGHUP: reloaded: {counts}"),
+                    Ok(c) => info!(
+                        "SIGHUP: reloaded: {} started, {} stopped, {} restarted, {} unchanged",
+                        c.started, c.stopped, c.restarted, c.unchanged
+                    ),
                     Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
                 },
                 other => info!(
@@ -990,7 +999,7 @@ impl Supervisor {
 
     /// Reads the configuration file again and applies it: what is new starts, what is gone
     /// stops, what changed restarts. A broken file changes nothing.
-    fn reload(&mut self) -> Result<crate::service::ReloadCounts, String> {
+    fn reload(&mut self) -> Result<archon_proto::ReloadCounts, String> {
         let Some(path) = self.config_path.clone() else {
             return Err("archon runs without a configuration file (--config)".to_string());
         };

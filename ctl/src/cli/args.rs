@@ -5,7 +5,18 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 
 use archon_proto::limits::MAX_STOP_GRACE_MS;
-use archon_proto::{Command, EnvEntry, Id, signal};
+use archon_proto::{Command, EnvEntry, Target, name, signal};
+
+/// How a table is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A table on a terminal, CSV otherwise.
+    Auto,
+    /// `--table`: aligned columns for people.
+    Table,
+    /// `--csv`: the reply's rows as archon sent them.
+    Csv,
+}
 
 /// What archonctl was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,26 +29,55 @@ pub enum Action {
     Raw(Vec<u8>),
     /// `run`: run a command, wait, exit with its status.
     Run(Command),
-    /// `start`: start a daemon.
-    Start(Command),
-    /// `stop ID [--grace MS]`.
+    /// `daemon`, or `start` with a command: start a daemon.
+    Daemon(Command),
+    /// `start NAME`: start a service or task.
+    Start(Vec<u8>),
+    /// `stop TARGET [--grace MS]`.
     Stop {
-        /// The process.
-        id: Id,
+        /// The process or service.
+        target: Target,
         /// SIGTERM to SIGKILL, in milliseconds.
         grace_ms: Option<u64>,
     },
-    /// `signal ID SIGNAL [--group]`.
+    /// `restart NAME`.
+    Restart(Vec<u8>),
+    /// `pause TARGET`.
+    Pause(Target),
+    /// `resume TARGET`.
+    Resume(Target),
+    /// `signal TARGET SIGNAL [--group]`.
     Signal {
-        /// The process.
-        id: Id,
+        /// The process or service.
+        target: Target,
         /// The signal's number.
         signal: i32,
         /// To its process group.
         group: bool,
     },
-    /// `status` or `list`.
-    Status,
+    /// `status [NAME...]`.
+    Status {
+        /// The services asked about; all when empty.
+        names: Vec<Vec<u8>>,
+        /// How to print the rows.
+        format: Format,
+    },
+    /// `list`: the processes.
+    List,
+    /// `tree [NAME]`.
+    Tree {
+        /// The service asked about; all when `None`.
+        name: Option<Vec<u8>>,
+        /// How to print the rows.
+        format: Format,
+    },
+    /// `config`.
+    Config {
+        /// How to print the rows.
+        format: Format,
+    },
+    /// `reload`.
+    Reload,
     /// `monitor PID [--pidfd]`.
     Monitor {
         /// The process.
@@ -112,10 +152,18 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
     let rest = &args[i + 1..];
     let action = match word.as_bytes() {
         b"run" => command(rest, Action::Run)?,
-        b"start" => command(rest, Action::Start)?,
+        b"start" => start(rest)?,
+        b"daemon" => command(rest, Action::Daemon)?,
         b"stop" => stop(rest)?,
+        b"restart" => one_name(rest, Action::Restart)?,
+        b"pause" => one_target(rest, Action::Pause)?,
+        b"resume" => one_target(rest, Action::Resume)?,
         b"signal" => signal(rest)?,
-        b"status" | b"list" => none(rest, Action::Status)?,
+        b"status" => status(rest)?,
+        b"list" => none(rest, Action::List)?,
+        b"tree" => tree(rest)?,
+        b"config" => config(rest)?,
+        b"reload" => none(rest, Action::Reload)?,
         b"monitor" => monitor(rest)?,
         b"ping" => none(rest, Action::Ping)?,
         b"version" => none(rest, Action::ArchonVersion)?,
@@ -246,7 +294,13 @@ fn split_flags<'a>(
 }
 
 /// Every sub-command flag, and whether it takes a value.
-const KNOWN_FLAGS: [(&str, bool); 3] = [("--grace", true), ("--group", false), ("--pidfd", false)];
+const KNOWN_FLAGS: [(&str, bool); 5] = [
+    ("--grace", true),
+    ("--group", false),
+    ("--pidfd", false),
+    ("--csv", false),
+    ("--table", false),
+];
 
 fn exact<'a>(positionals: &[&'a OsStr], names: &[&str]) -> Result<Vec<&'a OsStr>, UsageError> {
     match positionals.len().cmp(&names.len()) {
@@ -270,6 +324,122 @@ fn number(arg: &OsStr, what: &str) -> Result<u64, UsageError> {
     n.ok_or_else(|| usage(format!("{what} is not a number: {}", show(arg))))
 }
 
+/// A process id or a service name.
+fn target(arg: &OsStr) -> Result<Target, UsageError> {
+    Target::from_field(arg.as_bytes()).map_err(|e| {
+        usage(format!(
+            "not a process id or a service name: {} ({e})",
+            show(arg)
+        ))
+    })
+}
+
+/// A service name.
+fn service_name(arg: &OsStr) -> Result<Vec<u8>, UsageError> {
+    name::check(arg.as_bytes())
+        .map_err(|why| usage(format!("not a service name: {} ({why})", show(arg))))?;
+    Ok(arg.as_bytes().to_vec())
+}
+
+/// `start NAME` is a service; `start [-e NAME=VALUE]... [--] CMD [ARG]...` a daemon. One
+/// argument that is a valid service name is the service: to start a daemon whose command is a
+/// single word that could be a name, write `--` before it (or use `daemon`).
+fn start(args: &[OsString]) -> Result<Action, UsageError> {
+    match args {
+        [one] if name::check(one.as_bytes()).is_ok() => Ok(Action::Start(one.as_bytes().to_vec())),
+        _ => command(args, Action::Daemon),
+    }
+}
+
+/// `--csv` and `--table`: the last one given wins.
+fn format(flags: &[(&'static str, Option<&OsStr>)]) -> Format {
+    match flags
+        .iter()
+        .rev()
+        .find(|(f, _)| *f == "--csv" || *f == "--table")
+    {
+        Some(("--csv", _)) => Format::Csv,
+        Some(_) => Format::Table,
+        None => Format::Auto,
+    }
+}
+
+fn one_name(args: &[OsString], make: fn(Vec<u8>) -> Action) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos, ..
+    }) = split_flags(args, &[])?
+    else {
+        return Ok(Action::Help);
+    };
+    let [name] = exact(&pos, &["NAME"])?[..] else {
+        return Err(usage("missing NAME"));
+    };
+    Ok(make(service_name(name)?))
+}
+
+fn one_target(args: &[OsString], make: fn(Target) -> Action) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos, ..
+    }) = split_flags(args, &[])?
+    else {
+        return Ok(Action::Help);
+    };
+    let [t] = exact(&pos, &["TARGET"])?[..] else {
+        return Err(usage("missing TARGET"));
+    };
+    Ok(make(target(t)?))
+}
+
+fn status(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(args, &["--csv", "--table"])?
+    else {
+        return Ok(Action::Help);
+    };
+    Ok(Action::Status {
+        names: pos
+            .iter()
+            .map(|n| service_name(n))
+            .collect::<Result<_, _>>()?,
+        format: format(&flags),
+    })
+}
+
+fn tree(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(args, &["--csv", "--table"])?
+    else {
+        return Ok(Action::Help);
+    };
+    let name = match pos[..] {
+        [] => None,
+        [name] => Some(service_name(name)?),
+        [_, extra, ..] => return Err(usage(format!("unexpected argument: {}", show(extra)))),
+    };
+    Ok(Action::Tree {
+        name,
+        format: format(&flags),
+    })
+}
+
+fn config(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(args, &["--csv", "--table"])?
+    else {
+        return Ok(Action::Help);
+    };
+    exact(&pos, &[])?;
+    Ok(Action::Config {
+        format: format(&flags),
+    })
+}
+
 fn stop(args: &[OsString]) -> Result<Action, UsageError> {
     let Some(Split {
         positionals: pos,
@@ -278,8 +448,8 @@ fn stop(args: &[OsString]) -> Result<Action, UsageError> {
     else {
         return Ok(Action::Help);
     };
-    let [id] = exact(&pos, &["ID"])?[..] else {
-        return Err(usage("missing ID"));
+    let [t] = exact(&pos, &["TARGET"])?[..] else {
+        return Err(usage("missing TARGET"));
     };
     let mut grace_ms = None;
     for (_, value) in flags {
@@ -292,7 +462,7 @@ fn stop(args: &[OsString]) -> Result<Action, UsageError> {
         grace_ms = Some(ms);
     }
     Ok(Action::Stop {
-        id: number(id, "ID")?,
+        target: target(t)?,
         grace_ms,
     })
 }
@@ -305,13 +475,13 @@ fn signal(args: &[OsString]) -> Result<Action, UsageError> {
     else {
         return Ok(Action::Help);
     };
-    let [id, sig] = exact(&pos, &["ID", "SIGNAL"])?[..] else {
-        return Err(usage("missing ID or SIGNAL"));
+    let [t, sig] = exact(&pos, &["TARGET", "SIGNAL"])?[..] else {
+        return Err(usage("missing TARGET or SIGNAL"));
     };
     let signal = signal::parse(sig.as_bytes())
         .ok_or_else(|| usage(format!("not a signal: {}", show(sig))))?;
     Ok(Action::Signal {
-        id: number(id, "ID")?,
+        target: target(t)?,
         signal,
         group: !flags.is_empty(),
     })
@@ -419,7 +589,7 @@ mod tests {
                 "-e",
                 "X=1"
             ]),
-            Action::Start(Command {
+            Action::Daemon(Command {
                 argv: fields(&["sleep", "-e", "X=1"]),
                 env: vec![
                     EnvEntry::set("A", "1"),
@@ -443,33 +613,136 @@ mod tests {
         );
     }
 
+    fn service(name: &str) -> Target {
+        Target::Service(name.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn start_is_a_service_or_a_daemon() {
+        let daemon = |argv: &[&str]| Action::Daemon(Command::new(argv.iter().copied()));
+        assert_eq!(action(&["start", "db"]), Action::Start(b"db".to_vec()));
+        assert_eq!(
+            action(&["start", "getty@tty1"]),
+            Action::Start(b"getty@tty1".to_vec())
+        );
+        // One word that could be a name is the service; `--`, `-e`, a second word, or a word
+        // that is no name make it a command.
+        assert_eq!(action(&["start", "--", "sleep"]), daemon(&["sleep"]));
+        assert_eq!(
+            action(&["start", "sleep", "100"]),
+            daemon(&["sleep", "100"])
+        );
+        assert_eq!(action(&["start", "/bin/true"]), daemon(&["/bin/true"]));
+        assert_eq!(action(&["start", "123"]), daemon(&["123"]));
+        assert_eq!(
+            action(&["start", "-e", "A=1", "db"]),
+            Action::Daemon(Command {
+                argv: fields(&["db"]),
+                env: vec![EnvEntry::set("A", "1")],
+            })
+        );
+        assert_eq!(action(&["start", "--help"]), Action::Help);
+        assert_eq!(action(&["daemon", "db"]), daemon(&["db"]));
+        assert_eq!(
+            action(&["daemon", "--", "/usr/bin/sleep", "1"]),
+            daemon(&["/usr/bin/sleep", "1"])
+        );
+    }
+
+    #[test]
+    fn service_sub_commands() {
+        assert_eq!(
+            action(&["stop", "web"]),
+            Action::Stop {
+                target: service("web"),
+                grace_ms: None
+            }
+        );
+        assert_eq!(
+            action(&["restart", "web"]),
+            Action::Restart(b"web".to_vec())
+        );
+        assert_eq!(action(&["pause", "web"]), Action::Pause(service("web")));
+        assert_eq!(action(&["pause", "7"]), Action::Pause(Target::Id(7)));
+        assert_eq!(action(&["resume", "web"]), Action::Resume(service("web")));
+        assert_eq!(
+            action(&["signal", "web", "usr1", "--group"]),
+            Action::Signal {
+                target: service("web"),
+                signal: 10,
+                group: true
+            }
+        );
+        let status = |names: &[&str], format| Action::Status {
+            names: fields(names),
+            format,
+        };
+        assert_eq!(action(&["status"]), status(&[], Format::Auto));
+        assert_eq!(
+            action(&["status", "db", "web"]),
+            status(&["db", "web"], Format::Auto)
+        );
+        assert_eq!(action(&["status", "--csv"]), status(&[], Format::Csv));
+        assert_eq!(
+            action(&["status", "--table", "db"]),
+            status(&["db"], Format::Table)
+        );
+        assert_eq!(
+            action(&["status", "--table", "--csv"]),
+            status(&[], Format::Csv)
+        );
+        assert_eq!(action(&["list"]), Action::List);
+        assert_eq!(
+            action(&["tree"]),
+            Action::Tree {
+                name: None,
+                format: Format::Auto
+            }
+        );
+        assert_eq!(
+            action(&["tree", "db", "--csv"]),
+            Action::Tree {
+                name: Some(b"db".to_vec()),
+                format: Format::Csv
+            }
+        );
+        assert_eq!(
+            action(&["config", "--table"]),
+            Action::Config {
+                format: Format::Table
+            }
+        );
+        assert_eq!(action(&["reload"]), Action::Reload);
+        assert_eq!(action(&["status", "-h"]), Action::Help);
+    }
+
     #[test]
     fn the_other_sub_commands() {
         assert_eq!(
             action(&["stop", "3"]),
             Action::Stop {
-                id: 3,
+                target: Target::Id(3),
                 grace_ms: None
             }
         );
         assert_eq!(
             action(&["stop", "--grace", "250", "3"]),
             Action::Stop {
-                id: 3,
+                target: Target::Id(3),
                 grace_ms: Some(250)
             }
         );
         assert_eq!(
             action(&["stop", "3", "--grace=0"]),
             Action::Stop {
-                id: 3,
+                target: Target::Id(3),
                 grace_ms: Some(0)
             }
         );
         assert_eq!(
             action(&["signal", "4", "hup"]),
             Action::Signal {
-                id: 4,
+                target: Target::Id(4),
                 signal: 1,
                 group: false
             }
@@ -477,7 +750,7 @@ mod tests {
         assert_eq!(
             action(&["signal", "--group", "4", "SIGKILL"]),
             Action::Signal {
-                id: 4,
+                target: Target::Id(4),
                 signal: 9,
                 group: true
             }
@@ -485,13 +758,11 @@ mod tests {
         assert_eq!(
             action(&["signal", "4", "0"]),
             Action::Signal {
-                id: 4,
+                target: Target::Id(4),
                 signal: 0,
                 group: false
             }
         );
-        assert_eq!(action(&["status"]), Action::Status);
-        assert_eq!(action(&["list"]), Action::Status);
         assert_eq!(
             action(&["monitor", "42"]),
             Action::Monitor {
@@ -526,7 +797,9 @@ mod tests {
             &["run", "-e", "=v", "x"],
             &["run", "-x", "cmd"],
             &["stop"],
-            &["stop", "x"],
+            &["stop", "a b"],
+            &["stop", ".x"],
+            &["stop", "99999999999999999999"],
             &["stop", "-1"],
             &["stop", "1", "2"],
             &["stop", "1", "--grace"],
@@ -543,6 +816,27 @@ mod tests {
             &["monitor", "1", "--grace", "5"],
             &["ping", "x"],
             &["status", "--all"],
+            &["status", "3"],
+            &["status", "db", "a/b"],
+            &["status", "--grace", "1"],
+            &["list", "--csv"],
+            &["start"],
+            &["start", "--"],
+            &["daemon"],
+            &["daemon", "-e", "X"],
+            &["restart"],
+            &["restart", "7"],
+            &["restart", "a", "b"],
+            &["pause"],
+            &["pause", "a", "b"],
+            &["pause", "a b"],
+            &["resume"],
+            &["signal", "a/b", "TERM"],
+            &["tree", "a", "b"],
+            &["tree", "12"],
+            &["config", "x"],
+            &["config", "--group"],
+            &["reload", "now"],
         ];
         for args in bad {
             assert!(parse_str(args).is_err(), "{args:?}");

@@ -1,4 +1,5 @@
-//! `archonctl status`'s table: one row per process, columns padded, the command last.
+//! `archonctl list`'s table: one row per process, columns padded, the command last; and the
+//! text helpers the other tables share.
 //!
 //! Start times are shown in UTC, `2026-11-21T23:27:00Z`, the form of archon's own log lines, so
 //! the two can be read side by side. A command is shown as a shell would need it typed: plain
@@ -31,28 +32,7 @@ pub fn render(rows: &[ProcessRow]) -> String {
             ]
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header = HEADER.map(str::to_string);
-    for row in std::iter::once(&header).chain(&cells) {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let pad = widths[i] - cell.chars().count() + GAP;
-                let _ = write!(line, "{cell}{:pad$}", "");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    columns(HEADER, &cells)
 }
 
 /// How it ended: `-` while it runs, else the exit code, the signal's name, or `unknown`.
@@ -118,14 +98,40 @@ fn shell_word(arg: &[u8]) -> String {
 /// `$'...'`: printable UTF-8 as it is, the rest as escapes.
 fn ansi_c_quoted(arg: &[u8]) -> String {
     let mut out = String::from("$'");
-    for chunk in arg.utf8_chunks() {
+    escape_into(arg, &['\'', '\\'], &mut out);
+    out.push('\'');
+    out
+}
+
+/// Text from a reply (a reason, a command name, a value) made safe for one line of a terminal:
+/// printable UTF-8 as it is, control characters and bytes that are not UTF-8 as `\n`, `\t`,
+/// `\r`, `\\` and `\xNN` escapes, so that no byte archon sends can move the cursor.
+pub fn printable(text: &[u8]) -> String {
+    let mut out = String::new();
+    escape_into(text, &['\\'], &mut out);
+    out
+}
+
+/// As [`printable`], but a backslash stays as it is: for text that is already a literal with
+/// escapes of its own (a Lua value in `config`), which escaping again would garble.
+pub fn printable_literal(text: &[u8]) -> String {
+    let mut out = String::new();
+    escape_into(text, &[], &mut out);
+    out
+}
+
+/// Appends `bytes` with control characters, invalid UTF-8 and the characters of `also` escaped.
+fn escape_into(bytes: &[u8], also: &[char], out: &mut String) {
+    for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
                 '\n' => out.push_str(r"\n"),
                 '\t' => out.push_str(r"\t"),
                 '\r' => out.push_str(r"\r"),
-                '\'' => out.push_str(r"\'"),
-                '\\' => out.push_str(r"\\"),
+                c if also.contains(&c) => {
+                    out.push('\\');
+                    out.push(c);
+                }
                 c if c.is_control() => {
                     let mut buf = [0u8; 4];
                     for b in c.encode_utf8(&mut buf).bytes() {
@@ -139,7 +145,32 @@ fn ansi_c_quoted(arg: &[u8]) -> String {
             let _ = write!(out, "\\x{b:02x}");
         }
     }
-    out.push('\'');
+}
+
+/// Lays out rows of cells under `header`: every column but the last padded to its widest
+/// cell, [`GAP`] spaces between columns, trailing blanks trimmed; every line ends with `\n`.
+pub fn columns<const N: usize>(header: [&str; N], cells: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(str::to_string);
+    for row in std::iter::once(&header).chain(cells) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count() + GAP;
+                let _ = write!(line, "{cell}{:pad$}", "");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
     out
 }
 
@@ -176,6 +207,11 @@ mod tests {
             assert_eq!(shell_word(arg), *want);
         }
         assert_eq!(command_text(&[]), "-");
+        assert_eq!(printable(b"plain text, 'quotes'"), "plain text, 'quotes'");
+        assert_eq!(
+            printable(b"a\nb\x1b[2J\\\xff caf\xc3\xa9"),
+            r"a\nb\x1b[2J\\\xff café"
+        );
         assert_eq!(
             command_text(&[b"sh".to_vec(), b"-c".to_vec(), b"echo hi".to_vec()]),
             "sh -c 'echo hi'"

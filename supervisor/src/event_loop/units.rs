@@ -23,11 +23,11 @@ use mio::{Interest, Token};
 
 use super::{Supervisor, TAG_UNIT, exec_failure, now_ms, token};
 use crate::cgroup::ServiceCgroup;
-use crate::health::TcpProbe;
+use crate::health::{self, TcpProbe};
 use crate::notify::{Notice, NotifySocket, ReadyOutcome, ReadyPipe};
 use crate::procstat;
 use crate::service::{Action, Health, Manager, State, TimerKind, UnitId};
-use crate::spawn::{Creds, Exec, SpawnError, SpawnOptions};
+use crate::spawn::{Creds, Exec, SpawnError, SpawnOptions, Step};
 use crate::sys;
 use crate::timers::{TimerEvent, TimerKey};
 use crate::{debug, info, warn};
@@ -211,9 +211,11 @@ impl Supervisor {
             .spawner
             .spawn_with(&exec, stdio, &opts)
             .map_err(|e| match e {
-                SpawnError::Clone(e) => format!("cannot start a process: {e}"),
-                SpawnError::Exec(errno) => exec_failure(&spec.argv, errno),
-                other => other.to_string(),
+                SpawnError::Setup {
+                    step: Step::Exec(_),
+                    errno,
+                } => exec_failure(&spec.argv, errno),
+                e => e.to_string(),
             })?;
         // The child has its copy; archon's must go, or an EOF on the pipe would never come.
         drop(ready_write);
@@ -552,15 +554,14 @@ impl Supervisor {
 
     /// A health check's fd woke the loop: a TCP connect ended, or a check command exited.
     fn on_probe(&mut self, id: UnitId) {
-        let outcome = match self.units.get(&id).and_then(|rt| rt.probe.as_ref()) {
+        let outcome = match self.units.get_mut(&id).and_then(|rt| rt.probe.as_mut()) {
             Some((Probe::Tcp(p), _)) => match p.outcome() {
                 Some(result) => result,
                 None => return,
             },
             Some((Probe::Command { pidfd, .. }, _)) => {
                 match sys::reap_pidfd(pidfd.as_fd()).ok().flatten() {
-                    Some(Status::Exited(0)) => Ok(()),
-                    Some(status) => Err(format!("check {status}")),
+                    Some(status) => health::command_outcome(status),
                     None => return,
                 }
             }
@@ -576,8 +577,7 @@ impl Supervisor {
             .spec(id)
             .and_then(|s| s.health.as_ref())
             .map_or(0, |h| h.timeout_ms);
-        let why = format!("no answer within {}", crate::service::ms_text(timeout));
-        self.end_probe(id, Err(why));
+        self.end_probe(id, Err(health::timed_out(Duration::from_millis(timeout))));
     }
 
     fn end_probe(&mut self, id: UnitId, result: Result<(), String>) {
@@ -611,12 +611,7 @@ impl Supervisor {
 
     /// A health check command reaped by pid (through SIGCHLD).
     pub(super) fn probe_reaped(&mut self, id: UnitId, status: Status) {
-        let result = if status == Status::Exited(0) {
-            Ok(())
-        } else {
-            Err(format!("check {status}"))
-        };
-        self.end_probe(id, result);
+        self.end_probe(id, health::command_outcome(status));
     }
 
     // ----- what clients are shown -----

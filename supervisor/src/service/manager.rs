@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use archon_lua::{Config, Ready, Service, UnitKind};
-use archon_proto::{Reply, Status};
+use archon_proto::{ReloadCounts, Reply, Status};
 
 use super::policy;
 use crate::table::ReplyTo;
@@ -273,29 +273,6 @@ pub struct UnitView {
     pub health: Health,
     /// Why it is failed, backing off or stopped; else its last STATUS=.
     pub reason: String,
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ReloadCounts {
-    /// New units, started if they start on their own.
-    pub started: usize,
-    /// Units no longer declared: stopped, then forgotten.
-    pub stopped: usize,
-    /// Units whose declaration changed: restarted if they ran.
-    pub restarted: usize,
-    /// Units left as they were.
-    pub unchanged: usize,
-}
-
-impl std::fmt::Display for ReloadCounts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} started, {} stopped, {} restarted, {} unchanged",
-            self.started, self.stopped, self.restarted, self.unchanged
-        )
-    }
 }
 
 /// Every unit, and the actions owed to the loop.
@@ -1275,7 +1252,7 @@ impl Manager {
             .filter(|(_, u)| !declared.contains(&u.spec.name))
             .map(|(&id, _)| id)
             .collect();
-        counts.stopped = gone.len();
+        counts.stopped = gone.len() as u32;
         self.link();
         for &id in &gone {
             if let Some(u) = self.units.get_mut(&id) {

@@ -11,5 +11,5 @@ pub mod policy;
 mod tests;
 
 pub use manager::{
-    Action, Health, Manager, ReloadCounts, State, TimerKind, UnitId, UnitView, ms_text,
+    Action, Health, Manager, State, TimerKind, UnitId, UnitView, ms_text,
 };

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use archon_lua::{Backoff, Config, Flap, Ready, Restart, Service, UnitKind};
-use archon_proto::{Reply, Status};
+use archon_proto::{ReloadCounts, Reply, Status};
 
 use super::*;
 use crate::table::ReplyTo;
