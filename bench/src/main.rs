@@ -5,12 +5,17 @@
 //!
 //! Usage: `archon-bench [--archon PATH]` (default: the `archon` next to this program);
 //! `bench/run` builds both in release and runs it.
+//!
+//! `archon-bench [--archon PATH] services [...]` is the other bench: archon beside runit, s6,
+//! daemontools and supervisord with 100 to 10,000 services (`bench/services` installs them and
+//! runs it; see `services/mod.rs`).
 
 mod archon;
 mod conn;
 mod cpu;
 mod direct;
 mod probes;
+mod services;
 mod stats;
 mod table;
 
@@ -52,15 +57,19 @@ const COUNTED_PINGS: u64 = 1_000;
 const EXIT_USAGE: u8 = 100;
 
 fn main() -> ExitCode {
-    let archon = match parse_args() {
-        Ok(Some(path)) => path,
+    let (archon, services) = match parse_args() {
+        Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("archon-bench: {e}\nusage: archon-bench [--archon PATH]");
+            eprintln!("archon-bench: {e}\nusage: archon-bench [--archon PATH] [services ...]");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match bench(&archon) {
+    let result = match services {
+        Some(args) => services::run(&archon, &args),
+        None => bench(&archon),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("archon-bench: {e}");
@@ -69,31 +78,38 @@ fn main() -> ExitCode {
     }
 }
 
-/// The archon binary to measure; `None` after `--help`.
-fn parse_args() -> Result<Option<PathBuf>, String> {
+/// The archon binary to measure, and the arguments after `services` when that bench is asked
+/// for; `None` after `--help`.
+type Args = (PathBuf, Option<Vec<std::ffi::OsString>>);
+
+fn parse_args() -> Result<Option<Args>, String> {
     let mut archon = None;
+    let mut services = None;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--archon") => {
                 archon = Some(PathBuf::from(args.next().ok_or("--archon needs a path")?))
             }
+            Some("services") => services = Some(args.by_ref().collect()),
             Some("-h" | "--help") => {
                 println!(
-                    "usage: archon-bench [--archon PATH]\nprints a markdown table of archon's figures"
+                    "usage: archon-bench [--archon PATH]\nprints a markdown table of archon's figures\n\n{}",
+                    services::USAGE
                 );
                 return Ok(None);
             }
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
-    match archon {
-        Some(path) => Ok(Some(path)),
+    let archon = match archon {
+        Some(path) => path,
         None => {
             let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-            Ok(Some(me.with_file_name("archon")))
+            me.with_file_name("archon")
         }
-    }
+    };
+    Ok(Some((archon, services)))
 }
 
 fn bench(archon_bin: &std::path::Path) -> Result<(), String> {

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use crate::archon::Archon;
 
-/// How long strace may take to attach, and to write its summary once interrupted.
+/// How long strace may take to attach, and to write its summary once interrupted, at least…
 const STRACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// …and per process it attaches to (the service bench attaches to thousands).
+const STRACE_TIMEOUT_PER_PROCESS: Duration = Duration::from_millis(5);
 
 /// How long archon is given to finish with the last client before it counts as idle.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -60,7 +62,7 @@ pub fn idle(pid: u32, dir: &Path, window: Duration) -> Result<Idle, String> {
     Ok(Idle {
         wakeups,
         wchan: wchan.trim().to_string(),
-        syscalls: syscalls(pid, dir, window)?,
+        syscalls: syscalls(&[pid], dir, window)?,
     })
 }
 
@@ -78,40 +80,55 @@ fn context_switches(pid: u32) -> Result<u64, String> {
         .sum())
 }
 
-/// Syscalls counted by `strace -c -f` attached to `pid` for `window`: (name, calls), most first.
-fn syscalls(pid: u32, dir: &Path, window: Duration) -> Result<Probe<Vec<(String, u64)>>, String> {
+/// Syscalls counted by `strace -c -f` attached to the processes `pids` for `window`, once it
+/// has attached to all of them: (name, calls), most first.
+pub fn syscalls(
+    pids: &[u32],
+    dir: &Path,
+    window: Duration,
+) -> Result<Probe<Vec<(String, u64)>>, String> {
     if !have("strace") {
         return Ok(Probe::Skipped("strace not found".to_string()));
     }
     let out = dir.join("strace.txt");
     let err = dir.join("strace.err");
     let err_file = File::create(&err).map_err(|e| format!("{}: {e}", err.display()))?;
-    let mut strace = Command::new("strace")
-        .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+    let mut cmd = Command::new("strace");
+    cmd.args(["-c", "-f"]);
+    for pid in pids {
+        cmd.arg("-p").arg(pid.to_string());
+    }
+    let mut strace = cmd
+        .arg("-o")
         .arg(&out)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err_file)
         .spawn()
         .map_err(|e| format!("strace: {e}"))?;
-    let attached = wait_for(&mut strace, || {
-        std::fs::read_to_string(&err).is_ok_and(|t| t.contains("attached"))
+    let timeout = STRACE_TIMEOUT + STRACE_TIMEOUT_PER_PROCESS * pids.len() as u32;
+    // strace says "Process N attached" for each process (or why it could not attach to one).
+    let attached = wait_for(&mut strace, timeout, || {
+        std::fs::read_to_string(&err).is_ok_and(|t| {
+            t.lines()
+                .filter(|l| l.contains("attached") || l.contains("attach:"))
+                .count()
+                >= pids.len()
+        })
     });
     if !attached {
         let _ = strace.kill();
         let _ = strace.wait();
         let why = std::fs::read_to_string(&err).unwrap_or_default();
-        return Ok(Probe::Skipped(format!(
-            "strace did not attach: {}",
-            why.trim()
-        )));
+        let why = why.lines().last().unwrap_or_default();
+        return Ok(Probe::Skipped(format!("strace did not attach: {why}")));
     }
     std::thread::sleep(window);
     if let Ok(spid) = libc::pid_t::try_from(strace.id()) {
         // SAFETY: kill takes plain integers; spid is our child, not yet reaped.
         unsafe { libc::kill(spid, libc::SIGINT) };
     }
-    if !wait_for(&mut strace, || false) {
+    if !wait_for(&mut strace, timeout, || false) {
         let _ = strace.kill();
         let _ = strace.wait();
         return Err("strace did not exit on SIGINT".to_string());
@@ -121,8 +138,8 @@ fn syscalls(pid: u32, dir: &Path, window: Duration) -> Result<Probe<Vec<(String,
 }
 
 /// Waits until `done()` or until `child` exits (true when one of them happened in time).
-fn wait_for(child: &mut Child, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + STRACE_TIMEOUT;
+fn wait_for(child: &mut Child, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if done() || matches!(child.try_wait(), Ok(Some(_))) {
             return true;

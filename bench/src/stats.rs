@@ -35,7 +35,7 @@ impl Summary {
 }
 
 /// The `p` quantile of sorted `samples`, by nearest rank; zero when there are none.
-fn percentile(samples: &[Duration], p: f64) -> Duration {
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
     if samples.is_empty() {
         return Duration::ZERO;
     }

@@ -61,21 +61,32 @@ impl Row {
 /// The table as markdown, columns padded so that it also reads as plain text.
 pub fn render(rows: &[Row]) -> String {
     let header = ["measurement", "n", "median", "p99", "total", "result"];
-    let cells: Vec<[&str; 6]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| [&*r.what, &*r.n, &*r.median, &*r.p99, &*r.total, &*r.result])
+        .map(|r| {
+            [&r.what, &r.n, &r.median, &r.p99, &r.total, &r.result]
+                .map(String::clone)
+                .to_vec()
+        })
         .collect();
+    markdown(&header, &cells)
+}
+
+/// A markdown table of `rows` under `header`: the first column left-aligned, the others right,
+/// padded so that it also reads as plain text. A row with fewer cells is padded with empty ones.
+pub fn markdown(header: &[&str], rows: &[Vec<String>]) -> String {
     // Markdown wants at least one `-` besides the alignment colon.
-    let mut widths = header.map(|h| h.chars().count().max(3));
-    for row in &cells {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count().max(3)).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |row: [&str; 6]| -> String {
+    let line = |row: &[&str]| -> String {
         let mut out = String::from("|");
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            let pad = " ".repeat(w - cell.chars().count());
+        for (i, w) in widths.iter().enumerate() {
+            let cell = row.get(i).copied().unwrap_or("");
+            let pad = " ".repeat(w - cell.chars().count().min(*w));
             if i == 0 {
                 out.push_str(&format!(" {cell}{pad} |"));
             } else {
@@ -96,8 +107,9 @@ pub fn render(rows: &[Row]) -> String {
         }
     }
     out.push('\n');
-    for row in cells {
-        out.push_str(&line(row));
+    for row in rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&line(&cells));
     }
     out
 }

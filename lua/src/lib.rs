@@ -1,5 +1,138 @@
-//! archon's configuration and Lua actions.
+//! archon's configuration: one Lua file evaluated in a sandbox into plain Rust values.
 //!
-//! Empty until the service-model issue: the configuration file, evaluated in a sandboxed `mlua`
-//! state into plain Rust values, lands here.
+//! ```lua
+//! service "db"  { argv = {"/usr/bin/redis-server", "--port", "6390"}, ready = "notify" }
+//! service "web" { argv = {"/usr/bin/python3", "-m", "http.server", "8080"},
+//!                 requires = {"db"}, restart = "on-failure", env = {PYTHONUNBUFFERED = "1"} }
+//! task "migrate" { argv = {"/bin/sh", "-c", "echo migrated"}, before = {"web"} }
+//! ```
+//!
+//! [`load_file`] and [`load_str`] return a [`Config`] (the supervisor never holds a Lua type) or a
+//! [`LoadError`] that says `file:line: what`. `archon.lua(5)` documents every field, default and
+//! error. The modules: [`model`] (the values), `sandbox` (the Lua state, its library and
+//! budgets), `fields` (one declaration's table), `graph` (dependency names, `before`, cycles),
+//! `users` (user and group lookups), `literal` (values written back as Lua for the dump).
+//!
+//! ```
+//! let config = archon_lua::load_str("demo.lua", br#"service "web" { argv = {"/bin/true"} }"#)?;
+//! assert_eq!(config.services[0].name, "web");
+//! let err = archon_lua::load_str("demo.lua", b"\nservice \"web\" { argv = 42 }").unwrap_err();
+//! assert_eq!(err.to_string(), "demo.lua:2: web: argv must be a list of strings, got number");
+//! # Ok::<(), archon_lua::LoadError>(())
+//! ```
 #![deny(missing_docs)]
+
+mod error;
+mod fields;
+mod graph;
+mod literal;
+pub mod model;
+mod sandbox;
+mod users;
+mod value;
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+pub use error::LoadError;
+pub use model::{
+    Backoff, Check, Config, Credentials, Flap, Health, Ready, Restart, Rlimit, Service, UnitKind,
+};
+
+/// The most declarations (services and tasks together) a file may make.
+pub const MAX_SERVICES: usize = 16384;
+/// The largest configuration file, in bytes.
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+/// The Lua heap an evaluation may use, in bytes.
+pub const MAX_MEMORY_BYTES: usize = 64 << 20;
+/// The Lua VM instructions an evaluation may run: far more than 16384 declarations need, and
+/// a fraction of a second of work.
+pub const MAX_INSTRUCTIONS: u64 = 20_000_000;
+/// The bytes (argv, env, names, ...) all declarations together may hold, in bytes.
+pub const MAX_DECLARED_BYTES: usize = 64 << 20;
+/// The time an evaluation may take: a guard for work the instruction budget does not see
+/// (each instruction on a long string copies it). A large file takes a fraction of this.
+pub const MAX_EVAL_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+const LIMITS: sandbox::Limits = sandbox::Limits {
+    instructions: MAX_INSTRUCTIONS,
+    memory: MAX_MEMORY_BYTES,
+    declared: MAX_DECLARED_BYTES,
+    time: MAX_EVAL_TIME,
+};
+
+/// Reads and evaluates the configuration file at `path`. Errors name the file as `path` shows.
+pub fn load_file(path: &Path) -> Result<Config, LoadError> {
+    let file = path.display().to_string();
+    let error = |message: String| LoadError {
+        file: file.clone(),
+        line: None,
+        message,
+    };
+    // Non-blocking, so that a FIFO named by mistake is refused instead of waited on.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| error(format!("cannot open: {e}")))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| error(format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(error("not a regular file".to_string()));
+    }
+    let mut source = Vec::new();
+    f.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut source)
+        .map_err(|e| error(format!("cannot read: {e}")))?;
+    load_str(&file, &source)
+}
+
+/// Evaluates `source` as a configuration file named `chunk_name` (in errors and in Lua's
+/// messages). Never panics: whatever the input, a [`Config`] or a [`LoadError`].
+pub fn load_str(chunk_name: &str, source: &[u8]) -> Result<Config, LoadError> {
+    load_with(chunk_name, source, LIMITS)
+}
+
+fn load_with(
+    chunk_name: &str,
+    source: &[u8],
+    limits: sandbox::Limits,
+) -> Result<Config, LoadError> {
+    let error = |line: Option<u32>, message: String| LoadError {
+        file: chunk_name.to_string(),
+        line,
+        message,
+    };
+    if source.len() > MAX_FILE_BYTES {
+        return Err(error(
+            None,
+            format!("the file is larger than {} MiB", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    let source = source.strip_prefix(b"\xef\xbb\xbf").unwrap_or(source);
+    if let Err(e) = std::str::from_utf8(source) {
+        let at = e.valid_up_to();
+        let line = source[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        return Err(error(
+            u32::try_from(line).ok(),
+            format!("the file is not UTF-8 text (byte 0x{:02x})", source[at]),
+        ));
+    }
+    // A last guard: nothing here should panic, and a configuration must never take archon down.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sandbox::evaluate(chunk_name, source, limits)
+    }));
+    match run {
+        Ok(Ok(services)) => Ok(Config { services }),
+        Ok(Err((line, message))) => Err(error(line, message)),
+        Err(_) => Err(error(
+            None,
+            "internal error while evaluating the configuration".to_string(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

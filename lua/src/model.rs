@@ -1,0 +1,385 @@
+//! The plain values a configuration evaluates to: what the supervisor holds, with no Lua in sight.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::literal;
+
+/// Backoff before the second restart of a crash loop, in ms (`backoff.initial`).
+pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 100;
+/// The longest backoff, in ms (`backoff.max`).
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
+/// How much each backoff grows (`backoff.multiplier`).
+pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 2.0;
+/// Uptime after which the restart count starts over, in ms (`backoff.reset_after`).
+pub const DEFAULT_BACKOFF_RESET_AFTER_MS: u64 = 10_000;
+/// More restarts than this within [`DEFAULT_FLAP_WITHIN_MS`]: failed (`flap.restarts`).
+pub const DEFAULT_FLAP_RESTARTS: u32 = 5;
+/// The flap window, in ms (`flap.within`).
+pub const DEFAULT_FLAP_WITHIN_MS: u64 = 10_000;
+/// The signal that asks a service to stop (`stop_signal`).
+pub const DEFAULT_STOP_SIGNAL: i32 = libc::SIGTERM;
+/// How long a service has to stop before SIGKILL, in ms (`stop_timeout`).
+pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 7_000;
+/// The descriptor a `ready = "fd"` service writes its line to (`ready_fd`).
+pub const DEFAULT_READY_FD: i32 = 3;
+/// How long a service has to become ready, in ms (`ready_timeout`).
+pub const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
+/// Time between health checks, in ms (`health.interval`).
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 10_000;
+/// How long one health check may take, in ms (`health.timeout`).
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 5_000;
+/// Consecutive failed checks that make a service unhealthy (`health.retries`).
+pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
+/// Time after a start during which failed checks do not count, in ms (`health.start_period`).
+pub const DEFAULT_HEALTH_START_PERIOD_MS: u64 = 0;
+
+/// An evaluated configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Every declaration, in the order the file made them.
+    pub services: Vec<Service>,
+}
+
+impl Config {
+    /// The declaration named `name`.
+    pub fn get(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Whether a declaration is a long-running service or a one-shot task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitKind {
+    /// `service "name" {...}`: kept running.
+    Service,
+    /// `task "name" {...}`: runs to completion; exit 0 is done.
+    Task,
+}
+
+impl UnitKind {
+    /// `service` or `task`, as the file and the protocol spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Service => "service",
+            UnitKind::Task => "task",
+        }
+    }
+}
+
+/// The identity a service runs as, resolved when the file is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+    /// The supplementary groups, for `setgroups`.
+    pub groups: Vec<u32>,
+}
+
+/// One resource limit, for `prlimit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// The resource, a `libc::RLIMIT_*` value.
+    pub resource: i32,
+    /// The soft limit (`libc::RLIM_INFINITY` for none).
+    pub soft: u64,
+    /// The hard limit (`libc::RLIM_INFINITY` for none).
+    pub hard: u64,
+}
+
+/// When a service is restarted after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Whatever the exit (the default for services).
+    Always,
+    /// Only after an exit that is not 0 (or a death by signal).
+    OnFailure,
+    /// Never (the default for tasks).
+    Never,
+}
+
+impl Restart {
+    /// The spelling in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::Never => "never",
+        }
+    }
+}
+
+/// How restarts of a crash loop are spaced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The delay before the second restart (the first one is immediate), in ms.
+    pub initial_ms: u64,
+    /// The longest delay, in ms.
+    pub max_ms: u64,
+    /// Each delay is the previous one times this (at least 1).
+    pub multiplier: f64,
+    /// After this much uptime, the next crash counts as the first again, in ms.
+    pub reset_after_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
+            max_ms: DEFAULT_BACKOFF_MAX_MS,
+            multiplier: DEFAULT_BACKOFF_MULTIPLIER,
+            reset_after_ms: DEFAULT_BACKOFF_RESET_AFTER_MS,
+        }
+    }
+}
+
+/// The flap limit: more than `restarts` restarts within `within_ms` and the service is failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flap {
+    /// The number of restarts allowed in the window.
+    pub restarts: u32,
+    /// The window, in ms.
+    pub within_ms: u64,
+}
+
+impl Default for Flap {
+    fn default() -> Self {
+        Flap {
+            restarts: DEFAULT_FLAP_RESTARTS,
+            within_ms: DEFAULT_FLAP_WITHIN_MS,
+        }
+    }
+}
+
+/// How archon learns that a service is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// As soon as its program was executed.
+    Exec,
+    /// When it sends `READY=1` to `NOTIFY_SOCKET`.
+    Notify,
+    /// When it writes a line to this descriptor.
+    Fd(i32),
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// Run this command; exit 0 is healthy.
+    Command(Vec<Vec<u8>>),
+    /// Connect to this address; a connection is healthy.
+    Tcp(SocketAddr),
+}
+
+/// A service's health check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The check.
+    pub check: Check,
+    /// Time between checks, in ms.
+    pub interval_ms: u64,
+    /// How long one check may take, in ms.
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the service unhealthy.
+    pub retries: u32,
+    /// Time after a start during which failures do not count, in ms.
+    pub start_period_ms: u64,
+}
+
+/// One declaration: `service "name" {...}` or `task "name" {...}`, with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// The name (checked by `archon_proto::name::check`).
+    pub name: String,
+    /// Service or task.
+    pub kind: UnitKind,
+    /// The line of the declaration in the file.
+    pub line: u32,
+    /// The program and its arguments; never empty.
+    pub argv: Vec<Vec<u8>>,
+    /// Variables added to the base environment, sorted by name.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The working directory (`None`: archon's).
+    pub cwd: Option<PathBuf>,
+    /// The identity to run as (`None`: archon's).
+    pub user: Option<Credentials>,
+    /// The file mode creation mask (`None`: archon's).
+    pub umask: Option<u32>,
+    /// Resource limits, sorted by resource name.
+    pub rlimits: Vec<Rlimit>,
+    /// The nice value (`None`: archon's).
+    pub nice: Option<i32>,
+    /// The restart policy.
+    pub restart: Restart,
+    /// Restart spacing.
+    pub backoff: Backoff,
+    /// The flap limit.
+    pub flap: Flap,
+    /// The signal that asks it to stop.
+    pub stop_signal: i32,
+    /// Time between the stop signal and SIGKILL, in ms.
+    pub stop_timeout_ms: u64,
+    /// `false`: declared and shown, never started.
+    pub enabled: bool,
+    /// `false`: started only when asked, or when something that requires it starts.
+    pub autostart: bool,
+    /// When it fails, archon stops everything and exits 1.
+    pub critical: bool,
+    /// Hard dependencies, as written (deduplicated).
+    pub requires: Vec<String>,
+    /// Everything this starts after: `after` ∪ `requires` ∪ every X whose `before` names this,
+    /// deduplicated, in that order.
+    pub after: Vec<String>,
+    /// `before` as written (deduplicated); already folded into the others' `after`.
+    pub before: Vec<String>,
+    /// How readiness is known.
+    pub ready: Ready,
+    /// Time it has to become ready, in ms.
+    pub ready_timeout_ms: u64,
+    /// For `ready = "notify"`: the longest time between two `WATCHDOG=1`, in ms.
+    pub watchdog_ms: Option<u64>,
+    /// The health check (services only).
+    pub health: Option<Health>,
+}
+
+impl Service {
+    /// A declaration with every field at its default, as `argv` alone would give.
+    pub fn new(name: &str, kind: UnitKind, argv: Vec<Vec<u8>>) -> Service {
+        Service {
+            name: name.to_string(),
+            kind,
+            line: 0,
+            argv,
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            umask: None,
+            rlimits: Vec::new(),
+            nice: None,
+            restart: match kind {
+                UnitKind::Service => Restart::Always,
+                UnitKind::Task => Restart::Never,
+            },
+            backoff: Backoff::default(),
+            flap: Flap::default(),
+            stop_signal: DEFAULT_STOP_SIGNAL,
+            stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
+            enabled: true,
+            autostart: true,
+            critical: false,
+            requires: Vec::new(),
+            after: Vec::new(),
+            before: Vec::new(),
+            ready: Ready::Exec,
+            ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
+            watchdog_ms: None,
+            health: None,
+        }
+    }
+
+    /// Every field with its effective value, written as Lua would read it back (`{"a", "b"}`,
+    /// `"always"`, `"7000ms"`, `nil` for an unset optional field). For the `Config` request.
+    ///
+    /// The user, group and groups are the resolved numbers; `after` is the normalized list.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        use literal::{duration, list, opt, string};
+        let user = self.user.as_ref();
+        vec![
+            ("argv", list(self.argv.iter().map(|a| string(a)))),
+            ("env", literal::env(&self.env)),
+            (
+                "cwd",
+                opt(self.cwd.as_ref().map(|p| {
+                    use std::os::unix::ffi::OsStrExt;
+                    string(p.as_os_str().as_bytes())
+                })),
+            ),
+            ("user", opt(user.map(|c| c.uid.to_string()))),
+            ("group", opt(user.map(|c| c.gid.to_string()))),
+            (
+                "groups",
+                opt(user.map(|c| list(c.groups.iter().map(u32::to_string)))),
+            ),
+            ("umask", opt(self.umask.map(|m| format!("\"{m:03o}\"")))),
+            ("rlimits", literal::rlimits(&self.rlimits)),
+            ("nice", opt(self.nice.map(|n| n.to_string()))),
+            ("restart", string(self.restart.as_str().as_bytes())),
+            (
+                "backoff",
+                format!(
+                    "{{initial = {}, max = {}, multiplier = {}, reset_after = {}}}",
+                    duration(self.backoff.initial_ms),
+                    duration(self.backoff.max_ms),
+                    literal::number(self.backoff.multiplier),
+                    duration(self.backoff.reset_after_ms)
+                ),
+            ),
+            (
+                "flap",
+                format!(
+                    "{{restarts = {}, within = {}}}",
+                    self.flap.restarts,
+                    duration(self.flap.within_ms)
+                ),
+            ),
+            ("stop_signal", literal::signal(self.stop_signal)),
+            ("stop_timeout", duration(self.stop_timeout_ms)),
+            ("enabled", self.enabled.to_string()),
+            ("autostart", self.autostart.to_string()),
+            ("critical", self.critical.to_string()),
+            (
+                "requires",
+                list(self.requires.iter().map(|s| string(s.as_bytes()))),
+            ),
+            (
+                "after",
+                list(self.after.iter().map(|s| string(s.as_bytes()))),
+            ),
+            (
+                "before",
+                list(self.before.iter().map(|s| string(s.as_bytes()))),
+            ),
+            (
+                "ready",
+                string(match self.ready {
+                    Ready::Exec => b"exec",
+                    Ready::Notify => b"notify",
+                    Ready::Fd(_) => b"fd",
+                }),
+            ),
+            (
+                "ready_fd",
+                opt(match self.ready {
+                    Ready::Fd(fd) => Some(fd.to_string()),
+                    _ => None,
+                }),
+            ),
+            ("ready_timeout", duration(self.ready_timeout_ms)),
+            ("watchdog", opt(self.watchdog_ms.map(duration))),
+            ("health", opt(self.health.as_ref().map(literal::health))),
+        ]
+    }
+}
+
+/// The names `rlimits` accepts, sorted, with their `RLIMIT_*` resources.
+// The casts: glibc types these as an unsigned enum, musl as int; prlimit takes either.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) const RESOURCES: [(&str, i32); 15] = [
+    ("as", libc::RLIMIT_AS as i32),
+    ("core", libc::RLIMIT_CORE as i32),
+    ("cpu", libc::RLIMIT_CPU as i32),
+    ("data", libc::RLIMIT_DATA as i32),
+    ("fsize", libc::RLIMIT_FSIZE as i32),
+    ("locks", libc::RLIMIT_LOCKS as i32),
+    ("memlock", libc::RLIMIT_MEMLOCK as i32),
+    ("msgqueue", libc::RLIMIT_MSGQUEUE as i32),
+    ("nice", libc::RLIMIT_NICE as i32),
+    ("nofile", libc::RLIMIT_NOFILE as i32),
+    ("nproc", libc::RLIMIT_NPROC as i32),
+    ("rss", libc::RLIMIT_RSS as i32),
+    ("rtprio", libc::RLIMIT_RTPRIO as i32),
+    ("sigpending", libc::RLIMIT_SIGPENDING as i32),
+    ("stack", libc::RLIMIT_STACK as i32),
+];
