@@ -1070,11 +1070,13 @@ mod tests {
     #[test]
     fn child_gets_stdio_session_and_default_signals() -> Result<(), SpawnError> {
         let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
-        // The shell prints its session id, its pid, and the lines of its status that list ignored
-        // and blocked signals.
+        // The shell prints its session id and its pid, then becomes grep, which prints the lines
+        // of its status that list ignored and blocked signals, as it inherited them. (The shell
+        // must not read its own status: dash blocks every signal for a moment while it waits
+        // for a child.)
         let (status, out) = run(
             &mut spawner,
-            "echo $(cut -d' ' -f6 /proc/$$/stat) $$; grep -E '^Sig(Ign|Blk)' /proc/$$/status",
+            "echo $(cut -d' ' -f6 /proc/$$/stat) $$; exec grep -E '^Sig(Ign|Blk)' /proc/self/status",
             &SpawnOptions::default(),
         )?;
         assert_eq!(status, Status::Exited(0));
@@ -1291,6 +1293,102 @@ mod tests {
         assert_eq!(got, Some((Step::Groups, libc::EPERM)));
         // And archon's own thread is unchanged.
         assert_eq!(fails(&opts), None);
+        Ok(())
+    }
+
+    #[test]
+    fn clone_into_cgroup_places_the_child_on_both_paths() -> Result<(), String> {
+        let Some(t) = crate::cgroup::testing::tree()? else {
+            return Ok(());
+        };
+        let cg = t.0.create("placed").map_err(|e| e.to_string())?;
+        let dir = cg.open_dir().map_err(|e| e.to_string())?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cg.path().join("cgroup.procs"))
+            .map_err(|e| e.to_string())?;
+        // The child's cgroup as /proc shows it: archon's own, then the test tree, then placed.svc.
+        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let own = crate::cgroup::parse_own_cgroup(&own).ok_or("no 0:: line")?;
+        let leaf = t.0.path().file_name().ok_or("no name")?.to_string_lossy();
+        let want = format!("0::{}/{leaf}/placed.svc\n", own.trim_end_matches('/'));
+        let mut spawner = Spawner::new().map_err(|e| e.to_string())?;
+        for (clone3, procs) in [
+            (true, None),
+            (false, None),
+            (false, Some(procs.as_raw_fd())),
+        ] {
+            spawner.clone3 = clone3;
+            let opts = SpawnOptions {
+                cgroup: Some(dir.as_raw_fd()),
+                cgroup_procs: procs,
+                ..SpawnOptions::default()
+            };
+            let (status, out) = run(&mut spawner, "exec grep '^0::' /proc/self/cgroup", &opts)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(status, Status::Exited(0));
+            assert_eq!(out, want, "clone3: {clone3}, procs fd: {procs:?}");
+            if clone3
+                && (NO_CLONE3.load(Ordering::Relaxed)
+                    || NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed))
+            {
+                eprintln!("clone3 cannot place a child here: only glibc's clone path was tested");
+            }
+        }
+        // Without the option the child stays in archon's cgroup.
+        let (_, out) = run(
+            &mut spawner,
+            "exec grep '^0::' /proc/self/cgroup",
+            &SpawnOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        assert_eq!(out, format!("0::{own}\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_removed_cgroup_fails_at_the_cgroup_step() -> Result<(), String> {
+        let Some(t) = crate::cgroup::testing::tree()? else {
+            return Ok(());
+        };
+        let cg = t.0.create("gone").map_err(|e| e.to_string())?;
+        let dir = cg.open_dir().map_err(|e| e.to_string())?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cg.path().join("cgroup.procs"))
+            .map_err(|e| e.to_string())?;
+        cg.remove().map_err(|e| e.to_string())?;
+        let exec = sh("exit 0").map_err(|e| e.to_string())?;
+        let mut spawner = Spawner::new().map_err(|e| e.to_string())?;
+        for (clone3, procs) in [
+            (true, None),
+            (false, None),
+            (false, Some(procs.as_raw_fd())),
+        ] {
+            spawner.clone3 = clone3;
+            let opts = SpawnOptions {
+                cgroup: Some(dir.as_raw_fd()),
+                cgroup_procs: procs,
+                ..SpawnOptions::default()
+            };
+            match spawner.spawn_with(&exec, [0, 1, 2], &opts) {
+                Err(
+                    e @ SpawnError::Setup {
+                        step: Step::Cgroup(_),
+                        ..
+                    },
+                ) => {
+                    let msg = e.to_string();
+                    eprintln!("clone3: {clone3}, procs fd: {procs:?}: {msg}");
+                    assert!(
+                        msg.starts_with(&format!("cannot enter cgroup {}", cg.path().display())),
+                        "{msg}"
+                    );
+                }
+                Err(e) => unreachable!("clone3: {clone3}: {e}"),
+                Ok(_) => unreachable!("clone3: {clone3}: started in a removed cgroup"),
+            }
+        }
         Ok(())
     }
 }
