@@ -22,9 +22,9 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::args::Options;
 use crate::cgroup::Cgroups;
-use crate::service::{Manager, UnitId};
 use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::listen::Listening;
+use crate::service::{Manager, UnitId};
 use crate::spawn::{Exec, SpawnError, Spawner, Step};
 use crate::sys;
 use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
@@ -1086,7 +1086,9 @@ impl Supervisor {
         self.reap_children();
         self.forget_all_units();
         if let Some(cg) = self.cgroups.take() {
-            cg.remove_all();
+            if let Err(e) = cg.remove_tree() {
+                debug!("cgroups: {e}");
+            }
         }
         for c in self.clients.values_mut() {
             c.flush();

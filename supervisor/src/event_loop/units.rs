@@ -58,6 +58,8 @@ pub(super) struct UnitRt {
     pid: i32,
     pidfd: Option<OwnedFd>,
     cgroup: Option<ServiceCgroup>,
+    /// The cgroup's directory, open for CLONE_INTO_CGROUP.
+    cgroup_dir: Option<OwnedFd>,
     notify: Option<NotifySocket>,
     ready: Option<ReadyPipe>,
     probe: Option<(Probe, TimerKey)>,
@@ -202,8 +204,8 @@ impl Supervisor {
                 .map(|r| (r.resource, r.soft, r.hard))
                 .collect(),
             nice: spec.nice,
-            cgroup: cgroup.map(|c| c.0),
-            cgroup_procs: cgroup.map(|c| c.1),
+            cgroup,
+            cgroup_procs: None,
             extra_fds,
         };
         let stdio = [self.devnull.as_raw_fd(), 2, 2];
@@ -225,15 +227,18 @@ impl Supervisor {
             unit_token(id, SUB_PIDFD),
             Interest::READABLE,
         ) {
-            warn!("{}: cannot watch the pidfd of {}: {e}", spec.name, child.pid);
+            warn!(
+                "{}: cannot watch the pidfd of {}: {e}",
+                spec.name, child.pid
+            );
         }
         if let Some(rt) = self.units.get_mut(&id) {
             if let Some(pipe) = rt.ready.as_mut() {
-                if let Err(e) =
-                    self.poll
-                        .registry()
-                        .register(pipe, unit_token(id, SUB_READY), Interest::READABLE)
-                {
+                if let Err(e) = self.poll.registry().register(
+                    pipe,
+                    unit_token(id, SUB_READY),
+                    Interest::READABLE,
+                ) {
                     warn!("{}: cannot watch the ready pipe: {e}", spec.name);
                 }
             }
@@ -257,10 +262,7 @@ impl Supervisor {
             }
         }
         // Services running as another user must reach their socket.
-        let _ = std::fs::set_permissions(
-            &dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        );
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let path = dir.join(id.to_string());
         let owner = spec.user.as_ref().map(|c| (c.uid, c.gid));
         let mut socket = NotifySocket::bind(&path, owner)
@@ -281,23 +283,26 @@ impl Supervisor {
         PathBuf::from(dir)
     }
 
-    /// The unit's cgroup (created on first use) as the fds the spawner takes: the directory and
-    /// its `cgroup.procs`.
-    fn unit_cgroup(&mut self, id: UnitId, spec: &Service) -> Option<(RawFd, RawFd)> {
+    /// The unit's cgroup (created on first use), as the directory fd the spawner takes.
+    fn unit_cgroup(&mut self, id: UnitId, spec: &Service) -> Option<RawFd> {
         let cgroups = self.cgroups.as_ref()?;
         let rt = self.units.entry(id).or_default();
-        if rt.cgroup.is_none() {
-            match cgroups.create(&spec.name) {
-                Ok(cg) => rt.cgroup = Some(cg),
+        if rt.cgroup_dir.is_none() {
+            let made = cgroups
+                .create(&spec.name)
+                .and_then(|cg| cg.open_dir().map(|dir| (cg, dir)));
+            match made {
+                Ok((cg, dir)) => {
+                    rt.cgroup = Some(cg);
+                    rt.cgroup_dir = Some(dir);
+                }
                 Err(e) => {
                     warn!("{}: no cgroup: {e}", spec.name);
                     return None;
                 }
             }
         }
-        rt.cgroup
-            .as_ref()
-            .map(|cg| (cg.dir_fd().as_raw_fd(), cg.procs_fd().as_raw_fd()))
+        rt.cgroup_dir.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     // ----- signals -----
@@ -313,7 +318,14 @@ impl Supervisor {
         };
         let result = if tree {
             if let Some(cg) = rt.cgroup.as_ref() {
-                cg.signal_all(sig);
+                for pid in cg.procs().unwrap_or_default() {
+                    if pid != rt.pid {
+                        // SAFETY: kill has no memory effects. A pid read from cgroup.procs
+                        // names a process of this service unless it ended and was reused in
+                        // between, which the main process's pidfd cannot rule out either.
+                        unsafe { libc::kill(pid, sig) };
+                    }
+                }
             }
             sys::signal_tree(pidfd.as_fd(), rt.pid, sig)
         } else {
@@ -369,7 +381,7 @@ impl Supervisor {
                 let _ = sys::signal_group(fd.as_fd(), rt.pid, libc::SIGKILL);
             }
             if let Some(cg) = rt.cgroup.as_ref() {
-                if cg.populated() {
+                if cg.populated().unwrap_or(false) {
                     debug!("unit {id}: killing what is left in its cgroup");
                     let _ = cg.kill();
                 }
@@ -410,6 +422,7 @@ impl Supervisor {
             self.timers.cancel(key);
             self.drop_probe(probe);
         }
+        rt.cgroup_dir = None;
         if let Some(cg) = rt.cgroup.take() {
             let _ = cg.kill();
             if let Err(e) = cg.remove() {
@@ -520,8 +533,11 @@ impl Supervisor {
                 self.units.entry(id).or_default().probe = Some((probe, key));
             }
             Err(e) => {
-                self.services
-                    .health_result(id, Err(format!("cannot run the check: {e}")), now_ms());
+                self.services.health_result(
+                    id,
+                    Err(format!("cannot run the check: {e}")),
+                    now_ms(),
+                );
                 self.run_actions();
             }
         }
@@ -686,13 +702,13 @@ impl Supervisor {
         for pid in &pids {
             if let Some(st) = procstat::sample(*pid) {
                 rss += st.rss_kib;
-                ticks_ms += st.cpu_ms;
+                ticks_ms += procstat::ticks_to_ms(st.stat.cpu_ticks);
             }
         }
         let cpu = rt
             .cgroup
             .as_ref()
-            .and_then(|cg| cg.cpu_usage_usec())
+            .and_then(|cg| cg.cpu_usage_usec().ok())
             .map_or(ticks_ms, |us| us / 1000);
         (Some(rss), Some(cpu))
     }
@@ -700,13 +716,17 @@ impl Supervisor {
     /// Every process of a unit: its cgroup's, else its main process and its descendants.
     fn unit_pids(&self, rt: &UnitRt) -> Vec<i32> {
         if let Some(cg) = rt.cgroup.as_ref() {
-            return cg.procs();
+            return cg.procs().unwrap_or_default();
         }
         if rt.pidfd.is_none() {
             return Vec::new();
         }
         let mut pids = vec![rt.pid];
-        pids.extend(procstat::descendants(rt.pid).into_iter().map(|d| d.pid));
+        pids.extend(
+            procstat::descendants(rt.pid)
+                .into_iter()
+                .map(|(pid, _, _)| pid),
+        );
         pids
     }
 
@@ -735,8 +755,8 @@ impl Supervisor {
                     nodes.push(TreeNode {
                         name: spec.name.clone().into_bytes(),
                         pid,
-                        ppid: st.ppid,
-                        comm: st.comm,
+                        ppid: st.stat.ppid,
+                        comm: st.stat.comm.into_bytes(),
                     });
                 }
             }

@@ -358,11 +358,6 @@ impl Manager {
         self.units.get(&id).map(|u| &u.spec)
     }
 
-    /// A unit's main process.
-    pub fn pid(&self, id: UnitId) -> Option<i32> {
-        self.units.get(&id).and_then(|u| u.pid)
-    }
-
     /// Every unit, in declaration order.
     pub fn ids(&self) -> impl Iterator<Item = UnitId> + '_ {
         self.units.keys().copied()
@@ -389,7 +384,10 @@ impl Manager {
             since_ms: u.since_ms,
             restarts: u.restarts,
             last: u.last,
-            ready: u.pid.filter(|_| u.spec.kind == UnitKind::Service).map(|_| u.ready),
+            ready: u
+                .pid
+                .filter(|_| u.spec.kind == UnitKind::Service)
+                .map(|_| u.ready),
             health: if u.pid.is_some() {
                 u.health
             } else {
@@ -518,10 +516,8 @@ impl Manager {
                     u.reason.clear();
                     self.set_state(id, State::Starting, now_ms);
                 }
-                State::Stopping => {
-                    if u.after_stop == AfterStop::Rest {
-                        u.after_stop = AfterStop::Start;
-                    }
+                State::Stopping if u.after_stop == AfterStop::Rest => {
+                    u.after_stop = AfterStop::Start;
                 }
                 _ => {}
             }
@@ -655,7 +651,11 @@ impl Manager {
             (true, State::Running | State::Ready) => {
                 u.paused_from = state;
                 self.set_state(id, State::Paused, now_ms);
-                for t in [TimerKind::ReadyTimeout, TimerKind::Watchdog, TimerKind::Health] {
+                for t in [
+                    TimerKind::ReadyTimeout,
+                    TimerKind::Watchdog,
+                    TimerKind::Health,
+                ] {
                     self.disarm(id, t);
                 }
                 self.actions.push(Action::Freeze {
@@ -859,8 +859,7 @@ impl Manager {
         }
         let stopping = u.state == State::Stopping;
         let after = std::mem::replace(&mut u.after_stop, AfterStop::Rest);
-        let (kind, policy, name, want) =
-            (u.spec.kind, u.spec.restart, u.spec.name.clone(), u.want);
+        let (kind, policy, name, want) = (u.spec.kind, u.spec.restart, u.spec.name.clone(), u.want);
         for t in [
             TimerKind::ReadyTimeout,
             TimerKind::Watchdog,
@@ -986,7 +985,10 @@ impl Manager {
             info!("{name}: restarting");
             self.set_state(id, State::Starting, now_ms);
         } else {
-            info!("{name}: restarting in {}", ms_text(delay.as_millis() as u64));
+            info!(
+                "{name}: restarting in {}",
+                ms_text(delay.as_millis() as u64)
+            );
             self.set_state(id, State::Backoff, now_ms);
             self.arm(id, TimerKind::Backoff, delay.as_millis() as u64);
         }
@@ -1100,7 +1102,11 @@ impl Manager {
             ms_text(timeout)
         );
         self.set_state(id, State::Stopping, now_ms);
-        for t in [TimerKind::ReadyTimeout, TimerKind::Watchdog, TimerKind::Health] {
+        for t in [
+            TimerKind::ReadyTimeout,
+            TimerKind::Watchdog,
+            TimerKind::Health,
+        ] {
             self.disarm(id, t);
         }
         if was_paused {
@@ -1149,10 +1155,8 @@ impl Manager {
                 Gate::Wait => {}
                 Gate::Never(why) => self.fail(id, why, now_ms),
             },
-            (Want::Down, State::Running | State::Ready | State::Paused) => {
-                if self.may_stop(id) {
-                    self.begin_stop(id, AfterStop::Rest, now_ms);
-                }
+            (Want::Down, State::Running | State::Ready | State::Paused) if self.may_stop(id) => {
+                self.begin_stop(id, AfterStop::Rest, now_ms);
             }
             (Want::Down, State::Starting | State::Backoff) if !u.has_process() => {
                 self.disarm(id, TimerKind::Backoff);
@@ -1301,7 +1305,7 @@ enum Gate {
 }
 
 /// A duration for people: `250ms`, `7s`, `1.5s`.
-pub fn ms_text(ms: u64) -> String {
+pub(crate) fn ms_text(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
     } else if ms % 1000 == 0 {

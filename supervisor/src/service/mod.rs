@@ -10,6 +10,4 @@ pub mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use manager::{
-    Action, Health, Manager, State, TimerKind, UnitId, UnitView, ms_text,
-};
+pub use manager::{Action, Health, Manager, State, TimerKind, UnitId};

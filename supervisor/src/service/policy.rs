@@ -13,7 +13,10 @@ pub fn clean_exit(status: Status) -> bool {
     match status {
         Status::Exited(code) => code == 0,
         Status::Signaled(sig) => {
-            matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGPIPE)
+            matches!(
+                sig,
+                libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGPIPE
+            )
         }
         Status::Unknown => false,
     }

@@ -291,7 +291,8 @@ fn crash_restarts_at_once_then_backs_off_then_fails() {
     w.exit("crashy", Status::Exited(1));
     assert_eq!(w.state("crashy"), State::Failed);
     assert!(
-        w.reason("crashy").contains("more than 5 restarts within 10s"),
+        w.reason("crashy")
+            .contains("more than 5 restarts within 10s"),
         "{}",
         w.reason("crashy")
     );
@@ -319,9 +320,17 @@ fn restart_policies() {
         (Restart::Always, Status::Exited(0), State::Starting),
         (Restart::Always, Status::Exited(1), State::Starting),
         (Restart::OnFailure, Status::Exited(0), State::Stopped),
-        (Restart::OnFailure, Status::Signaled(libc::SIGTERM), State::Stopped),
+        (
+            Restart::OnFailure,
+            Status::Signaled(libc::SIGTERM),
+            State::Stopped,
+        ),
         (Restart::OnFailure, Status::Exited(2), State::Starting),
-        (Restart::OnFailure, Status::Signaled(libc::SIGKILL), State::Starting),
+        (
+            Restart::OnFailure,
+            Status::Signaled(libc::SIGKILL),
+            State::Starting,
+        ),
         (Restart::Never, Status::Exited(0), State::Stopped),
         (Restart::Never, Status::Exited(2), State::Failed),
     ];
@@ -353,7 +362,10 @@ fn shutdown_stops_in_reverse_dependency_order() {
     w.exit("db", Status::Signaled(libc::SIGTERM));
     assert!(w.m.all_down());
     assert_eq!(w.state("db"), State::Stopped);
-    assert!(w.take_spawned().is_empty(), "nothing restarts in a shutdown");
+    assert!(
+        w.take_spawned().is_empty(),
+        "nothing restarts in a shutdown"
+    );
 }
 
 #[test]
@@ -361,7 +373,8 @@ fn stopping_a_required_service_stops_its_dependents_first_and_replies() {
     let web = requires(svc("web"), &["db"]);
     let mut w = World::new(vec![svc("db"), web, svc("other")]);
     w.take_spawned();
-    w.m.stop("db", None, Some(CLIENT), w.now).unwrap_or_default();
+    w.m.stop("db", None, Some(CLIENT), w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.take_signals(), ["web"]);
     w.exit("web", Status::Signaled(libc::SIGTERM));
@@ -372,7 +385,8 @@ fn stopping_a_required_service_stops_its_dependents_first_and_replies() {
     assert_eq!(w.state("web"), State::Stopped);
     assert_eq!(w.state("other"), State::Ready);
     // Stopping what is stopped answers at once.
-    w.m.stop("db", None, Some(CLIENT), w.now).unwrap_or_default();
+    w.m.stop("db", None, Some(CLIENT), w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.replies_text(), ["Ok,db,-"]);
     // Starting web pulls db in again.
@@ -442,7 +456,11 @@ fn a_missed_watchdog_restarts() {
     w.take_spawned();
     w.exit("dog", Status::Signaled(libc::SIGTERM));
     assert_eq!(w.take_spawned(), ["dog"]);
-    assert!(w.reason("dog").starts_with("watchdog"), "{}", w.reason("dog"));
+    assert!(
+        w.reason("dog").starts_with("watchdog"),
+        "{}",
+        w.reason("dog")
+    );
 }
 
 #[test]
