@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use archon_proto::limits::{
@@ -12,9 +13,13 @@ use crate::log::Level;
 
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
-usage: archon [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS] [--log-level LEVEL]
-       archon --version | --help
+usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
+              [--log-level LEVEL]
+       archon --check FILE | --version | --help
 
+  -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
+                        /etc/archon/archon.lua for root, if it exists; none otherwise)
+      --check FILE      load FILE, print what it declares or the first error, and exit
   -s, --socket PATH     listen on PATH (default: $ARCHON_SOCKET, else /run/archon/archon.sock
                         for root, else $XDG_RUNTIME_DIR/archon.sock)
       --max-runs N      at most N Run commands at once (default 64)
@@ -34,11 +39,15 @@ pub enum Parsed {
     Help,
     /// Print the version.
     Version,
+    /// Load a configuration file, say what is in it, and exit.
+    Check(PathBuf),
 }
 
 /// archon's options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    /// `--config`.
+    pub config: Option<PathBuf>,
     /// `--socket`.
     pub socket: Option<OsString>,
     /// `--max-runs`.
@@ -54,6 +63,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            config: None,
             socket: None,
             max_runs: DEFAULT_MAX_RUNS,
             run_queue: DEFAULT_RUN_QUEUE,
@@ -105,6 +115,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
             "-h" | "--help" => return Ok(Parsed::Help),
             "-V" | "--version" => return Ok(Parsed::Version),
             "-s" | "--socket" => opts.socket = Some(value(&name)?),
+            "-c" | "--config" => opts.config = Some(PathBuf::from(value(&name)?)),
+            "--check" => return Ok(Parsed::Check(PathBuf::from(value(&name)?))),
             "--max-runs" => opts.max_runs = number(&name, &value(&name)?, 1, 1 << 20)? as usize,
             "--run-queue" => opts.run_queue = number(&name, &value(&name)?, 0, 1 << 20)? as usize,
             "--stop-grace" => {
@@ -137,6 +149,7 @@ mod tests {
     fn options() {
         assert_eq!(p(&[]), Ok(Parsed::Run(Options::default())));
         let want = Options {
+            config: Some("/etc/x.lua".into()),
             socket: Some("/tmp/a.sock".into()),
             max_runs: 2,
             run_queue: 0,
@@ -145,6 +158,8 @@ mod tests {
         };
         assert_eq!(
             p(&[
+                "--config",
+                "/etc/x.lua",
                 "-s",
                 "/tmp/a.sock",
                 "--max-runs=2",
@@ -159,6 +174,7 @@ mod tests {
         );
         assert_eq!(p(&["--help"]), Ok(Parsed::Help));
         assert_eq!(p(&["-V"]), Ok(Parsed::Version));
+        assert_eq!(p(&["--check", "a.lua"]), Ok(Parsed::Check("a.lua".into())));
     }
 
     #[test]
@@ -168,6 +184,7 @@ mod tests {
             &["--max-runs"],
             &["--stop-grace", "-1"],
             &["--log-level", "loud"],
+            &["--config"],
             &["extra"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");

@@ -21,8 +21,10 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::args::Options;
+use crate::cgroup::Cgroups;
 use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::listen::Listening;
+use crate::service::{Manager, UnitId};
 use crate::spawn::{Exec, SpawnError, Spawner, Step};
 use crate::sys;
 use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
@@ -39,6 +41,9 @@ const REQUESTS_PER_TURN: usize = 64;
 /// Events taken from one `poll`.
 const EVENTS_CAPACITY: usize = 256;
 
+/// The configuration file root's archon reads when none is given, if it exists.
+const DEFAULT_CONFIG: &str = "/etc/archon/archon.lua";
+
 /// Variables that concern archon itself, never passed on to its children.
 const PRIVATE_ENV: [&str; 6] = [
     "NOTIFY_SOCKET",
@@ -52,6 +57,7 @@ const PRIVATE_ENV: [&str; 6] = [
 const TAG_FIXED: usize = 0;
 const TAG_CLIENT: usize = 1;
 const TAG_PIDFD: usize = 2;
+const TAG_UNIT: usize = 3;
 const LISTENER: Token = Token(TAG_FIXED);
 const SIGNALS: Token = Token((1 << 2) | TAG_FIXED);
 
@@ -98,7 +104,21 @@ pub struct Supervisor {
     /// Clients to serve before the next sleep: input left after their read budget, or room again
     /// for requests after replies went out.
     more_to_read: Vec<ClientId>,
+    /// The services and tasks of the configuration.
+    services: Manager,
+    /// What the loop holds for each unit.
+    units: HashMap<UnitId, units::UnitRt>,
+    /// Units' processes by pid: main processes and health checks.
+    pids: HashMap<i32, units::PidOwner>,
+    /// archon's cgroup subtree, when a writable cgroup v2 hierarchy exists.
+    cgroups: Option<Cgroups>,
+    /// The configuration file, read again by `Reload` and SIGHUP.
+    config_path: Option<PathBuf>,
+    /// The exit code once the loop ends: 0, or 1 after a critical unit failed.
+    exit_code: u8,
 }
+
+mod units;
 
 /// Why archon cannot start.
 #[derive(Debug)]
@@ -109,6 +129,8 @@ pub enum StartError {
     Listen(crate::listen::ListenError),
     /// A system call failed while setting up.
     Setup(&'static str, io::Error),
+    /// The configuration file is broken.
+    Config(archon_lua::LoadError),
 }
 
 impl std::fmt::Display for StartError {
@@ -117,6 +139,7 @@ impl std::fmt::Display for StartError {
             StartError::NoPath(e) => write!(f, "{e}"),
             StartError::Listen(e) => write!(f, "{e}"),
             StartError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
+            StartError::Config(e) => write!(f, "{e}"),
         }
     }
 }
@@ -125,6 +148,15 @@ impl Supervisor {
     /// Sets everything up: socket, signals, subreaper. archon is listening when this returns.
     pub fn new(opts: Options) -> Result<Supervisor, StartError> {
         let euid = nix::unistd::geteuid().as_raw();
+        let config_path = opts.config.clone().or_else(|| {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            (euid == 0 && default.exists()).then_some(default)
+        });
+        // A broken file stops archon before it touches the socket.
+        let services = match &config_path {
+            Some(path) => units::load(path).map_err(StartError::Config)?,
+            None => Manager::default(),
+        };
         let path = archon_proto::socket::socket_path(
             opts.socket.as_deref(),
             |k| std::env::var_os(k),
@@ -160,6 +192,17 @@ impl Supervisor {
         let spawner = Spawner::new().map_err(setup("map the child stack"))?;
 
         let base_env = base_environment(&listening.path);
+        let cgroups = if services.ids().next().is_some() {
+            match Cgroups::discover() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!("no cgroups ({e}): stopping a service kills its process group only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         info!(
             "listening on {} (max runs {}, run queue {}, stop grace {} ms, open files {nofile})",
@@ -185,6 +228,12 @@ impl Supervisor {
             euid,
             shutdown: None,
             more_to_read: Vec::new(),
+            services,
+            units: HashMap::new(),
+            pids: HashMap::new(),
+            cgroups,
+            config_path,
+            exit_code: 0,
         })
     }
 
@@ -193,9 +242,11 @@ impl Supervisor {
         self.listening.path.clone()
     }
 
-    /// Runs until a shutdown completes.
-    pub fn run(&mut self) {
+    /// Runs until a shutdown completes; returns archon's exit code.
+    pub fn run(&mut self) -> u8 {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        self.log_units();
+        self.run_actions();
         loop {
             let timeout = if self.more_to_read.is_empty() {
                 self.timers.timeout(Instant::now())
@@ -218,6 +269,7 @@ impl Supervisor {
                         self.on_client(id, event.is_writable(), event.is_write_closed())
                     }
                     (TAG_PIDFD, _) => self.on_pidfd(id),
+                    (TAG_UNIT, _) => self.on_unit(id),
                     _ => {}
                 }
             }
@@ -226,7 +278,7 @@ impl Supervisor {
                 self.pump(cid);
             }
             if self.shutdown_complete() {
-                return;
+                return self.exit_code;
             }
         }
     }
@@ -506,18 +558,109 @@ impl Supervisor {
                 };
                 self.reply(to, reply)
             }
-            // Services come with the service model (issue 3).
-            Request::Stop { .. }
-            | Request::Signal { .. }
-            | Request::Start { .. }
-            | Request::Restart { .. }
-            | Request::Pause { .. }
-            | Request::Resume { .. }
-            | Request::Status { .. }
-            | Request::Tree { .. }
-            | Request::Config
-            | Request::Reload => self.reply(to, Reply::error("not supported yet")),
+            Request::Pause {
+                target: Target::Id(id),
+            }
+            | Request::Resume {
+                target: Target::Id(id),
+            } => {
+                let sig = if matches!(request, Request::Pause { .. }) {
+                    libc::SIGSTOP
+                } else {
+                    libc::SIGCONT
+                };
+                let reply = match self.signal(id, sig, true) {
+                    Ok(()) => Reply::Ok(vec![id.to_string().into_bytes()]),
+                    Err(reason) => Reply::error(reason),
+                };
+                self.reply(to, reply)
+            }
+            Request::Status { names } => {
+                let reply = self.status(&names);
+                self.reply(to, reply)
+            }
+            Request::Tree { name } => {
+                let reply = self.tree(name.as_deref());
+                self.reply(to, reply)
+            }
+            Request::Config => {
+                let reply = self.config_dump();
+                self.reply(to, reply)
+            }
+            Request::Reload => {
+                let reply = match self.reload() {
+                    Ok(c) => {
+                        info!(
+                            "reloaded: {} started, {} stopped, {} restarted, {} unchanged",
+                            c.started, c.stopped, c.restarted, c.unchanged
+                        );
+                        Reply::reloaded(c)
+                    }
+                    Err(e) => Reply::error(e),
+                };
+                self.reply(to, reply)
+            }
+            Request::Start { name } => {
+                let name = String::from_utf8_lossy(&name).into_owned();
+                let now = now_ms();
+                let r = self.services.start(&name, Some(to), now);
+                self.unit_request(to, r)
+            }
+            Request::Restart { name } => {
+                let name = String::from_utf8_lossy(&name).into_owned();
+                let r = self.services.restart(&name, Some(to), now_ms());
+                self.unit_request(to, r)
+            }
+            Request::Stop {
+                target: Target::Service(name),
+                grace_ms,
+            } => {
+                let name = String::from_utf8_lossy(&name).into_owned();
+                let r = self.services.stop(&name, grace_ms, Some(to), now_ms());
+                self.unit_request(to, r)
+            }
+            Request::Signal {
+                target: Target::Service(name),
+                signal,
+                group,
+            } => {
+                let text = String::from_utf8_lossy(&name).into_owned();
+                let r = self.services.signal(&text, signal, group);
+                self.unit_request_ok(to, r, name)
+            }
+            Request::Pause {
+                target: Target::Service(name),
+            } => {
+                let text = String::from_utf8_lossy(&name).into_owned();
+                let r = self.services.pause(&text, true, now_ms());
+                self.unit_request_ok(to, r, name)
+            }
+            Request::Resume {
+                target: Target::Service(name),
+            } => {
+                let text = String::from_utf8_lossy(&name).into_owned();
+                let r = self.services.pause(&text, false, now_ms());
+                self.unit_request_ok(to, r, name)
+            }
         }
+    }
+
+    /// A request the manager answers itself (when it succeeds, the reply is among its actions).
+    fn unit_request(&mut self, to: ReplyTo, result: Result<(), String>) {
+        if let Err(reason) = result {
+            self.reply(to, Reply::error(reason));
+        }
+        self.run_actions();
+    }
+
+    /// A request answered `Ok,<name>` at once when the manager accepts it.
+    fn unit_request_ok(&mut self, to: ReplyTo, result: Result<(), String>, name: Vec<u8>) {
+        let reply = match result {
+            Ok(()) => Reply::Ok(vec![name]),
+            Err(reason) => Reply::error(reason),
+        };
+        self.run_actions();
+        self.reply(to, reply);
     }
 
     /// The fds a child gets as 0, 1, 2: those sent with the request, then /dev/null for stdin and
@@ -688,6 +831,8 @@ impl Supervisor {
         while let Some(event) = self.timers.pop_due(now) {
             match event {
                 TimerEvent::Kill(id) => self.kill(id),
+                TimerEvent::Unit(id, kind) => self.unit_timer(id, kind),
+                TimerEvent::Probe(id) => self.probe_timeout(id),
             }
         }
     }
@@ -723,8 +868,14 @@ impl Supervisor {
         for sig in pending {
             match sig {
                 SIGCHLD => self.reap_children(),
-                SIGTERM | SIGINT => self.begin_shutdown(sig),
-                SIGHUP => info!("SIGHUP: nothing to reload yet"),
+                SIGTERM | SIGINT => self.begin_shutdown(Some(sig)),
+                SIGHUP => match self.reload() {
+                    Ok(c) => info!(
+                        "SIGHUP: reloaded: {} started, {} stopped, {} restarted, {} unchanged",
+                        c.started, c.stopped, c.restarted, c.unchanged
+                    ),
+                    Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
+                },
                 other => info!(
                     "ignoring signal {}",
                     archon_proto::signal::name(other).unwrap_or_default()
@@ -736,7 +887,21 @@ impl Supervisor {
     /// Reaps every ended child: archon's own through their pidfds, orphans by pid.
     fn reap_children(&mut self) {
         while let Some(pid) = sys::peek_ended_child() {
-            if let Some(id) = self.table.child_by_pid(pid) {
+            if let Some(&owner) = self.pids.get(&pid) {
+                let (unit, main) = match owner {
+                    units::PidOwner::Main(u) => (u, true),
+                    units::PidOwner::Probe(u) => (u, false),
+                };
+                let Some(status) = sys::reap_pid(pid) else {
+                    break;
+                };
+                self.pids.remove(&pid);
+                if main {
+                    self.unit_ended(unit, status);
+                } else {
+                    self.probe_reaped(unit, status);
+                }
+            } else if let Some(id) = self.table.child_by_pid(pid) {
                 let status = self
                     .table
                     .get(id)
@@ -830,20 +995,49 @@ impl Supervisor {
         }
     }
 
+    // ----- configuration -----
+
+    /// Reads the configuration file again and applies it: what is new starts, what is gone
+    /// stops, what changed restarts. A broken file changes nothing.
+    fn reload(&mut self) -> Result<archon_proto::ReloadCounts, String> {
+        let Some(path) = self.config_path.clone() else {
+            return Err("archon runs without a configuration file (--config)".to_string());
+        };
+        if self.shutdown.is_some() {
+            return Err("shutting down".to_string());
+        }
+        let config = archon_lua::load_file(&path).map_err(|e| e.to_string())?;
+        if self.cgroups.is_none() && !config.services.is_empty() {
+            self.cgroups = Cgroups::discover().ok();
+        }
+        let counts = self.services.reload(config, now_ms());
+        self.run_actions();
+        Ok(counts)
+    }
+
     // ----- shutdown -----
 
-    fn begin_shutdown(&mut self, sig: i32) {
-        let name = archon_proto::signal::name(sig).unwrap_or_default();
+    /// Stops everything: SIGTERM/SIGINT (`sig`), or a critical unit that failed (`None`). A
+    /// second signal kills what is left at once.
+    fn begin_shutdown(&mut self, sig: Option<i32>) {
+        let why = match sig {
+            Some(sig) => archon_proto::signal::name(sig).unwrap_or_default(),
+            None => "a critical service failed".to_string(),
+        };
         if let Some(s) = self.shutdown.as_mut() {
-            if !s.forced {
-                warn!("{name} again: killing everything now");
+            if !s.forced && sig.is_some() {
+                warn!("{why} again: killing everything now");
                 s.forced = true;
                 self.kill_everything();
             }
             return;
         }
         let live = self.table.live_children();
-        info!("{name}: stopping {} processes", live.len());
+        info!(
+            "{why}: stopping {} processes and {} services",
+            live.len(),
+            self.pids.len()
+        );
         self.shutdown = Some(Shutdown { forced: false });
         for run in self.table.take_queue() {
             self.reply(run.to, Reply::error("shutting down"));
@@ -851,8 +1045,10 @@ impl Supervisor {
         for id in live {
             let _ = self.stop(id, self.opts.stop_grace, None);
         }
+        self.services.shut_down(now_ms());
+        self.run_actions();
         for pid in sys::children_of_self() {
-            if self.table.child_by_pid(pid).is_none() {
+            if self.table.child_by_pid(pid).is_none() && !self.pids.contains_key(&pid) {
                 // An orphan reparented to archon: archon is its parent now, so it is asked too.
                 // SAFETY: kill has no memory effects; the pid is an unreaped child, so it is stable.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -864,12 +1060,14 @@ impl Supervisor {
         for id in self.table.live_children() {
             self.kill(id);
         }
+        self.services.kill_all();
+        self.run_actions();
     }
 
     /// True once a shutdown has stopped every child: then what is left of their groups and the
     /// orphans is killed, the last replies go out, and the loop ends.
     fn shutdown_complete(&mut self) -> bool {
-        if self.shutdown.is_none() || !self.table.no_live_children() {
+        if self.shutdown.is_none() || !self.table.no_live_children() || !self.services.all_down() {
             return false;
         }
         let pending: Vec<Id> = self
@@ -886,6 +1084,12 @@ impl Supervisor {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         self.reap_children();
+        self.forget_all_units();
+        if let Some(cg) = self.cgroups.take() {
+            if let Err(e) = cg.remove_tree() {
+                debug!("cgroups: {e}");
+            }
+        }
         for c in self.clients.values_mut() {
             c.flush();
         }

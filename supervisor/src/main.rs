@@ -1,8 +1,9 @@
 //! archon: an init-grade process supervisor, driven over a Unix socket with a CSV line protocol.
 //!
 //! `main` reads the command line, sets up, and runs the loop; it alone chooses the exit code:
-//! 0 after a shutdown asked by SIGTERM or SIGINT, 100 for a usage error, 111 when archon cannot
-//! start (no socket path, socket in use, a system call failing during setup).
+//! 0 after a shutdown asked by SIGTERM or SIGINT, 1 after a critical service failed, 78 for a
+//! broken configuration file, 100 for a usage error, 111 when archon cannot start (no socket
+//! path, socket in use, a system call failing during setup).
 
 mod args;
 mod cgroup;
@@ -13,6 +14,7 @@ mod listen;
 mod log;
 mod notify;
 mod procstat;
+mod service;
 mod spawn;
 mod sys;
 mod table;
@@ -24,6 +26,28 @@ use std::process::ExitCode;
 const EXIT_USAGE: u8 = 100;
 /// Exit code when archon cannot start.
 const EXIT_CANNOT_START: u8 = 111;
+/// Exit code for a configuration file with an error (`EX_CONFIG` of sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+/// `--check FILE`: prints what the file declares, or its first error.
+fn check(path: &std::path::Path) -> ExitCode {
+    match archon_lua::load_file(path) {
+        Ok(config) => {
+            for s in &config.services {
+                let kind = match s.kind {
+                    archon_lua::UnitKind::Service => "service",
+                    archon_lua::UnitKind::Task => "task",
+                };
+                println!("{kind} {}", s.name);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("archon: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
 
 fn main() -> ExitCode {
     // Before anything is opened, so that nothing lands on fds 0-2 by accident.
@@ -34,6 +58,7 @@ fn main() -> ExitCode {
             print!("{}", args::USAGE);
             return ExitCode::SUCCESS;
         }
+        Ok(args::Parsed::Check(path)) => return check(&path),
         Ok(args::Parsed::Version) => {
             println!("archon {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -46,13 +71,17 @@ fn main() -> ExitCode {
     log::init(opts.log_level);
     let mut supervisor = match event_loop::Supervisor::new(opts) {
         Ok(s) => s,
+        Err(e @ event_loop::StartError::Config(_)) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(e) => {
             error!("{e}");
             return ExitCode::from(EXIT_CANNOT_START);
         }
     };
     event_loop::notify_ready();
-    supervisor.run();
+    let code = supervisor.run();
     debug!("socket {} removed", supervisor.socket_path().display());
-    ExitCode::SUCCESS
+    ExitCode::from(code)
 }

@@ -6,11 +6,17 @@ use std::time::{Duration, Instant};
 
 use archon_proto::Id;
 
+use crate::service::{TimerKind, UnitId};
+
 /// What a timer does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimerEvent {
     /// The grace period of a stop is over: SIGKILL the process's group.
     Kill(Id),
+    /// A timer the service manager asked for.
+    Unit(UnitId, TimerKind),
+    /// A unit's health check has run out of time.
+    Probe(UnitId),
 }
 
 /// A timer's handle, to cancel it.

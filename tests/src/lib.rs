@@ -1155,9 +1155,18 @@ pub fn cmdline(pid: i32) -> Option<Vec<String>> {
 }
 
 /// The environment of `pid`, from `/proc/PID/environ`, as `NAME=value` strings.
+///
+/// The kernel lets archon go on (and so reply) as soon as the child has switched to the new
+/// program's memory, a moment before it has laid out the environment there: until then the file
+/// reads empty, so an empty read is tried again for a while.
 pub fn environ(pid: i32) -> Result<Vec<String>> {
-    let raw =
-        fs::read(format!("/proc/{pid}/environ")).context(format!("read /proc/{pid}/environ"))?;
+    let read = || fs::read(format!("/proc/{pid}/environ"));
+    let mut raw = read().context(format!("read /proc/{pid}/environ"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        raw = read().context(format!("read /proc/{pid}/environ"))?;
+    }
     Ok(raw
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())

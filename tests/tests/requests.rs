@@ -464,7 +464,8 @@ fn stop_of_unknown_or_ended_process_is_error() -> Result {
     })?;
     let reply = c.request(&format!("Stop,{id}"))?;
     ensure!(reply.starts_with("Error,"), "ended process: {reply:?}");
-    ensure_eq!(c.request("Stop,x")?, "Error,bad id");
+    ensure_eq!(c.request("Stop,99999999999999999999")?, "Error,bad id");
+    ensure_eq!(c.request("Stop,x")?, "Error,no such service: x");
     Ok(())
 }
 

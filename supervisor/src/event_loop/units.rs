@@ -1,0 +1,822 @@
+//! The kernel's side of services and tasks: the loop performs what the [`Manager`] decides
+//! (spawn, signal, kill, freeze, timers, health checks) and tells it what happened (exits,
+//! readiness, watchdog pings, check results).
+//!
+//! Per unit the loop holds a [`UnitRt`]: the pidfd of its main process, its cgroup, its notify
+//! socket or ready pipe, a health check in flight, and its timers. Their tokens carry the unit's
+//! id and which of them woke the loop.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use archon_lua::{Check, Ready, Service, UnitKind};
+use archon_proto::limits::MAX_TREE_NODES;
+use archon_proto::{
+    Command, EnvEntry, Health as ProtoHealth, Reply, ServiceKind, ServiceRow, ServiceState,
+    Setting, Status, TreeNode,
+};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use super::{Supervisor, TAG_UNIT, exec_failure, now_ms, token};
+use crate::cgroup::ServiceCgroup;
+use crate::health::{self, TcpProbe};
+use crate::notify::{Notice, NotifySocket, ReadyOutcome, ReadyPipe};
+use crate::procstat;
+use crate::service::{Action, Health, Manager, State, TimerKind, UnitId};
+use crate::spawn::{Creds, Exec, SpawnError, SpawnOptions, Step};
+use crate::sys;
+use crate::timers::{TimerEvent, TimerKey};
+use crate::{debug, info, warn};
+
+/// Which of a unit's fds woke the loop (the low bits of the token's id).
+const SUB_PIDFD: u64 = 0;
+const SUB_NOTIFY: u64 = 1;
+const SUB_READY: u64 = 2;
+const SUB_PROBE: u64 = 3;
+const SUB_BITS: u32 = 2;
+
+fn unit_token(id: UnitId, sub: u64) -> Token {
+    token(TAG_UNIT, (id << SUB_BITS) | sub)
+}
+
+/// A health check in flight.
+enum Probe {
+    /// A TCP connect, waiting to become writable.
+    Tcp(TcpProbe),
+    /// A command: its pid and pidfd.
+    Command { pid: i32, pidfd: OwnedFd },
+}
+
+/// What the loop holds for one unit.
+#[derive(Default)]
+pub(super) struct UnitRt {
+    /// The main process: pid and pidfd.
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    cgroup: Option<ServiceCgroup>,
+    /// The cgroup's directory, open for CLONE_INTO_CGROUP.
+    cgroup_dir: Option<OwnedFd>,
+    notify: Option<NotifySocket>,
+    ready: Option<ReadyPipe>,
+    probe: Option<(Probe, TimerKey)>,
+    timers: HashMap<TimerKind, TimerKey>,
+}
+
+/// The unit whose process has this pid (main processes and health-check commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PidOwner {
+    Main(UnitId),
+    Probe(UnitId),
+}
+
+impl Supervisor {
+    /// Performs what the manager has decided, until it decides nothing more.
+    pub(super) fn run_actions(&mut self) {
+        loop {
+            let actions = self.services.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for action in actions {
+                self.perform(action);
+            }
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Spawn(id) => self.spawn_unit(id),
+            Action::Signal { unit, sig, tree } => self.signal_unit(unit, sig, tree),
+            Action::Kill(unit) => self.kill_unit(unit),
+            Action::Freeze { unit, frozen } => self.freeze_unit(unit, frozen),
+            Action::Arm { unit, timer, after } => {
+                let key = self
+                    .timers
+                    .arm(Instant::now() + after, TimerEvent::Unit(unit, timer));
+                let rt = self.units.entry(unit).or_default();
+                if let Some(old) = rt.timers.insert(timer, key) {
+                    self.timers.cancel(old);
+                }
+            }
+            Action::Disarm { unit, timer } => {
+                if let Some(key) = self
+                    .units
+                    .get_mut(&unit)
+                    .and_then(|rt| rt.timers.remove(&timer))
+                {
+                    self.timers.cancel(key);
+                }
+            }
+            Action::Check(unit) => self.start_probe(unit),
+            Action::Reply(to, reply) => self.reply(to, reply),
+            Action::Forget(unit) => self.forget_unit(unit),
+            Action::Exit(code) => {
+                self.exit_code = code;
+                self.begin_shutdown(None);
+            }
+        }
+    }
+
+    /// A timer of a unit fired.
+    pub(super) fn unit_timer(&mut self, id: UnitId, kind: TimerKind) {
+        if let Some(rt) = self.units.get_mut(&id) {
+            rt.timers.remove(&kind);
+        }
+        self.services.timer(id, kind, now_ms());
+        self.run_actions();
+    }
+
+    // ----- starting -----
+
+    /// Starts a unit's process, with its notify socket, ready pipe and cgroup.
+    fn spawn_unit(&mut self, id: UnitId) {
+        let Some(spec) = self.services.spec(id).cloned() else {
+            return;
+        };
+        match self.try_spawn_unit(id, &spec) {
+            Ok(pid) => self.services.spawned(id, pid, now_ms()),
+            Err(reason) => self.services.spawn_failed(id, reason, now_ms()),
+        }
+    }
+
+    fn try_spawn_unit(&mut self, id: UnitId, spec: &Service) -> Result<i32, String> {
+        let mut env: Vec<EnvEntry> = spec
+            .env
+            .iter()
+            .map(|(n, v)| EnvEntry {
+                name: n.clone(),
+                value: Some(v.clone()),
+            })
+            .collect();
+        let mut set = |name: &str, value: Vec<u8>| {
+            env.push(EnvEntry {
+                name: name.as_bytes().to_vec(),
+                value: Some(value),
+            })
+        };
+        set("ARCHON_SERVICE", spec.name.clone().into_bytes());
+        let mut extra_fds = Vec::new();
+        let mut ready_write: Option<OwnedFd> = None;
+        match spec.ready {
+            Ready::Notify => {
+                let path = self.notify_socket(id, spec)?;
+                set("NOTIFY_SOCKET", path.into_os_string().into_encoded_bytes());
+            }
+            Ready::Fd(n) => {
+                let (pipe, write) =
+                    ReadyPipe::new().map_err(|e| format!("cannot make the ready pipe: {e}"))?;
+                extra_fds.push((write.as_raw_fd(), n));
+                ready_write = Some(write);
+                let rt = self.units.entry(id).or_default();
+                if let Some(mut old) = rt.ready.take() {
+                    let _ = self.poll.registry().deregister(&mut old);
+                }
+                rt.ready = Some(pipe);
+            }
+            Ready::Exec => {}
+        }
+        if let Some(ms) = spec.watchdog_ms {
+            set("WATCHDOG_USEC", (ms * 1000).to_string().into_bytes());
+        }
+        let cmd = Command {
+            argv: spec.argv.clone(),
+            env,
+        };
+        let exec = Exec::prepare(&cmd, &self.base_env).map_err(|e| e.to_string())?;
+        let cgroup = self.unit_cgroup(id, spec);
+        let opts = SpawnOptions {
+            cwd: spec.cwd.as_ref().and_then(|p| {
+                std::ffi::CString::new(p.as_os_str().as_encoded_bytes().to_vec()).ok()
+            }),
+            creds: spec.user.as_ref().map(|c| Creds {
+                uid: c.uid,
+                gid: c.gid,
+                groups: c.groups.clone(),
+            }),
+            umask: spec.umask,
+            rlimits: spec
+                .rlimits
+                .iter()
+                .map(|r| (r.resource, r.soft, r.hard))
+                .collect(),
+            nice: spec.nice,
+            cgroup,
+            cgroup_procs: None,
+            extra_fds,
+        };
+        let stdio = [self.devnull.as_raw_fd(), 2, 2];
+        let child = self
+            .spawner
+            .spawn_with(&exec, stdio, &opts)
+            .map_err(|e| match e {
+                SpawnError::Setup {
+                    step: Step::Exec(_),
+                    errno,
+                } => exec_failure(&spec.argv, errno),
+                e => e.to_string(),
+            })?;
+        // The child has its copy; archon's must go, or an EOF on the pipe would never come.
+        drop(ready_write);
+        let raw = child.pidfd.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&raw),
+            unit_token(id, SUB_PIDFD),
+            Interest::READABLE,
+        ) {
+            warn!(
+                "{}: cannot watch the pidfd of {}: {e}",
+                spec.name, child.pid
+            );
+        }
+        if let Some(rt) = self.units.get_mut(&id) {
+            if let Some(pipe) = rt.ready.as_mut() {
+                if let Err(e) = self.poll.registry().register(
+                    pipe,
+                    unit_token(id, SUB_READY),
+                    Interest::READABLE,
+                ) {
+                    warn!("{}: cannot watch the ready pipe: {e}", spec.name);
+                }
+            }
+        }
+        self.pids.insert(child.pid, PidOwner::Main(id));
+        let rt = self.units.entry(id).or_default();
+        rt.pid = child.pid;
+        rt.pidfd = Some(child.pidfd);
+        Ok(child.pid)
+    }
+
+    /// The unit's notify socket, bound on first use: `<socket>.notify/<id>`.
+    fn notify_socket(&mut self, id: UnitId, spec: &Service) -> Result<PathBuf, String> {
+        if let Some(s) = self.units.get(&id).and_then(|rt| rt.notify.as_ref()) {
+            return Ok(s.path().to_path_buf());
+        }
+        let dir = self.notify_dir();
+        if let Err(e) = std::fs::create_dir(&dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(format!("cannot create {}: {e}", dir.display()));
+            }
+        }
+        // Services running as another user must reach their socket.
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        let path = dir.join(id.to_string());
+        let owner = spec.user.as_ref().map(|c| (c.uid, c.gid));
+        let mut socket = NotifySocket::bind(&path, owner)
+            .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+        self.poll
+            .registry()
+            .register(&mut socket, unit_token(id, SUB_NOTIFY), Interest::READABLE)
+            .map_err(|e| format!("cannot watch the notify socket: {e}"))?;
+        let path = socket.path().to_path_buf();
+        self.units.entry(id).or_default().notify = Some(socket);
+        Ok(path)
+    }
+
+    /// The directory of the notify sockets, beside archon's socket.
+    pub(super) fn notify_dir(&self) -> PathBuf {
+        let mut dir = self.listening.path.clone().into_os_string();
+        dir.push(".notify");
+        PathBuf::from(dir)
+    }
+
+    /// The unit's cgroup (created on first use), as the directory fd the spawner takes.
+    fn unit_cgroup(&mut self, id: UnitId, spec: &Service) -> Option<RawFd> {
+        let cgroups = self.cgroups.as_ref()?;
+        let rt = self.units.entry(id).or_default();
+        if rt.cgroup_dir.is_none() {
+            let made = cgroups
+                .create(&spec.name)
+                .and_then(|cg| cg.open_dir().map(|dir| (cg, dir)));
+            match made {
+                Ok((cg, dir)) => {
+                    rt.cgroup = Some(cg);
+                    rt.cgroup_dir = Some(dir);
+                }
+                Err(e) => {
+                    warn!("{}: no cgroup: {e}", spec.name);
+                    return None;
+                }
+            }
+        }
+        rt.cgroup_dir.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    // ----- signals -----
+
+    /// Sends `sig` to a unit's main process, or (`tree`) to all of its processes: its cgroup when
+    /// it has one, and its process group.
+    fn signal_unit(&mut self, id: UnitId, sig: i32, tree: bool) {
+        let Some(rt) = self.units.get(&id) else {
+            return;
+        };
+        let Some(pidfd) = rt.pidfd.as_ref() else {
+            return;
+        };
+        let result = if tree {
+            if let Some(cg) = rt.cgroup.as_ref() {
+                for pid in cg.procs().unwrap_or_default() {
+                    if pid != rt.pid {
+                        // SAFETY: kill has no memory effects. A pid read from cgroup.procs
+                        // names a process of this service unless it ended and was reused in
+                        // between, which the main process's pidfd cannot rule out either.
+                        unsafe { libc::kill(pid, sig) };
+                    }
+                }
+            }
+            sys::signal_tree(pidfd.as_fd(), rt.pid, sig)
+        } else {
+            sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
+        };
+        if let Err(e) = result {
+            debug!("unit {id}: signal {sig}: {e}");
+        }
+    }
+
+    /// SIGKILL to every process of a unit.
+    fn kill_unit(&mut self, id: UnitId) {
+        let Some(rt) = self.units.get(&id) else {
+            return;
+        };
+        if let Some(cg) = rt.cgroup.as_ref() {
+            if let Err(e) = cg.kill() {
+                warn!("unit {id}: cgroup.kill: {e}");
+            }
+        }
+        if let Some(pidfd) = rt.pidfd.as_ref() {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
+            let _ = sys::signal_group(pidfd.as_fd(), rt.pid, libc::SIGKILL);
+        }
+    }
+
+    /// Stops or resumes every process of a unit: its cgroup frozen, else SIGSTOP/SIGCONT to its
+    /// process group.
+    fn freeze_unit(&mut self, id: UnitId, frozen: bool) {
+        let frozen_cgroup = self
+            .units
+            .get(&id)
+            .and_then(|rt| rt.cgroup.as_ref())
+            .is_some_and(|cg| cg.freeze(frozen).is_ok());
+        if !frozen_cgroup {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            self.signal_unit(id, sig, true);
+        }
+    }
+
+    // ----- ending -----
+
+    /// A unit's main process has been reaped with `status`.
+    pub(super) fn unit_ended(&mut self, id: UnitId, status: Status) {
+        if let Some(rt) = self.units.get_mut(&id) {
+            if let Some(fd) = rt.pidfd.take() {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&fd.as_raw_fd()));
+                // What it leaves behind goes with it, so that a restart starts clean: the rest
+                // of its cgroup, and of its process group (which the pidfd still pins).
+                let _ = sys::signal_group(fd.as_fd(), rt.pid, libc::SIGKILL);
+            }
+            if let Some(cg) = rt.cgroup.as_ref() {
+                if cg.populated().unwrap_or(false) {
+                    debug!("unit {id}: killing what is left in its cgroup");
+                    let _ = cg.kill();
+                }
+            }
+            self.pids.remove(&rt.pid);
+            if let Some(mut pipe) = rt.ready.take() {
+                let _ = self.poll.registry().deregister(&mut pipe);
+            }
+        }
+        self.services.exited(id, status, now_ms());
+        self.run_actions();
+    }
+
+    /// A unit's pidfd is readable: its main process has ended.
+    fn on_unit_pidfd(&mut self, id: UnitId) {
+        let status = self
+            .units
+            .get(&id)
+            .and_then(|rt| rt.pidfd.as_ref())
+            .and_then(|fd| sys::reap_pidfd(fd.as_fd()).ok().flatten());
+        if let Some(status) = status {
+            self.unit_ended(id, status);
+        }
+    }
+
+    /// A unit was removed by a reload and is down: its notify socket, cgroup and timers go.
+    fn forget_unit(&mut self, id: UnitId) {
+        let Some(mut rt) = self.units.remove(&id) else {
+            return;
+        };
+        for (_, key) in rt.timers.drain() {
+            self.timers.cancel(key);
+        }
+        if let Some(mut s) = rt.notify.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        if let Some((probe, key)) = rt.probe.take() {
+            self.timers.cancel(key);
+            self.drop_probe(probe);
+        }
+        rt.cgroup_dir = None;
+        if let Some(cg) = rt.cgroup.take() {
+            let _ = cg.kill();
+            if let Err(e) = cg.remove() {
+                debug!("unit {id}: cgroup: {e}");
+            }
+        }
+    }
+
+    /// Every unit's resources at exit (the cgroups are removed).
+    pub(super) fn forget_all_units(&mut self) {
+        let ids: Vec<UnitId> = self.units.keys().copied().collect();
+        for id in ids {
+            self.forget_unit(id);
+        }
+        let _ = std::fs::remove_dir(self.notify_dir());
+    }
+
+    // ----- readiness -----
+
+    /// One of a unit's fds woke the loop.
+    pub(super) fn on_unit(&mut self, token_id: u64) {
+        let (id, sub) = (token_id >> SUB_BITS, token_id & ((1 << SUB_BITS) - 1));
+        match sub {
+            SUB_PIDFD => self.on_unit_pidfd(id),
+            SUB_NOTIFY => self.on_notify(id),
+            SUB_READY => self.on_ready_pipe(id),
+            SUB_PROBE => self.on_probe(id),
+            _ => {}
+        }
+    }
+
+    fn on_notify(&mut self, id: UnitId) {
+        loop {
+            let Some(socket) = self.units.get_mut(&id).and_then(|rt| rt.notify.as_mut()) else {
+                return;
+            };
+            let received = socket.recv_all();
+            let now = now_ms();
+            for message in received.messages {
+                for notice in message.notices {
+                    match notice {
+                        Notice::Ready => self.services.ready(id, now),
+                        Notice::Watchdog => self.services.watchdog_kick(id),
+                        Notice::Status(text) => self.services.status_text(id, text),
+                        Notice::WatchdogTrigger => {
+                            self.services.timer(id, TimerKind::Watchdog, now);
+                        }
+                        other => debug!("unit {id}: notify: {other:?}"),
+                    }
+                }
+            }
+            self.run_actions();
+            if !received.more {
+                return;
+            }
+        }
+    }
+
+    fn on_ready_pipe(&mut self, id: UnitId) {
+        let Some(rt) = self.units.get_mut(&id) else {
+            return;
+        };
+        let Some(pipe) = rt.ready.as_mut() else {
+            return;
+        };
+        match pipe.read() {
+            ReadyOutcome::Ready => {
+                if let Some(mut pipe) = rt.ready.take() {
+                    let _ = self.poll.registry().deregister(&mut pipe);
+                }
+                self.services.ready(id, now_ms());
+                self.run_actions();
+            }
+            ReadyOutcome::NotYet => {}
+            ReadyOutcome::Closed => {
+                if let Some(mut pipe) = rt.ready.take() {
+                    let _ = self.poll.registry().deregister(&mut pipe);
+                }
+                debug!("unit {id}: ready fd closed before a line");
+            }
+        }
+    }
+
+    // ----- health checks -----
+
+    fn start_probe(&mut self, id: UnitId) {
+        let Some(h) = self.services.spec(id).and_then(|s| s.health.clone()) else {
+            return;
+        };
+        if self.units.get(&id).is_some_and(|rt| rt.probe.is_some()) {
+            return;
+        }
+        let started = match &h.check {
+            Check::Tcp(addr) => TcpProbe::start(*addr).and_then(|mut p| {
+                self.poll
+                    .registry()
+                    .register(&mut p, unit_token(id, SUB_PROBE), Interest::WRITABLE)
+                    .map(|()| Probe::Tcp(p))
+            }),
+            Check::Command(argv) => self.spawn_probe(id, argv),
+        };
+        match started {
+            Ok(probe) => {
+                let key = self.timers.arm(
+                    Instant::now() + Duration::from_millis(h.timeout_ms),
+                    TimerEvent::Probe(id),
+                );
+                self.units.entry(id).or_default().probe = Some((probe, key));
+            }
+            Err(e) => {
+                self.services.health_result(
+                    id,
+                    Err(format!("cannot run the check: {e}")),
+                    now_ms(),
+                );
+                self.run_actions();
+            }
+        }
+    }
+
+    fn spawn_probe(&mut self, id: UnitId, argv: &[Vec<u8>]) -> io::Result<Probe> {
+        let cmd = Command {
+            argv: argv.to_vec(),
+            env: Vec::new(),
+        };
+        let exec = Exec::prepare(&cmd, &self.base_env)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let dev = self.devnull.as_raw_fd();
+        let child = self
+            .spawner
+            .spawn(&exec, [dev, dev, dev])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let raw = child.pidfd.as_raw_fd();
+        self.poll.registry().register(
+            &mut SourceFd(&raw),
+            unit_token(id, SUB_PROBE),
+            Interest::READABLE,
+        )?;
+        self.pids.insert(child.pid, PidOwner::Probe(id));
+        Ok(Probe::Command {
+            pid: child.pid,
+            pidfd: child.pidfd,
+        })
+    }
+
+    /// A health check's fd woke the loop: a TCP connect ended, or a check command exited.
+    fn on_probe(&mut self, id: UnitId) {
+        let outcome = match self.units.get_mut(&id).and_then(|rt| rt.probe.as_mut()) {
+            Some((Probe::Tcp(p), _)) => match p.outcome() {
+                Some(result) => result,
+                None => return,
+            },
+            Some((Probe::Command { pidfd, .. }, _)) => {
+                match sys::reap_pidfd(pidfd.as_fd()).ok().flatten() {
+                    Some(status) => health::command_outcome(status),
+                    None => return,
+                }
+            }
+            None => return,
+        };
+        self.end_probe(id, outcome);
+    }
+
+    /// A health check of `id` ran out of time.
+    pub(super) fn probe_timeout(&mut self, id: UnitId) {
+        let timeout = self
+            .services
+            .spec(id)
+            .and_then(|s| s.health.as_ref())
+            .map_or(0, |h| h.timeout_ms);
+        self.end_probe(id, Err(health::timed_out(Duration::from_millis(timeout))));
+    }
+
+    fn end_probe(&mut self, id: UnitId, result: Result<(), String>) {
+        let Some((probe, key)) = self.units.get_mut(&id).and_then(|rt| rt.probe.take()) else {
+            return;
+        };
+        self.timers.cancel(key);
+        self.drop_probe(probe);
+        self.services.health_result(id, result, now_ms());
+        self.run_actions();
+    }
+
+    fn drop_probe(&mut self, probe: Probe) {
+        match probe {
+            Probe::Tcp(mut p) => {
+                let _ = self.poll.registry().deregister(&mut p);
+            }
+            Probe::Command { pid, pidfd } => {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+                // Killed if it still runs; reaped now or as it ends (by pid, through SIGCHLD).
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
+                if sys::reap_pidfd(pidfd.as_fd()).ok().flatten().is_some() {
+                    self.pids.remove(&pid);
+                }
+            }
+        }
+    }
+
+    /// A health check command reaped by pid (through SIGCHLD).
+    pub(super) fn probe_reaped(&mut self, id: UnitId, status: Status) {
+        self.end_probe(id, health::command_outcome(status));
+    }
+
+    // ----- what clients are shown -----
+
+    /// `Status[,<name>...]`: a row per unit asked for (every unit and every process when none).
+    pub(super) fn status(&self, names: &[Vec<u8>]) -> Reply {
+        let mut rows = Vec::new();
+        if names.is_empty() {
+            for id in self.services.ids() {
+                rows.extend(self.unit_row(id));
+            }
+            rows.extend(self.table.iter().map(|p| process_row(&p.row)));
+        } else {
+            for name in names {
+                let text = String::from_utf8_lossy(name);
+                match self.services.id(&text) {
+                    Some(id) => rows.extend(self.unit_row(id)),
+                    None => return Reply::error(format!("no such service: {text}")),
+                }
+            }
+        }
+        Reply::Status(rows)
+    }
+
+    fn unit_row(&self, id: UnitId) -> Option<ServiceRow> {
+        let v = self.services.view(id)?;
+        let rt = self.units.get(&id);
+        let (rss_kib, cpu_ms) = match rt {
+            Some(rt) if rt.pidfd.is_some() => self.usage(rt),
+            _ => (None, None),
+        };
+        Some(ServiceRow {
+            name: v.name.into_bytes(),
+            kind: match v.kind {
+                UnitKind::Service => ServiceKind::Service,
+                UnitKind::Task => ServiceKind::Task,
+            },
+            state: match v.state {
+                State::Stopped => ServiceState::Stopped,
+                State::Starting => ServiceState::Starting,
+                State::Running => ServiceState::Running,
+                State::Ready => ServiceState::Ready,
+                State::Stopping => ServiceState::Stopping,
+                State::Backoff => ServiceState::Backoff,
+                State::Failed => ServiceState::Failed,
+                State::Done => ServiceState::Done,
+                State::Paused => ServiceState::Paused,
+            },
+            pid: v.pid,
+            since_ms: v.since_ms,
+            restarts: v.restarts,
+            last: v.last,
+            ready: v.ready,
+            health: match v.health {
+                Health::None => None,
+                Health::Starting => Some(ProtoHealth::Starting),
+                Health::Healthy => Some(ProtoHealth::Healthy),
+                Health::Unhealthy => Some(ProtoHealth::Unhealthy),
+            },
+            rss_kib,
+            cpu_ms,
+            reason: v.reason.into_bytes(),
+        })
+    }
+
+    /// Resident memory (KiB) and CPU time (ms) of a unit's whole tree: its cgroup's processes
+    /// and CPU account, else its main process and descendants.
+    fn usage(&self, rt: &UnitRt) -> (Option<u64>, Option<u64>) {
+        let pids = self.unit_pids(rt);
+        let mut rss = 0;
+        let mut ticks_ms = 0;
+        for pid in &pids {
+            if let Some(st) = procstat::sample(*pid) {
+                rss += st.rss_kib;
+                ticks_ms += procstat::ticks_to_ms(st.stat.cpu_ticks);
+            }
+        }
+        let cpu = rt
+            .cgroup
+            .as_ref()
+            .and_then(|cg| cg.cpu_usage_usec().ok())
+            .map_or(ticks_ms, |us| us / 1000);
+        (Some(rss), Some(cpu))
+    }
+
+    /// Every process of a unit: its cgroup's, else its main process and its descendants.
+    fn unit_pids(&self, rt: &UnitRt) -> Vec<i32> {
+        if let Some(cg) = rt.cgroup.as_ref() {
+            return cg.procs().unwrap_or_default();
+        }
+        if rt.pidfd.is_none() {
+            return Vec::new();
+        }
+        let mut pids = vec![rt.pid];
+        pids.extend(
+            procstat::descendants(rt.pid)
+                .into_iter()
+                .map(|(pid, _, _)| pid),
+        );
+        pids
+    }
+
+    /// `Tree[,<name>]`: every process of every unit (or of one).
+    pub(super) fn tree(&self, name: Option<&[u8]>) -> Reply {
+        let ids: Vec<UnitId> = match name {
+            Some(name) => {
+                let text = String::from_utf8_lossy(name);
+                match self.services.id(&text) {
+                    Some(id) => vec![id],
+                    None => return Reply::error(format!("no such service: {text}")),
+                }
+            }
+            None => self.services.ids().collect(),
+        };
+        let mut nodes = Vec::new();
+        for id in ids {
+            let (Some(rt), Some(spec)) = (self.units.get(&id), self.services.spec(id)) else {
+                continue;
+            };
+            for pid in self.unit_pids(rt) {
+                if nodes.len() >= MAX_TREE_NODES {
+                    break;
+                }
+                if let Some(st) = procstat::sample(pid) {
+                    nodes.push(TreeNode {
+                        name: spec.name.clone().into_bytes(),
+                        pid,
+                        ppid: st.stat.ppid,
+                        comm: st.stat.comm.into_bytes(),
+                    });
+                }
+            }
+        }
+        Reply::Tree(nodes)
+    }
+
+    /// `Config`: every unit's effective settings.
+    pub(super) fn config_dump(&self) -> Reply {
+        let mut settings = Vec::new();
+        for id in self.services.ids() {
+            let Some(spec) = self.services.spec(id) else {
+                continue;
+            };
+            for (key, value) in spec.settings() {
+                settings.push(Setting {
+                    name: spec.name.clone().into_bytes(),
+                    key: key.as_bytes().to_vec(),
+                    value: value.into_bytes(),
+                });
+            }
+        }
+        Reply::Config(settings)
+    }
+
+    /// Logs what a unit's manager is set up with, once at start.
+    pub(super) fn log_units(&self) {
+        let n = self.services.ids().count();
+        if n > 0 {
+            info!(
+                "{n} services and tasks; cgroups: {}",
+                match &self.cgroups {
+                    Some(c) => c.path().display().to_string(),
+                    None => "none".to_string(),
+                }
+            );
+        }
+    }
+}
+
+/// Builds the manager from a configuration file.
+pub(super) fn load(path: &std::path::Path) -> Result<Manager, archon_lua::LoadError> {
+    let config = archon_lua::load_file(path)?;
+    Ok(Manager::new(config, now_ms()))
+}
+
+/// A process's row in `Status`: named by its id.
+fn process_row(row: &archon_proto::ProcessRow) -> ServiceRow {
+    ServiceRow {
+        name: row.id.to_string().into_bytes(),
+        kind: row.kind.into(),
+        state: row.state.into(),
+        pid: (row.state != archon_proto::ProcState::Exited).then_some(row.pid),
+        since_ms: row.started_ms,
+        restarts: 0,
+        last: row.status,
+        ready: None,
+        health: None,
+        rss_kib: None,
+        cpu_ms: None,
+        reason: Vec::new(),
+    }
+}

@@ -1,0 +1,1316 @@
+//! The manager: every unit (service or task), what it should be doing ([`Want`]), what it is doing
+//! ([`State`]), and the step that turns one into the other.
+//!
+//! Dependencies: a unit starts once every unit it `requires` is ready (a service) or done (a
+//! task), and once every unit it is ordered `after` that is on its way up has got there; a unit
+//! stops once every unit ordered after it that is going down has stopped. Both rules are checked
+//! by [`Manager::settle`] for the units whose neighbours changed, so starting or stopping
+//! everything costs time in proportion to the number of units and edges, not its square.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use archon_lua::{Config, Ready, Service, UnitKind};
+use archon_proto::{ReloadCounts, Reply, Status};
+
+use super::policy;
+use crate::table::ReplyTo;
+use crate::{info, warn};
+
+/// A unit, by the number archon gave it (never reused, so a stale timer finds nothing).
+pub type UnitId = u64;
+
+/// Where a unit is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not running, and not asked to.
+    Stopped,
+    /// Asked to start: waiting for what it requires or comes after.
+    Starting,
+    /// Its process runs; not yet ready (it will say so by notify or on its ready fd).
+    Running,
+    /// Its process runs and is ready.
+    Ready,
+    /// Asked to stop: signalled, waiting for its process to end.
+    Stopping,
+    /// Waiting to restart after a failure.
+    Backoff,
+    /// Given up: a failure that is not restarted, too many restarts, a dependency that failed.
+    Failed,
+    /// A task that has run to completion.
+    Done,
+    /// Stopped with SIGSTOP (or a frozen cgroup) until resumed.
+    Paused,
+}
+
+impl State {
+    /// The state's name, as `Status` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Ready => "ready",
+            State::Stopping => "stopping",
+            State::Backoff => "backoff",
+            State::Failed => "failed",
+            State::Done => "done",
+            State::Paused => "paused",
+        }
+    }
+}
+
+/// What a unit should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Up,
+    Down,
+}
+
+/// What happens once a process being stopped has ended.
+#[derive(Debug, Clone, PartialEq)]
+enum AfterStop {
+    /// Nothing: it was asked to stop.
+    Rest,
+    /// Start it again: a restart.
+    Start,
+    /// archon stopped it for a failure (not ready in time, watchdog, unhealthy): the restart
+    /// policy decides, as for a crash.
+    Failure(String),
+}
+
+/// The result of the last health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No health check, or no process.
+    None,
+    /// Checks run, none has passed yet.
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+/// Timers the manager asks the loop for: one of each kind per unit at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKind {
+    /// The pause before a restart is over.
+    Backoff,
+    /// The process has not said it is ready in time.
+    ReadyTimeout,
+    /// No WATCHDOG=1 in time.
+    Watchdog,
+    /// The stop timeout is over: SIGKILL.
+    StopTimeout,
+    /// Time for the next health check.
+    Health,
+}
+
+/// What the loop is to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start the unit's process, then call [`Manager::spawned`] or [`Manager::spawn_failed`].
+    Spawn(UnitId),
+    /// Send a signal to the unit's main process, or (`tree`) to every process of the unit.
+    Signal {
+        /// The unit.
+        unit: UnitId,
+        /// The signal.
+        sig: i32,
+        /// To the whole tree (cgroup, else process group), not the main process alone.
+        tree: bool,
+    },
+    /// SIGKILL every process of the unit.
+    Kill(UnitId),
+    /// Stop (SIGSTOP, or freeze its cgroup) or resume every process of the unit.
+    Freeze {
+        /// The unit.
+        unit: UnitId,
+        /// Stop when true, resume when false.
+        frozen: bool,
+    },
+    /// Arm a timer (replacing one of that kind for that unit), then call [`Manager::timer`].
+    Arm {
+        /// The unit.
+        unit: UnitId,
+        /// Which timer.
+        timer: TimerKind,
+        /// When, from now.
+        after: Duration,
+    },
+    /// Cancel a timer.
+    Disarm {
+        /// The unit.
+        unit: UnitId,
+        /// Which timer.
+        timer: TimerKind,
+    },
+    /// Run the unit's health check, then call [`Manager::health_result`].
+    Check(UnitId),
+    /// Send a reply.
+    Reply(ReplyTo, Reply),
+    /// The unit was removed by a reload and has stopped: free what the loop holds for it.
+    Forget(UnitId),
+    /// A critical unit has failed: stop everything and exit with this code.
+    Exit(u8),
+}
+
+/// A reply owed when a unit gets somewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiter {
+    /// `Start`/`Restart`: when it is ready or done, or has failed.
+    Up(ReplyTo),
+    /// `Stop`: when it has stopped.
+    Down(ReplyTo),
+}
+
+/// One unit: its configuration and its life.
+#[derive(Debug)]
+struct Unit {
+    spec: Service,
+    state: State,
+    want: Want,
+    pid: Option<i32>,
+    /// A Spawn action is out and its outcome not yet told.
+    spawning: bool,
+    /// When it entered its state (Unix ms).
+    since_ms: u64,
+    /// When its current process started (Unix ms).
+    started_ms: u64,
+    /// Restarts since it was loaded (or last started by hand).
+    restarts: u32,
+    /// Failures in a row since the last stable run: the backoff exponent.
+    consecutive: u32,
+    /// Times of recent restarts, for the flap limit.
+    recent: VecDeque<u64>,
+    last: Option<Status>,
+    ready: bool,
+    health: Health,
+    health_fails: u32,
+    reason: String,
+    after_stop: AfterStop,
+    /// A stop's timeout when it was given with the request.
+    stop_timeout_ms: Option<u64>,
+    paused_from: State,
+    /// Removed by a reload: forgotten once down.
+    removing: bool,
+    waiters: Vec<Waiter>,
+    /// The last STATUS= it sent.
+    status_text: String,
+}
+
+impl Unit {
+    fn new(spec: Service, now_ms: u64) -> Unit {
+        Unit {
+            spec,
+            state: State::Stopped,
+            want: Want::Down,
+            pid: None,
+            spawning: false,
+            since_ms: now_ms,
+            started_ms: 0,
+            restarts: 0,
+            consecutive: 0,
+            recent: VecDeque::new(),
+            last: None,
+            ready: false,
+            health: Health::None,
+            health_fails: 0,
+            reason: String::new(),
+            after_stop: AfterStop::Rest,
+            stop_timeout_ms: None,
+            paused_from: State::Running,
+            removing: false,
+            waiters: Vec::new(),
+            status_text: String::new(),
+        }
+    }
+
+    /// Has a process, or one is being started.
+    fn has_process(&self) -> bool {
+        self.pid.is_some() || self.spawning
+    }
+
+    /// Got where a unit that requires it needs it: ready, or done for a task.
+    fn satisfies(&self) -> bool {
+        match self.spec.kind {
+            UnitKind::Service => self.state == State::Ready,
+            UnitKind::Task => self.state == State::Done,
+        }
+    }
+
+    /// On its way up: something ordered after it waits.
+    fn coming_up(&self) -> bool {
+        self.want == Want::Up
+            && (matches!(
+                self.state,
+                State::Starting | State::Running | State::Backoff
+            ) || (self.state == State::Stopping && self.after_stop != AfterStop::Rest))
+    }
+}
+
+/// What `Status` shows of a unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitView {
+    /// Its name.
+    pub name: String,
+    /// Service or task.
+    pub kind: UnitKind,
+    /// Its state.
+    pub state: State,
+    /// Its main process.
+    pub pid: Option<i32>,
+    /// When it entered its state (Unix ms).
+    pub since_ms: u64,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// How its last process ended.
+    pub last: Option<Status>,
+    /// Ready (for a unit with a process), else `None`.
+    pub ready: Option<bool>,
+    /// Health, when it has a check and a process.
+    pub health: Health,
+    /// Why it is failed, backing off or stopped; else its last STATUS=.
+    pub reason: String,
+}
+
+/// Every unit, and the actions owed to the loop.
+#[derive(Debug, Default)]
+pub struct Manager {
+    units: BTreeMap<UnitId, Unit>,
+    by_name: HashMap<String, UnitId>,
+    /// For each unit, the units ordered after it (it is in their `after`).
+    dependents: HashMap<UnitId, Vec<UnitId>>,
+    /// For each unit, the units that require it.
+    requirers: HashMap<UnitId, Vec<UnitId>>,
+    next_id: UnitId,
+    /// Units whose neighbours or own state changed since the last settle.
+    dirty: BTreeSet<UnitId>,
+    actions: Vec<Action>,
+    /// Everything is being stopped (archon is shutting down).
+    shutting_down: bool,
+}
+
+impl Manager {
+    /// Loads `config`: every unit that is enabled and starts on its own, and what it requires,
+    /// is asked to start.
+    pub fn new(config: Config, now_ms: u64) -> Manager {
+        let mut m = Manager {
+            next_id: 1,
+            ..Manager::default()
+        };
+        for spec in config.services {
+            m.insert(spec, now_ms);
+        }
+        m.link();
+        let boot: Vec<UnitId> = m
+            .units
+            .iter()
+            .filter(|(_, u)| u.spec.enabled && u.spec.autostart)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in boot {
+            m.want_up(id, false, now_ms);
+        }
+        m.settle(now_ms);
+        m
+    }
+
+    fn insert(&mut self, spec: Service, now_ms: u64) -> UnitId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_name.insert(spec.name.clone(), id);
+        self.units.insert(id, Unit::new(spec, now_ms));
+        id
+    }
+
+    /// Rebuilds the reverse edges from every unit's `after` and `requires`.
+    fn link(&mut self) {
+        self.dependents.clear();
+        self.requirers.clear();
+        for (&id, u) in &self.units {
+            for name in &u.spec.after {
+                if let Some(&dep) = self.by_name.get(name) {
+                    self.dependents.entry(dep).or_default().push(id);
+                }
+            }
+            for name in &u.spec.requires {
+                if let Some(&dep) = self.by_name.get(name) {
+                    self.requirers.entry(dep).or_default().push(id);
+                }
+            }
+        }
+    }
+
+    /// The actions owed to the loop, oldest first.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The unit called `name`.
+    pub fn id(&self, name: &str) -> Option<UnitId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// A unit's configuration.
+    pub fn spec(&self, id: UnitId) -> Option<&Service> {
+        self.units.get(&id).map(|u| &u.spec)
+    }
+
+    /// Every unit, in declaration order.
+    pub fn ids(&self) -> impl Iterator<Item = UnitId> + '_ {
+        self.units.keys().copied()
+    }
+
+    /// True once no unit has a process: a shutdown can end.
+    pub fn all_down(&self) -> bool {
+        self.units.values().all(|u| !u.has_process())
+    }
+
+    /// What `Status` shows of a unit.
+    pub fn view(&self, id: UnitId) -> Option<UnitView> {
+        let u = self.units.get(&id)?;
+        let reason = if u.reason.is_empty() {
+            u.status_text.clone()
+        } else {
+            u.reason.clone()
+        };
+        Some(UnitView {
+            name: u.spec.name.clone(),
+            kind: u.spec.kind,
+            state: u.state,
+            pid: u.pid,
+            since_ms: u.since_ms,
+            restarts: u.restarts,
+            last: u.last,
+            ready: u
+                .pid
+                .filter(|_| u.spec.kind == UnitKind::Service)
+                .map(|_| u.ready),
+            health: if u.pid.is_some() {
+                u.health
+            } else {
+                Health::None
+            },
+            reason,
+        })
+    }
+
+    fn set_state(&mut self, id: UnitId, state: State, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        if u.state == state {
+            return;
+        }
+        u.state = state;
+        u.since_ms = now_ms;
+        self.touch(id);
+    }
+
+    /// Marks a unit and its neighbours for the next settle.
+    fn touch(&mut self, id: UnitId) {
+        self.dirty.insert(id);
+        if let Some(ds) = self.dependents.get(&id) {
+            self.dirty.extend(ds.iter().copied());
+        }
+        if let Some(u) = self.units.get(&id) {
+            for name in &u.spec.after {
+                if let Some(&dep) = self.by_name.get(name) {
+                    self.dirty.insert(dep);
+                }
+            }
+        }
+    }
+
+    fn arm(&mut self, unit: UnitId, timer: TimerKind, ms: u64) {
+        self.actions.push(Action::Arm {
+            unit,
+            timer,
+            after: Duration::from_millis(ms),
+        });
+    }
+
+    fn disarm(&mut self, unit: UnitId, timer: TimerKind) {
+        self.actions.push(Action::Disarm { unit, timer });
+    }
+
+    fn reply(&mut self, to: ReplyTo, reply: Reply) {
+        self.actions.push(Action::Reply(to, reply));
+    }
+
+    /// Pays the `Start` waiters of a unit: `Ok,<name>`, or the error.
+    fn pay_up(&mut self, id: UnitId, result: Result<(), String>) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        let name = u.spec.name.clone();
+        let mut due = Vec::new();
+        u.waiters.retain(|w| match w {
+            Waiter::Up(to) => {
+                due.push(*to);
+                false
+            }
+            Waiter::Down(_) => true,
+        });
+        for to in due {
+            let reply = match &result {
+                Ok(()) => Reply::Ok(vec![name.clone().into_bytes()]),
+                Err(reason) => Reply::error(format!("{name}: {reason}")),
+            };
+            self.reply(to, reply);
+        }
+    }
+
+    /// Pays the `Stop` waiters of a unit: `Ok,<name>,<status>`.
+    fn pay_down(&mut self, id: UnitId, status: Option<Status>) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        let name = u.spec.name.clone();
+        let mut due = Vec::new();
+        u.waiters.retain(|w| match w {
+            Waiter::Down(to) => {
+                due.push(*to);
+                false
+            }
+            Waiter::Up(_) => true,
+        });
+        let status = status.map_or_else(|| b"-".to_vec(), Status::to_field);
+        for to in due {
+            self.reply(
+                to,
+                Reply::Ok(vec![name.clone().into_bytes(), status.clone()]),
+            );
+        }
+    }
+
+    // ----- requests -----
+
+    /// Asks `id` (and, first, everything it requires) to come up. `explicit`: asked by name, so
+    /// a done task runs again and a failed unit is given a fresh start.
+    fn want_up(&mut self, id: UnitId, explicit: bool, now_ms: u64) {
+        let mut stack = vec![(id, explicit)];
+        let mut seen = BTreeSet::new();
+        while let Some((id, explicit)) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(u) = self.units.get_mut(&id) else {
+                continue;
+            };
+            if !u.spec.enabled {
+                continue;
+            }
+            u.want = Want::Up;
+            let state = u.state;
+            match state {
+                State::Stopped | State::Failed => {
+                    u.reason.clear();
+                    u.consecutive = 0;
+                    u.recent.clear();
+                    self.set_state(id, State::Starting, now_ms);
+                }
+                State::Done if explicit => {
+                    u.reason.clear();
+                    self.set_state(id, State::Starting, now_ms);
+                }
+                State::Stopping if u.after_stop == AfterStop::Rest => {
+                    u.after_stop = AfterStop::Start;
+                }
+                _ => {}
+            }
+            self.touch(id);
+            if let Some(u) = self.units.get(&id) {
+                for name in &u.spec.requires {
+                    if let Some(&dep) = self.by_name.get(name) {
+                        stack.push((dep, false));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Start,<name>`: replies once it is ready (or done), or has failed to get there.
+    pub fn start(&mut self, name: &str, to: Option<ReplyTo>, now_ms: u64) -> Result<(), String> {
+        let id = self.known(name)?;
+        if self.shutting_down {
+            return Err("shutting down".into());
+        }
+        let u = self.units.get(&id).ok_or("no such service")?;
+        if !u.spec.enabled {
+            return Err(format!("{name} is disabled"));
+        }
+        if u.state == State::Paused {
+            return Err(format!("{name} is paused (resume it)"));
+        }
+        let already = u.satisfies() && !(u.spec.kind == UnitKind::Task);
+        self.want_up(id, true, now_ms);
+        match to {
+            Some(to) if already => self.reply(to, Reply::Ok(vec![name.as_bytes().to_vec()])),
+            Some(to) => {
+                if let Some(u) = self.units.get_mut(&id) {
+                    u.waiters.push(Waiter::Up(to));
+                }
+            }
+            None => {}
+        }
+        self.settle(now_ms);
+        Ok(())
+    }
+
+    /// `Stop,<name>[,<grace-ms>]`: stops the units that require it, then it; replies once it has
+    /// stopped.
+    pub fn stop(
+        &mut self,
+        name: &str,
+        timeout_ms: Option<u64>,
+        to: Option<ReplyTo>,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let id = self.known(name)?;
+        self.want_down(id, timeout_ms, now_ms);
+        if let Some(to) = to {
+            let has_process = self.units.get(&id).is_some_and(Unit::has_process);
+            if has_process {
+                if let Some(u) = self.units.get_mut(&id) {
+                    u.waiters.push(Waiter::Down(to));
+                }
+            } else {
+                self.reply(to, Reply::Ok(vec![name.as_bytes().to_vec(), b"-".to_vec()]));
+            }
+        }
+        self.settle(now_ms);
+        Ok(())
+    }
+
+    /// Asks `id` and everything that requires it to go down.
+    fn want_down(&mut self, id: UnitId, timeout_ms: Option<u64>, now_ms: u64) {
+        let mut stack = vec![id];
+        let mut seen = BTreeSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(u) = self.units.get_mut(&id) else {
+                continue;
+            };
+            u.want = Want::Down;
+            if timeout_ms.is_some() {
+                u.stop_timeout_ms = timeout_ms;
+            }
+            if u.state == State::Stopping && u.after_stop == AfterStop::Start {
+                u.after_stop = AfterStop::Rest;
+            }
+            self.touch(id);
+            if let Some(rs) = self.requirers.get(&id) {
+                stack.extend(rs.iter().copied());
+            }
+        }
+        let _ = now_ms;
+    }
+
+    /// `Restart,<name>`: stops it (not what requires it) and starts it again; replies once it is
+    /// ready again.
+    pub fn restart(&mut self, name: &str, to: Option<ReplyTo>, now_ms: u64) -> Result<(), String> {
+        let id = self.known(name)?;
+        if self.shutting_down {
+            return Err("shutting down".into());
+        }
+        let u = self.units.get(&id).ok_or("no such service")?;
+        if !u.spec.enabled {
+            return Err(format!("{name} is disabled"));
+        }
+        let running = u.pid.is_some() && u.state != State::Stopping;
+        if let Some(to) = to {
+            if let Some(u) = self.units.get_mut(&id) {
+                u.waiters.push(Waiter::Up(to));
+            }
+        }
+        if running {
+            if let Some(u) = self.units.get_mut(&id) {
+                u.want = Want::Up;
+                u.consecutive = 0;
+            }
+            self.begin_stop(id, AfterStop::Start, now_ms);
+            self.want_up(id, false, now_ms);
+        } else {
+            self.want_up(id, true, now_ms);
+        }
+        self.settle(now_ms);
+        Ok(())
+    }
+
+    /// `Pause,<name>` / `Resume,<name>`.
+    pub fn pause(&mut self, name: &str, pause: bool, now_ms: u64) -> Result<(), String> {
+        let id = self.known(name)?;
+        let u = self.units.get_mut(&id).ok_or("no such service")?;
+        let state = u.state;
+        match (pause, state) {
+            (true, State::Running | State::Ready) => {
+                u.paused_from = state;
+                self.set_state(id, State::Paused, now_ms);
+                for t in [
+                    TimerKind::ReadyTimeout,
+                    TimerKind::Watchdog,
+                    TimerKind::Health,
+                ] {
+                    self.disarm(id, t);
+                }
+                self.actions.push(Action::Freeze {
+                    unit: id,
+                    frozen: true,
+                });
+                Ok(())
+            }
+            (true, State::Paused) => Ok(()),
+            (false, State::Paused) => {
+                let back = u.paused_from;
+                self.actions.push(Action::Freeze {
+                    unit: id,
+                    frozen: false,
+                });
+                self.set_state(id, back, now_ms);
+                self.arm_running_timers(id, now_ms);
+                Ok(())
+            }
+            (true, s) => Err(format!("{name} is {}, not running", s.name())),
+            (false, s) => Err(format!("{name} is {}, not paused", s.name())),
+        }
+    }
+
+    /// `Signal,<name>,<sig>[,group]`.
+    pub fn signal(&mut self, name: &str, sig: i32, tree: bool) -> Result<(), String> {
+        let id = self.known(name)?;
+        let u = self.units.get(&id).ok_or("no such service")?;
+        if u.pid.is_none() {
+            return Err(format!("{name} is {}, not running", u.state.name()));
+        }
+        self.actions.push(Action::Signal {
+            unit: id,
+            sig,
+            tree,
+        });
+        Ok(())
+    }
+
+    /// Stops everything, in reverse dependency order (SIGTERM to archon).
+    pub fn shut_down(&mut self, now_ms: u64) {
+        self.shutting_down = true;
+        let ids: Vec<UnitId> = self.units.keys().copied().collect();
+        for id in ids {
+            if let Some(u) = self.units.get_mut(&id) {
+                u.want = Want::Down;
+                if u.state == State::Stopping && u.after_stop == AfterStop::Start {
+                    u.after_stop = AfterStop::Rest;
+                }
+            }
+            self.touch(id);
+        }
+        self.settle(now_ms);
+    }
+
+    /// SIGKILL to every unit that is stopping (a second SIGTERM to archon).
+    pub fn kill_all(&mut self) {
+        let ids: Vec<UnitId> = self
+            .units
+            .iter()
+            .filter(|(_, u)| u.pid.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.actions.push(Action::Kill(id));
+        }
+    }
+
+    fn known(&self, name: &str) -> Result<UnitId, String> {
+        self.id(name)
+            .ok_or_else(|| format!("no such service: {name}"))
+    }
+
+    // ----- what the loop reports -----
+
+    /// The process of `id` runs (its exec succeeded).
+    pub fn spawned(&mut self, id: UnitId, pid: i32, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.spawning = false;
+        u.pid = Some(pid);
+        u.started_ms = now_ms;
+        u.ready = false;
+        u.after_stop = AfterStop::Rest;
+        u.health_fails = 0;
+        u.status_text.clear();
+        let (kind, ready) = (u.spec.kind, u.spec.ready);
+        info!("{}: started, pid {pid}", u.spec.name);
+        self.set_state(id, State::Running, now_ms);
+        if kind == UnitKind::Service && ready == Ready::Exec {
+            self.mark_ready(id, now_ms);
+        } else {
+            self.arm_running_timers(id, now_ms);
+        }
+        self.settle(now_ms);
+    }
+
+    /// Timers of a running unit: the ready timeout while not ready, the watchdog, health checks
+    /// once ready.
+    fn arm_running_timers(&mut self, id: UnitId, _now_ms: u64) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        let (ready, kind, ready_timeout, watchdog) = (
+            u.ready,
+            u.spec.kind,
+            u.spec.ready_timeout_ms,
+            u.spec.watchdog_ms,
+        );
+        let health = u.spec.health.as_ref().map(|h| h.interval_ms);
+        if !ready && kind == UnitKind::Service && u.spec.ready != Ready::Exec {
+            self.arm(id, TimerKind::ReadyTimeout, ready_timeout);
+        }
+        if let Some(ms) = watchdog {
+            self.arm(id, TimerKind::Watchdog, ms);
+        }
+        if ready {
+            if let Some(ms) = health {
+                self.arm(id, TimerKind::Health, ms);
+            }
+        }
+    }
+
+    /// Starting `id` failed before its program ran: failed, with the reason.
+    pub fn spawn_failed(&mut self, id: UnitId, reason: String, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.spawning = false;
+        warn!("{}: {reason}", u.spec.name);
+        self.fail(id, reason, now_ms);
+        self.settle(now_ms);
+    }
+
+    /// `id` says it is ready (READY=1, or a line on its ready fd).
+    pub fn ready(&mut self, id: UnitId, now_ms: u64) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        if u.ready || u.pid.is_none() || u.spec.kind == UnitKind::Task {
+            return;
+        }
+        self.mark_ready(id, now_ms);
+        self.settle(now_ms);
+    }
+
+    fn mark_ready(&mut self, id: UnitId, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.ready = true;
+        if u.spec.health.is_some() {
+            u.health = Health::Starting;
+        }
+        let state = u.state;
+        info!("{}: ready", u.spec.name);
+        self.disarm(id, TimerKind::ReadyTimeout);
+        if state == State::Running {
+            self.set_state(id, State::Ready, now_ms);
+        } else {
+            self.touch(id);
+        }
+        self.arm_running_timers(id, now_ms);
+        self.pay_up(id, Ok(()));
+    }
+
+    /// `id` sent WATCHDOG=1: its watchdog starts over.
+    pub fn watchdog_kick(&mut self, id: UnitId) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        if let (Some(ms), Some(_), false) = (u.spec.watchdog_ms, u.pid, u.state == State::Paused) {
+            self.arm(id, TimerKind::Watchdog, ms);
+        }
+    }
+
+    /// `id` sent STATUS=.
+    pub fn status_text(&mut self, id: UnitId, text: String) {
+        if let Some(u) = self.units.get_mut(&id) {
+            u.status_text = text;
+        }
+    }
+
+    /// The process of `id` has ended with `status`.
+    pub fn exited(&mut self, id: UnitId, status: Status, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        if u.pid.is_none() {
+            return;
+        }
+        u.pid = None;
+        u.last = Some(status);
+        u.ready = false;
+        u.health = Health::None;
+        u.stop_timeout_ms = None;
+        let uptime = now_ms.saturating_sub(u.started_ms);
+        if uptime >= u.spec.backoff.reset_after_ms {
+            u.consecutive = 0;
+        }
+        let stopping = u.state == State::Stopping;
+        let after = std::mem::replace(&mut u.after_stop, AfterStop::Rest);
+        let (kind, policy, name, want) = (u.spec.kind, u.spec.restart, u.spec.name.clone(), u.want);
+        for t in [
+            TimerKind::ReadyTimeout,
+            TimerKind::Watchdog,
+            TimerKind::Health,
+            TimerKind::StopTimeout,
+        ] {
+            self.disarm(id, t);
+        }
+        let what = status.to_string();
+        let failed = match kind {
+            UnitKind::Task => status != Status::Exited(0),
+            UnitKind::Service => !policy::clean_exit(status),
+        };
+        if stopping {
+            info!("{name}: stopped ({what})");
+            self.pay_down(id, Some(status));
+            match after {
+                AfterStop::Failure(reason) if want == Want::Up => self.fault(id, reason, now_ms),
+                _ => {
+                    if let Some(u) = self.units.get_mut(&id) {
+                        u.reason.clear();
+                    }
+                    if want == Want::Up {
+                        self.set_state(id, State::Starting, now_ms);
+                    } else {
+                        self.set_state(id, State::Stopped, now_ms);
+                        self.pay_up(id, Err("stopped".into()));
+                    }
+                }
+            }
+        } else if kind == UnitKind::Task && !failed {
+            info!("{name}: done");
+            if let Some(u) = self.units.get_mut(&id) {
+                u.reason.clear();
+            }
+            self.set_state(id, State::Done, now_ms);
+            self.pay_up(id, Ok(()));
+        } else if want == Want::Up && policy::restarts(policy, failed) {
+            warn!("{name}: {what}");
+            self.fault(id, what, now_ms);
+        } else if failed {
+            self.fail(id, what, now_ms);
+        } else {
+            // Ended cleanly, and its policy does not bring it back.
+            info!("{name}: {what}");
+            if let Some(u) = self.units.get_mut(&id) {
+                u.want = Want::Down;
+                u.reason = what.clone();
+            }
+            self.set_state(id, State::Stopped, now_ms);
+            self.pay_up(id, Err(what));
+        }
+        self.after_down(id, now_ms);
+        self.settle(now_ms);
+    }
+
+    /// A unit that was removed by a reload and is down now is forgotten.
+    fn after_down(&mut self, id: UnitId, _now_ms: u64) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        if u.removing && !u.has_process() {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: UnitId) {
+        if let Some(u) = self.units.remove(&id) {
+            for t in [
+                TimerKind::Backoff,
+                TimerKind::ReadyTimeout,
+                TimerKind::Watchdog,
+                TimerKind::Health,
+                TimerKind::StopTimeout,
+            ] {
+                self.disarm(id, t);
+            }
+            for w in u.waiters {
+                let to = match w {
+                    Waiter::Up(to) | Waiter::Down(to) => to,
+                };
+                self.reply(
+                    to,
+                    Reply::error(format!("{}: removed by a reload", u.spec.name)),
+                );
+            }
+            self.by_name.remove(&u.spec.name);
+            self.dirty.remove(&id);
+            self.actions.push(Action::Forget(id));
+        }
+    }
+
+    /// A failure while `id` should be up: restarts per its policy and backoff, or fails.
+    fn fault(&mut self, id: UnitId, reason: String, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        if !u.ready {
+            // Whoever waits for it to come up learns it did not.
+        }
+        let restart = u.want == Want::Up && policy::restarts(u.spec.restart, true);
+        if !restart {
+            self.fail(id, reason, now_ms);
+            return;
+        }
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
+            let flap = &u.spec.flap;
+            let why = format!(
+                "{reason}; more than {} restarts within {}",
+                flap.restarts,
+                ms_text(flap.within_ms)
+            );
+            self.fail(id, why, now_ms);
+            return;
+        }
+        let delay = policy::backoff_delay(&u.spec.backoff, u.consecutive);
+        u.consecutive = u.consecutive.saturating_add(1);
+        u.restarts = u.restarts.saturating_add(1);
+        u.reason = reason.clone();
+        let name = u.spec.name.clone();
+        self.pay_up(id, Err(reason));
+        if delay.is_zero() {
+            info!("{name}: restarting");
+            self.set_state(id, State::Starting, now_ms);
+        } else {
+            info!(
+                "{name}: restarting in {}",
+                ms_text(delay.as_millis() as u64)
+            );
+            self.set_state(id, State::Backoff, now_ms);
+            self.arm(id, TimerKind::Backoff, delay.as_millis() as u64);
+        }
+    }
+
+    /// `id` has failed for good (until started again by hand).
+    fn fail(&mut self, id: UnitId, reason: String, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.reason = reason.clone();
+        u.want = Want::Down;
+        let (name, critical) = (u.spec.name.clone(), u.spec.critical);
+        warn!("{name}: failed: {reason}");
+        self.set_state(id, State::Failed, now_ms);
+        self.pay_up(id, Err(reason.clone()));
+        self.pay_down(id, None);
+        if critical && !self.shutting_down {
+            warn!("{name} is critical: stopping everything");
+            self.actions.push(Action::Exit(1));
+        }
+    }
+
+    /// A timer of `id` has fired.
+    pub fn timer(&mut self, id: UnitId, timer: TimerKind, now_ms: u64) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        let (state, name) = (u.state, u.spec.name.clone());
+        match timer {
+            TimerKind::Backoff if state == State::Backoff => {
+                self.set_state(id, State::Starting, now_ms);
+            }
+            TimerKind::ReadyTimeout if state == State::Running && !u.ready => {
+                let why = format!("not ready within {}", ms_text(u.spec.ready_timeout_ms));
+                warn!("{name}: {why}");
+                self.begin_stop(id, AfterStop::Failure(why), now_ms);
+            }
+            TimerKind::Watchdog if u.pid.is_some() && state != State::Stopping => {
+                let why = format!(
+                    "watchdog: no WATCHDOG=1 within {}",
+                    ms_text(u.spec.watchdog_ms.unwrap_or(0))
+                );
+                warn!("{name}: {why}");
+                self.begin_stop(id, AfterStop::Failure(why), now_ms);
+            }
+            TimerKind::StopTimeout if state == State::Stopping && u.pid.is_some() => {
+                warn!("{name}: did not stop in time: SIGKILL");
+                self.actions.push(Action::Kill(id));
+            }
+            TimerKind::Health if u.pid.is_some() && state == State::Ready => {
+                self.actions.push(Action::Check(id));
+            }
+            _ => {}
+        }
+        self.settle(now_ms);
+    }
+
+    /// A health check of `id` has passed (`Ok`) or failed (with what went wrong).
+    pub fn health_result(&mut self, id: UnitId, result: Result<(), String>, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        let Some(h) = u.spec.health.clone() else {
+            return;
+        };
+        if u.pid.is_none() || u.state != State::Ready {
+            return;
+        }
+        let in_start_period = now_ms.saturating_sub(u.started_ms) < h.start_period_ms;
+        match result {
+            Ok(()) => {
+                u.health = Health::Healthy;
+                u.health_fails = 0;
+            }
+            Err(what) => {
+                if !(in_start_period && u.health == Health::Starting) {
+                    u.health_fails = u.health_fails.saturating_add(1);
+                }
+                if u.health_fails >= h.retries.max(1) {
+                    u.health = Health::Unhealthy;
+                    let why = format!("unhealthy: {what}");
+                    warn!("{}: {why}", u.spec.name);
+                    self.begin_stop(id, AfterStop::Failure(why), now_ms);
+                    self.settle(now_ms);
+                    return;
+                }
+            }
+        }
+        self.arm(id, TimerKind::Health, h.interval_ms);
+    }
+
+    // ----- stopping -----
+
+    /// Signals `id` to stop; `after` says what happens once it has.
+    fn begin_stop(&mut self, id: UnitId, after: AfterStop, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        if u.pid.is_none() {
+            return;
+        }
+        let was_paused = u.state == State::Paused;
+        u.after_stop = after;
+        let sig = u.spec.stop_signal;
+        let timeout = u.stop_timeout_ms.unwrap_or(u.spec.stop_timeout_ms);
+        info!(
+            "{}: stopping (pid {}), SIGKILL in {}",
+            u.spec.name,
+            u.pid.unwrap_or(0),
+            ms_text(timeout)
+        );
+        self.set_state(id, State::Stopping, now_ms);
+        for t in [
+            TimerKind::ReadyTimeout,
+            TimerKind::Watchdog,
+            TimerKind::Health,
+        ] {
+            self.disarm(id, t);
+        }
+        if was_paused {
+            self.actions.push(Action::Freeze {
+                unit: id,
+                frozen: false,
+            });
+        }
+        self.actions.push(Action::Signal {
+            unit: id,
+            sig,
+            tree: true,
+        });
+        if sig != libc::SIGCONT {
+            self.actions.push(Action::Signal {
+                unit: id,
+                sig: libc::SIGCONT,
+                tree: true,
+            });
+        }
+        self.arm(id, TimerKind::StopTimeout, timeout);
+    }
+
+    // ----- the step -----
+
+    /// Moves every unit whose neighbourhood changed as far as the rules allow: starts what may
+    /// start, stops what may stop, fails what can no longer start.
+    pub fn settle(&mut self, now_ms: u64) {
+        while let Some(id) = self.dirty.pop_first() {
+            self.step(id, now_ms);
+        }
+    }
+
+    fn step(&mut self, id: UnitId, now_ms: u64) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        match (u.want, u.state) {
+            (Want::Up, State::Starting) if !u.has_process() => match self.may_start(id) {
+                Gate::Go => {
+                    if let Some(u) = self.units.get_mut(&id) {
+                        u.spawning = true;
+                    }
+                    self.actions.push(Action::Spawn(id));
+                }
+                Gate::Wait => {}
+                Gate::Never(why) => self.fail(id, why, now_ms),
+            },
+            (Want::Down, State::Running | State::Ready | State::Paused) if self.may_stop(id) => {
+                self.begin_stop(id, AfterStop::Rest, now_ms);
+            }
+            (Want::Down, State::Starting | State::Backoff) if !u.has_process() => {
+                self.disarm(id, TimerKind::Backoff);
+                self.set_state(id, State::Stopped, now_ms);
+                self.pay_up(id, Err("stopped".into()));
+                self.pay_down(id, None);
+                self.after_down(id, now_ms);
+            }
+            (Want::Down, State::Stopped | State::Failed | State::Done) => {
+                self.pay_down(id, None);
+                self.after_down(id, now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    fn may_start(&self, id: UnitId) -> Gate {
+        let Some(u) = self.units.get(&id) else {
+            return Gate::Wait;
+        };
+        for name in &u.spec.requires {
+            let Some(dep) = self.by_name.get(name).and_then(|d| self.units.get(d)) else {
+                return Gate::Never(format!("requires {name}, which is not declared"));
+            };
+            if dep.satisfies() {
+                continue;
+            }
+            if !dep.spec.enabled {
+                return Gate::Never(format!("requires {name}, which is disabled"));
+            }
+            if dep.state == State::Failed {
+                return Gate::Never(format!("requires {name}, which failed"));
+            }
+            if dep.want == Want::Down && !dep.has_process() {
+                return Gate::Never(format!("requires {name}, which is {}", dep.state.name()));
+            }
+            return Gate::Wait;
+        }
+        for name in &u.spec.after {
+            if let Some(dep) = self.by_name.get(name).and_then(|d| self.units.get(d)) {
+                if dep.coming_up() {
+                    return Gate::Wait;
+                }
+            }
+        }
+        Gate::Go
+    }
+
+    fn may_stop(&self, id: UnitId) -> bool {
+        self.dependents.get(&id).is_none_or(|ds| {
+            ds.iter().all(|d| {
+                self.units
+                    .get(d)
+                    .is_none_or(|d| d.want == Want::Up || !d.has_process())
+            })
+        })
+    }
+
+    // ----- reload -----
+
+    /// Applies a new configuration: starts what is new, stops what is gone, restarts what changed
+    /// (if it ran), leaves the rest alone.
+    pub fn reload(&mut self, config: Config, now_ms: u64) -> ReloadCounts {
+        let mut counts = ReloadCounts::default();
+        let mut declared = BTreeSet::new();
+        let mut fresh = Vec::new();
+        let mut changed = Vec::new();
+        for spec in config.services {
+            declared.insert(spec.name.clone());
+            match self.by_name.get(&spec.name).copied() {
+                None => {
+                    counts.started += 1;
+                    fresh.push(self.insert(spec, now_ms));
+                }
+                Some(id) => {
+                    let Some(u) = self.units.get_mut(&id) else {
+                        continue;
+                    };
+                    u.removing = false;
+                    let same = Service {
+                        line: u.spec.line,
+                        ..spec.clone()
+                    } == u.spec;
+                    u.spec = spec;
+                    if same {
+                        counts.unchanged += 1;
+                    } else {
+                        counts.restarted += 1;
+                        changed.push(id);
+                    }
+                }
+            }
+        }
+        let gone: Vec<UnitId> = self
+            .units
+            .iter()
+            .filter(|(_, u)| !declared.contains(&u.spec.name))
+            .map(|(&id, _)| id)
+            .collect();
+        counts.stopped = gone.len() as u32;
+        self.link();
+        for &id in &gone {
+            if let Some(u) = self.units.get_mut(&id) {
+                u.removing = true;
+                u.want = Want::Down;
+            }
+            self.touch(id);
+        }
+        for id in changed {
+            let Some(u) = self.units.get(&id) else {
+                continue;
+            };
+            let (enabled, auto, running) = (
+                u.spec.enabled,
+                u.spec.autostart,
+                u.pid.is_some() && u.state != State::Stopping,
+            );
+            if !enabled {
+                self.want_down(id, None, now_ms);
+            } else if running {
+                self.begin_stop(id, AfterStop::Start, now_ms);
+            } else if auto && u.want == Want::Down && u.state == State::Stopped {
+                self.want_up(id, false, now_ms);
+            }
+            self.touch(id);
+        }
+        for id in fresh {
+            let start = self
+                .units
+                .get(&id)
+                .is_some_and(|u| u.spec.enabled && u.spec.autostart);
+            if start && !self.shutting_down {
+                self.want_up(id, false, now_ms);
+            }
+        }
+        self.settle(now_ms);
+        counts
+    }
+}
+
+/// Whether a unit may start now.
+enum Gate {
+    Go,
+    Wait,
+    Never(String),
+}
+
+/// A duration for people: `250ms`, `7s`, `1.5s`.
+pub(crate) fn ms_text(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}

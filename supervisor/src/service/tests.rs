@@ -1,0 +1,592 @@
+//! The manager's rules, driven by hand: no process is forked; "spawning" is a number.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use archon_lua::{Backoff, Config, Flap, Ready, Restart, Service, UnitKind};
+use archon_proto::{ReloadCounts, Reply, Status};
+
+use super::*;
+use crate::table::ReplyTo;
+
+fn svc(name: &str) -> Service {
+    Service {
+        name: name.to_string(),
+        kind: UnitKind::Service,
+        line: 1,
+        argv: vec![b"/bin/true".to_vec()],
+        env: Vec::new(),
+        cwd: None,
+        user: None,
+        umask: None,
+        rlimits: Vec::new(),
+        nice: None,
+        restart: Restart::Always,
+        backoff: Backoff {
+            initial_ms: 100,
+            max_ms: 30_000,
+            multiplier: 2.0,
+            reset_after_ms: 10_000,
+        },
+        flap: Flap {
+            restarts: 5,
+            within_ms: 10_000,
+        },
+        stop_signal: libc::SIGTERM,
+        stop_timeout_ms: 7000,
+        enabled: true,
+        autostart: true,
+        critical: false,
+        requires: Vec::new(),
+        after: Vec::new(),
+        before: Vec::new(),
+        ready: Ready::Exec,
+        ready_timeout_ms: 60_000,
+        watchdog_ms: None,
+        health: None,
+    }
+}
+
+fn task(name: &str) -> Service {
+    Service {
+        kind: UnitKind::Task,
+        restart: Restart::Never,
+        ..svc(name)
+    }
+}
+
+fn requires(mut s: Service, deps: &[&str]) -> Service {
+    s.requires = deps.iter().map(|d| d.to_string()).collect();
+    s.after.extend(s.requires.clone());
+    s
+}
+
+fn after(mut s: Service, deps: &[&str]) -> Service {
+    s.after.extend(deps.iter().map(|d| d.to_string()));
+    s
+}
+
+const CLIENT: ReplyTo = ReplyTo { client: 1, seq: 0 };
+
+/// A fake loop: spawns succeed at once with made-up pids (unless told to fail); everything else
+/// the manager asks for is recorded.
+struct World {
+    m: Manager,
+    now: u64,
+    next_pid: i32,
+    failing: Vec<String>,
+    spawned: Vec<String>,
+    signals: Vec<(String, i32)>,
+    kills: Vec<String>,
+    timers: BTreeMap<(UnitId, TimerKind), Duration>,
+    replies: Vec<(ReplyTo, Reply)>,
+    exits: Vec<u8>,
+    checks: Vec<String>,
+}
+
+impl World {
+    fn new(services: Vec<Service>) -> World {
+        let mut w = World {
+            m: Manager::new(Config { services }, 1_000_000),
+            now: 1_000_000,
+            next_pid: 100,
+            failing: Vec::new(),
+            spawned: Vec::new(),
+            signals: Vec::new(),
+            kills: Vec::new(),
+            timers: BTreeMap::new(),
+            replies: Vec::new(),
+            exits: Vec::new(),
+            checks: Vec::new(),
+        };
+        w.run();
+        w
+    }
+
+    fn name(&self, id: UnitId) -> String {
+        self.m.spec(id).map(|s| s.name.clone()).unwrap_or_default()
+    }
+
+    fn id(&self, name: &str) -> UnitId {
+        self.m.id(name).unwrap_or(0)
+    }
+
+    /// Performs what the manager asked, until it asks nothing more.
+    fn run(&mut self) {
+        loop {
+            let actions = self.m.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                match a {
+                    Action::Spawn(id) => {
+                        let name = self.name(id);
+                        if self.failing.contains(&name) {
+                            self.m
+                                .spawn_failed(id, "cannot execute x: nope".into(), self.now);
+                        } else {
+                            self.next_pid += 1;
+                            self.spawned.push(name);
+                            self.m.spawned(id, self.next_pid, self.now);
+                        }
+                    }
+                    Action::Signal { unit, sig, .. } => {
+                        if sig != libc::SIGCONT {
+                            self.signals.push((self.name(unit), sig));
+                        }
+                    }
+                    Action::Kill(unit) => self.kills.push(self.name(unit)),
+                    Action::Freeze { .. } | Action::Forget(_) => {}
+                    Action::Arm { unit, timer, after } => {
+                        self.timers.insert((unit, timer), after);
+                    }
+                    Action::Disarm { unit, timer } => {
+                        self.timers.remove(&(unit, timer));
+                    }
+                    Action::Check(unit) => self.checks.push(self.name(unit)),
+                    Action::Reply(to, r) => self.replies.push((to, r)),
+                    Action::Exit(code) => self.exits.push(code),
+                }
+            }
+        }
+    }
+
+    fn state(&self, name: &str) -> State {
+        self.m
+            .view(self.id(name))
+            .map_or(State::Stopped, |v| v.state)
+    }
+
+    fn reason(&self, name: &str) -> String {
+        self.m
+            .view(self.id(name))
+            .map(|v| v.reason)
+            .unwrap_or_default()
+    }
+
+    fn exit(&mut self, name: &str, status: Status) {
+        let id = self.id(name);
+        self.m.exited(id, status, self.now);
+        self.run();
+    }
+
+    fn ready(&mut self, name: &str) {
+        let id = self.id(name);
+        self.m.ready(id, self.now);
+        self.run();
+    }
+
+    /// Fires a timer the manager armed (it must be armed).
+    fn fire(&mut self, name: &str, kind: TimerKind) {
+        let id = self.id(name);
+        let Some(after) = self.timers.remove(&(id, kind)) else {
+            unreachable!("{name}: no {kind:?} timer armed; armed: {:?}", self.timers);
+        };
+        self.now += after.as_millis() as u64;
+        self.m.timer(id, kind, self.now);
+        self.run();
+    }
+
+    fn armed(&self, name: &str, kind: TimerKind) -> Option<u64> {
+        self.timers
+            .get(&(self.id(name), kind))
+            .map(|d| d.as_millis() as u64)
+    }
+
+    fn take_spawned(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.spawned)
+    }
+
+    fn take_signals(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.signals)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    fn replies_text(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.replies)
+            .into_iter()
+            .map(|(_, r)| String::from_utf8_lossy(&r.encode()).trim_end().to_string())
+            .collect()
+    }
+}
+
+#[test]
+fn starts_in_dependency_order_and_in_parallel() {
+    let mut db = svc("db");
+    db.ready = Ready::Notify;
+    let migrate = task("migrate");
+    let web = after(requires(svc("web"), &["db"]), &["migrate"]);
+    let mut w = World::new(vec![db, web, migrate, svc("lone")]);
+    // db, migrate and lone start at once; web waits for db to be ready and migrate to be done.
+    let mut first = w.take_spawned();
+    first.sort();
+    assert_eq!(first, ["db", "lone", "migrate"]);
+    assert_eq!(w.state("web"), State::Starting);
+    assert_eq!(w.state("db"), State::Running);
+    w.ready("db");
+    assert_eq!(w.state("db"), State::Ready);
+    assert!(w.take_spawned().is_empty(), "migrate is still running");
+    w.exit("migrate", Status::Exited(0));
+    assert_eq!(w.state("migrate"), State::Done);
+    assert_eq!(w.take_spawned(), ["web"]);
+    assert_eq!(w.state("web"), State::Ready);
+}
+
+#[test]
+fn a_failed_task_keeps_what_requires_it_from_starting() {
+    let web = requires(svc("web"), &["migrate"]);
+    let other = after(svc("other"), &["migrate"]);
+    let mut w = World::new(vec![task("migrate"), web, other]);
+    assert_eq!(w.take_spawned(), ["migrate"]);
+    w.exit("migrate", Status::Exited(3));
+    assert_eq!(w.state("migrate"), State::Failed);
+    assert_eq!(w.reason("migrate"), "exited with code 3");
+    assert_eq!(w.state("web"), State::Failed);
+    assert_eq!(w.reason("web"), "requires migrate, which failed");
+    // Ordering alone does not make a dependency: other starts.
+    assert_eq!(w.take_spawned(), ["other"]);
+}
+
+#[test]
+fn a_missing_binary_fails_the_service_with_the_reason_and_nothing_else() {
+    let mut w = World {
+        failing: vec!["broken".into()],
+        ..World::new(Vec::new())
+    };
+    w.m = Manager::new(
+        Config {
+            services: vec![svc("broken"), svc("fine")],
+        },
+        w.now,
+    );
+    w.run();
+    assert_eq!(w.state("broken"), State::Failed);
+    assert_eq!(w.reason("broken"), "cannot execute x: nope");
+    assert_eq!(w.state("fine"), State::Ready);
+}
+
+#[test]
+fn crash_restarts_at_once_then_backs_off_then_fails() {
+    let mut w = World::new(vec![svc("crashy")]);
+    assert_eq!(w.take_spawned(), ["crashy"]);
+    // The first crash: restarted at once.
+    w.exit("crashy", Status::Exited(1));
+    assert_eq!(w.take_spawned(), ["crashy"], "no pause the first time");
+    // Then 100 ms, 200 ms, 400 ms, 800 ms...
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        w.now += 10;
+        w.exit("crashy", Status::Signaled(libc::SIGSEGV));
+        assert_eq!(w.state("crashy"), State::Backoff);
+        assert_eq!(w.reason("crashy"), "killed by SIGSEGV");
+        delays.push(w.armed("crashy", TimerKind::Backoff).unwrap_or(0));
+        w.fire("crashy", TimerKind::Backoff);
+        assert_eq!(w.take_spawned(), ["crashy"]);
+    }
+    assert_eq!(delays, [100, 200, 400, 800]);
+    // The 6th restart within 10 s is one too many.
+    w.exit("crashy", Status::Exited(1));
+    assert_eq!(w.state("crashy"), State::Failed);
+    assert!(
+        w.reason("crashy")
+            .contains("more than 5 restarts within 10s"),
+        "{}",
+        w.reason("crashy")
+    );
+    assert!(w.take_spawned().is_empty());
+}
+
+#[test]
+fn a_stable_run_resets_the_backoff() {
+    let mut w = World::new(vec![svc("s")]);
+    w.exit("s", Status::Exited(1));
+    w.exit("s", Status::Exited(1));
+    assert_eq!(w.armed("s", TimerKind::Backoff), Some(100));
+    w.fire("s", TimerKind::Backoff);
+    w.take_spawned();
+    w.now += 60_000;
+    w.exit("s", Status::Exited(1));
+    assert_eq!(w.take_spawned(), ["s"], "immediate again");
+    assert_eq!(w.armed("s", TimerKind::Backoff), None);
+}
+
+#[test]
+fn restart_policies() {
+    // (policy, status, state after)
+    let cases = [
+        (Restart::Always, Status::Exited(0), State::Starting),
+        (Restart::Always, Status::Exited(1), State::Starting),
+        (Restart::OnFailure, Status::Exited(0), State::Stopped),
+        (
+            Restart::OnFailure,
+            Status::Signaled(libc::SIGTERM),
+            State::Stopped,
+        ),
+        (Restart::OnFailure, Status::Exited(2), State::Starting),
+        (
+            Restart::OnFailure,
+            Status::Signaled(libc::SIGKILL),
+            State::Starting,
+        ),
+        (Restart::Never, Status::Exited(0), State::Stopped),
+        (Restart::Never, Status::Exited(2), State::Failed),
+    ];
+    for (policy, status, expect) in cases {
+        let mut s = svc("s");
+        s.restart = policy;
+        let mut w = World::new(vec![s]);
+        w.take_spawned();
+        w.m.exited(w.id("s"), status, w.now);
+        // Look before the loop performs the respawn.
+        assert_eq!(w.state("s"), expect, "{policy:?} {status:?}");
+    }
+}
+
+#[test]
+fn shutdown_stops_in_reverse_dependency_order() {
+    let web = requires(svc("web"), &["db"]);
+    let proxy = after(svc("proxy"), &["web"]);
+    let mut w = World::new(vec![svc("db"), web, proxy]);
+    assert_eq!(w.take_spawned(), ["db", "web", "proxy"]);
+    w.m.shut_down(w.now);
+    w.run();
+    assert_eq!(w.take_signals(), ["proxy"]);
+    w.exit("proxy", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_signals(), ["web"]);
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_signals(), ["db"]);
+    assert!(!w.m.all_down());
+    w.exit("db", Status::Signaled(libc::SIGTERM));
+    assert!(w.m.all_down());
+    assert_eq!(w.state("db"), State::Stopped);
+    assert!(
+        w.take_spawned().is_empty(),
+        "nothing restarts in a shutdown"
+    );
+}
+
+#[test]
+fn stopping_a_required_service_stops_its_dependents_first_and_replies() {
+    let web = requires(svc("web"), &["db"]);
+    let mut w = World::new(vec![svc("db"), web, svc("other")]);
+    w.take_spawned();
+    w.m.stop("db", None, Some(CLIENT), w.now)
+        .unwrap_or_default();
+    w.run();
+    assert_eq!(w.take_signals(), ["web"]);
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_signals(), ["db"]);
+    assert!(w.replies.is_empty(), "the reply waits for db");
+    w.exit("db", Status::Exited(0));
+    assert_eq!(w.replies_text(), ["Ok,db,0"]);
+    assert_eq!(w.state("web"), State::Stopped);
+    assert_eq!(w.state("other"), State::Ready);
+    // Stopping what is stopped answers at once.
+    w.m.stop("db", None, Some(CLIENT), w.now)
+        .unwrap_or_default();
+    w.run();
+    assert_eq!(w.replies_text(), ["Ok,db,-"]);
+    // Starting web pulls db in again.
+    w.m.start("web", Some(CLIENT), w.now).unwrap_or_default();
+    w.run();
+    assert_eq!(w.take_spawned(), ["db", "web"]);
+    assert_eq!(w.replies_text(), ["Ok,web"]);
+}
+
+#[test]
+fn stop_timeout_kills() {
+    let mut s = svc("stubborn");
+    s.stop_timeout_ms = 500;
+    let mut w = World::new(vec![s]);
+    w.m.stop("stubborn", None, None, w.now).unwrap_or_default();
+    w.run();
+    assert_eq!(w.armed("stubborn", TimerKind::StopTimeout), Some(500));
+    w.fire("stubborn", TimerKind::StopTimeout);
+    assert_eq!(w.kills, ["stubborn"]);
+    w.exit("stubborn", Status::Signaled(libc::SIGKILL));
+    assert_eq!(w.state("stubborn"), State::Stopped);
+    assert_eq!(w.armed("stubborn", TimerKind::StopTimeout), None);
+}
+
+#[test]
+fn a_critical_failure_asks_archon_to_exit() {
+    let mut s = svc("heart");
+    s.critical = true;
+    s.restart = Restart::Never;
+    let mut w = World::new(vec![s, svc("other")]);
+    w.exit("heart", Status::Exited(1));
+    assert_eq!(w.exits, [1]);
+    assert_eq!(w.state("heart"), State::Failed);
+}
+
+#[test]
+fn not_ready_in_time_is_a_failed_start() {
+    let mut s = svc("slow");
+    s.ready = Ready::Notify;
+    s.ready_timeout_ms = 2000;
+    let mut w = World::new(vec![s]);
+    w.m.start("slow", Some(CLIENT), w.now).unwrap_or_default();
+    w.run();
+    assert_eq!(w.armed("slow", TimerKind::ReadyTimeout), Some(2000));
+    w.fire("slow", TimerKind::ReadyTimeout);
+    assert_eq!(w.state("slow"), State::Stopping);
+    assert_eq!(w.take_signals(), ["slow"]);
+    w.take_spawned();
+    w.exit("slow", Status::Signaled(libc::SIGTERM));
+    // Restarted per its policy, at once the first time.
+    assert_eq!(w.take_spawned(), ["slow"]);
+    assert_eq!(w.replies_text(), ["Error,slow: not ready within 2s"]);
+}
+
+#[test]
+fn a_missed_watchdog_restarts() {
+    let mut s = svc("dog");
+    s.ready = Ready::Notify;
+    s.watchdog_ms = Some(1000);
+    let mut w = World::new(vec![s]);
+    w.ready("dog");
+    assert_eq!(w.armed("dog", TimerKind::Watchdog), Some(1000));
+    w.m.watchdog_kick(w.id("dog"));
+    w.run();
+    w.fire("dog", TimerKind::Watchdog);
+    assert_eq!(w.state("dog"), State::Stopping);
+    w.take_spawned();
+    w.exit("dog", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_spawned(), ["dog"]);
+    assert!(
+        w.reason("dog").starts_with("watchdog"),
+        "{}",
+        w.reason("dog")
+    );
+}
+
+#[test]
+fn unhealthy_after_retries_restarts() {
+    let mut s = svc("h");
+    s.health = Some(archon_lua::Health {
+        check: archon_lua::Check::Command(vec![b"/bin/false".to_vec()]),
+        interval_ms: 1000,
+        timeout_ms: 500,
+        retries: 2,
+        start_period_ms: 0,
+    });
+    let mut w = World::new(vec![s]);
+    let id = w.id("h");
+    w.fire("h", TimerKind::Health);
+    assert_eq!(w.checks, ["h"]);
+    w.m.health_result(id, Ok(()), w.now);
+    w.run();
+    assert_eq!(w.m.view(id).map(|v| v.health), Some(Health::Healthy));
+    w.m.health_result(id, Err("exited 1".into()), w.now);
+    w.run();
+    assert_eq!(w.state("h"), State::Ready, "one failure is not enough");
+    w.m.health_result(id, Err("exited 1".into()), w.now);
+    w.run();
+    assert_eq!(w.state("h"), State::Stopping);
+    assert_eq!(w.m.view(id).map(|v| v.health), Some(Health::Unhealthy));
+}
+
+#[test]
+fn a_disabled_requirement_fails_the_dependent() {
+    let mut db = svc("db");
+    db.enabled = false;
+    let web = requires(svc("web"), &["db"]);
+    let w = World::new(vec![db, web]);
+    assert_eq!(w.state("db"), State::Stopped);
+    assert_eq!(w.state("web"), State::Failed);
+    assert_eq!(w.reason("web"), "requires db, which is disabled");
+}
+
+#[test]
+fn autostart_false_waits_to_be_pulled_in() {
+    let mut db = svc("db");
+    db.autostart = false;
+    let mut lazy = svc("lazy");
+    lazy.autostart = false;
+    let web = requires(svc("web"), &["db"]);
+    let mut w = World::new(vec![db, web, lazy]);
+    assert_eq!(w.take_spawned(), ["db", "web"]);
+    assert_eq!(w.state("lazy"), State::Stopped);
+    w.m.start("lazy", Some(CLIENT), w.now).unwrap_or_default();
+    w.run();
+    assert_eq!(w.take_spawned(), ["lazy"]);
+    assert_eq!(w.replies_text(), ["Ok,lazy"]);
+}
+
+#[test]
+fn restart_replies_once_ready_again() {
+    let mut w = World::new(vec![svc("s")]);
+    w.take_spawned();
+    w.m.restart("s", Some(CLIENT), w.now).unwrap_or_default();
+    w.run();
+    assert_eq!(w.take_signals(), ["s"]);
+    assert!(w.replies.is_empty());
+    w.exit("s", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_spawned(), ["s"]);
+    assert_eq!(w.replies_text(), ["Ok,s"]);
+    assert_eq!(w.m.view(w.id("s")).map(|v| v.restarts), Some(0));
+}
+
+#[test]
+fn pause_and_resume() {
+    let mut w = World::new(vec![svc("s"), task("t")]);
+    assert!(w.m.pause("s", true, w.now).is_ok());
+    assert_eq!(w.state("s"), State::Paused);
+    assert!(w.m.pause("s", false, w.now).is_ok());
+    assert_eq!(w.state("s"), State::Ready);
+    w.exit("t", Status::Exited(0));
+    let err = w.m.pause("t", true, w.now);
+    assert_eq!(err, Err("t is done, not running".to_string()));
+    assert_eq!(
+        w.m.pause("nope", true, w.now),
+        Err("no such service: nope".to_string())
+    );
+}
+
+#[test]
+fn reload_starts_new_stops_gone_restarts_changed_and_leaves_the_rest() {
+    let mut w = World::new(vec![svc("keep"), svc("change"), svc("gone")]);
+    w.take_spawned();
+    let mut changed = svc("change");
+    changed.argv = vec![b"/bin/false".to_vec()];
+    let mut moved = svc("keep");
+    moved.line = 42;
+    let counts = w.m.reload(
+        Config {
+            services: vec![moved, changed, svc("new")],
+        },
+        w.now,
+    );
+    w.run();
+    assert_eq!(
+        counts,
+        ReloadCounts {
+            started: 1,
+            stopped: 1,
+            restarted: 1,
+            unchanged: 1
+        }
+    );
+    let mut signalled = w.take_signals();
+    signalled.sort();
+    assert_eq!(signalled, ["change", "gone"]);
+    assert_eq!(w.take_spawned(), ["new"]);
+    w.exit("change", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_spawned(), ["change"]);
+    w.exit("gone", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.m.id("gone"), None, "forgotten once stopped");
+    assert_eq!(w.state("keep"), State::Ready);
+}
+
+#[test]
+fn ten_thousand_units_start_in_one_settle() {
+    let services: Vec<Service> = (0..10_000).map(|i| svc(&format!("s{i}"))).collect();
+    let mut w = World::new(services);
+    assert_eq!(w.take_spawned().len(), 10_000);
+    w.m.shut_down(w.now);
+    w.run();
+    assert_eq!(w.take_signals().len(), 10_000);
+}
