@@ -4,10 +4,13 @@
 //! The state is made for one evaluation and dropped after it. The file sees the base library
 //! (without `dofile`, `loadfile`, `print`, `warn`, `collectgarbage`), `string` (without `dump`),
 //! `table`, `math`, `utf8`, and `os.time`, `os.clock`, `os.date`, `os.getenv`; no `io`, `debug`,
-//! `package`, `require` or `coroutine`. Three base functions are wrapped:
+//! `package`, `require` or `coroutine`. Some functions are wrapped:
 //! - `load` loads text only: bytecode is unchecked by Lua and can crash the interpreter;
 //! - `setmetatable` refuses a `__gc` field: Lua runs finalizers with hooks off, so a loop in one
-//!   would escape the instruction budget;
+//!   would escape the instruction budget; and a `__len` field, which would let `table.insert`
+//!   loop in C over a length of 2^60 without one instruction or allocation;
+//! - `string.rep` of an empty string returns at once (Lua loops n times to copy nothing), and
+//!   `table.move` moves at most 2^24 elements (Lua loops over the range in C);
 //! - `pcall` and `xpcall` re-raise once the evaluation is doomed (budget spent, or a declaration
 //!   refused), so a script cannot catch its way past archon's errors.
 //!
@@ -17,7 +20,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value, VmState};
@@ -35,8 +38,9 @@ pub(crate) struct Limits {
     pub memory: usize,
     /// Bytes held by the declarations collected so far (argv, env and the rest, estimated).
     pub declared: usize,
-    /// Time: instructions that work on long strings can each take milliseconds, so the
-    /// instruction budget alone does not bound the time a file takes.
+    /// CPU time: instructions that work on long strings can each take milliseconds, so the
+    /// instruction budget alone does not bound the time a file takes. CPU time rather than
+    /// wall-clock time, so that a loaded machine does not refuse a file it accepts idle.
     pub time: Duration,
 }
 
@@ -52,10 +56,15 @@ const MAX_MESSAGE: usize = 1000;
 /// Where an error is (a line of the file, when known) and what it is.
 pub(crate) type Failure = (Option<u32>, String);
 
-/// The setup run in the fresh state before the file, with the originals as arguments.
+/// The most elements `table.move` may move.
+const MAX_MOVE: u32 = 1 << 24;
+
+/// The setup run in the fresh state before the file, with the originals as arguments. The
+/// wrappers keep what they call in locals: the file may replace any global.
 const SETUP: &str = r##"
 local stop, rawload, rawpcall, rawxpcall, rawsetmetatable = ...
 local rawget, select, type, error = rawget, select, type, error
+local rawrep, rawmove = string.rep, table.move
 load = function(chunk, name, mode, ...)
   if select("#", ...) > 0 then return rawload(chunk, name, "t", ...) end
   return rawload(chunk, name, "t")
@@ -66,7 +75,20 @@ setmetatable = function(t, mt)
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
     error("__gc metamethods are not allowed in archon's configuration", 2)
   end
+  if type(mt) == "table" and rawget(mt, "__len") ~= nil then
+    error("__len metamethods are not allowed in archon's configuration", 2)
+  end
   return rawsetmetatable(t, mt)
+end
+string.rep = function(s, n, sep)
+  if s == "" and (sep == nil or sep == "") and type(n) == "number" and n > 1 then n = 1 end
+  return rawrep(s, n, sep)
+end
+table.move = function(a1, f, e, t, a2)
+  if type(f) == "number" and type(e) == "number" and e - f >= MAX_MOVE then
+    error("table.move: too many elements (at most " .. MAX_MOVE .. ")", 2)
+  end
+  return rawmove(a1, f, e, t, a2)
 end
 "##;
 
@@ -193,13 +215,15 @@ fn sandbox(state: &Shared) -> mlua::Result<Lua> {
             None => Ok(args),
         }
     })?;
-    lua.load(SETUP).set_name("=setup").call::<()>((
-        stop,
-        g.raw_get::<Function>("load")?,
-        g.raw_get::<Function>("pcall")?,
-        g.raw_get::<Function>("xpcall")?,
-        g.raw_get::<Function>("setmetatable")?,
-    ))?;
+    lua.load(SETUP.replace("MAX_MOVE", &MAX_MOVE.to_string()))
+        .set_name("=setup")
+        .call::<()>((
+            stop,
+            g.raw_get::<Function>("load")?,
+            g.raw_get::<Function>("pcall")?,
+            g.raw_get::<Function>("xpcall")?,
+            g.raw_get::<Function>("setmetatable")?,
+        ))?;
 
     for kind in [UnitKind::Service, UnitKind::Task] {
         let st = state.clone();
@@ -213,7 +237,7 @@ fn sandbox(state: &Shared) -> mlua::Result<Lua> {
     };
     let st = state.clone();
     let steps = Cell::new(0u64);
-    let deadline = Instant::now() + state.borrow().limits.time;
+    let deadline = cpu_time().saturating_add(state.borrow().limits.time);
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(HOOK_STEP),
         move |lua, _| {
@@ -226,9 +250,9 @@ fn sandbox(state: &Shared) -> mlua::Result<Lua> {
                 );
                 s.fatal = Some((current_line(lua, &source), message));
             }
-            if s.fatal.is_none() && Instant::now() > deadline {
+            if s.fatal.is_none() && cpu_time() > deadline {
                 let message = format!(
-                    "configuration did not finish in {} s (an endless loop?)",
+                    "configuration did not finish in {} s of CPU time (an endless loop?)",
                     s.limits.time.as_secs_f64()
                 );
                 s.fatal = Some((current_line(lua, &source), message));
@@ -242,6 +266,22 @@ fn sandbox(state: &Shared) -> mlua::Result<Lua> {
     let memory = state.borrow().limits.memory;
     lua.set_memory_limit(memory)?;
     Ok(lua)
+}
+
+/// The CPU time this thread has used (the evaluation runs on the caller's thread).
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_THREAD) {
+        Ok(usage) => {
+            let micros = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec().max(0) as u64)
+                    + Duration::from_micros(t.tv_usec().max(0) as u64)
+            };
+            micros(usage.user_time()) + micros(usage.system_time())
+        }
+        // Not expected on Linux; the instruction budget still holds.
+        Err(_) => Duration::ZERO,
+    }
 }
 
 fn busy() -> mlua::Error {

@@ -1224,6 +1224,16 @@ fn the_sandbox_has_no_way_out() -> Res {
             Some(1),
             "__gc metamethods are not allowed in archon's configuration",
         ),
+        (
+            "local t = setmetatable({}, {__len = function() return 2^60 end})\ntable.insert(t, 1, 0)",
+            Some(1),
+            "__len metamethods are not allowed in archon's configuration",
+        ),
+        (
+            "table.move({}, 1, 1e15, 2)",
+            Some(1),
+            "table.move: too many elements (at most 16777216)",
+        ),
     ])
 }
 
@@ -1245,6 +1255,10 @@ assert(t.anything == 3)
 local parts = {}
 for w in ("a b c"):gmatch("%S+") do table.insert(parts, w:upper()) end
 assert(table.concat(parts) == "ABC" and math.max(1, 2) == 2 and utf8.char(233) == "é")
+assert(string.rep("", 1e18) == "" and (""):rep(1e18, "") == "" and ("ab"):rep(3, ",") == "ab,ab,ab")
+assert(string.rep("", 0) == "" and string.rep("x", 0) == "")
+local moved = table.move({1, 2, 3}, 1, 3, 2)
+assert(moved[1] == 1 and moved[4] == 3)
 service "x" { argv = {"/bin/echo", home, string.format("%03d", 7)} }
 "#)?;
     assert_eq!(s.argv[2], b"007");
@@ -1362,7 +1376,7 @@ fn work_the_budget_does_not_count_is_bounded_by_time() -> Res {
         .ok_or("loaded")?;
     assert_eq!(
         e.message,
-        "configuration did not finish in 0.1 s (an endless loop?)"
+        "configuration did not finish in 0.1 s of CPU time (an endless loop?)"
     );
     assert!(matches!(e.line, Some(2..=3)), "{e}");
     Ok(())
