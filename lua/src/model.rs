@@ -279,6 +279,16 @@ impl Service {
         }
     }
 
+    /// Whether `self` and `other` say the same in every field but `line`: a reload restarts a
+    /// service whose declaration changed, not one that merely moved in the file.
+    pub fn same_settings(&self, other: &Service) -> bool {
+        *self
+            == Service {
+                line: self.line,
+                ..other.clone()
+            }
+    }
+
     /// Every field with its effective value, written as Lua would read it back (`{"a", "b"}`,
     /// `"always"`, `"7000ms"`, `nil` for an unset optional field). For the `Config` request.
     ///

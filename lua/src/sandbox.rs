@@ -153,7 +153,7 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Vec<
             None => {
                 let (kind, name) = (slot.kind.as_str(), &slot.name);
                 return Err((
-                    Some(slot.line),
+                    at(slot.line),
                     format!(
                         "{name}: {kind} \"{name}\" has no table of fields; write {kind} \"{name}\" {{ argv = {{...}} }}"
                     ),
@@ -161,7 +161,7 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Vec<
             }
         }
     }
-    graph::resolve(&mut services).map_err(|(line, m)| (Some(line), m))?;
+    graph::resolve(&mut services).map_err(|(line, m)| (at(line), m))?;
     Ok(services)
 }
 
@@ -282,6 +282,11 @@ fn cpu_time() -> Duration {
         // Not expected on Linux; the instruction budget still holds.
         Err(_) => Duration::ZERO,
     }
+}
+
+/// A declaration's line for an error: 0 means it was not found on Lua's stack.
+fn at(line: u32) -> Option<u32> {
+    (line > 0).then_some(line)
 }
 
 fn busy() -> mlua::Error {
@@ -406,7 +411,7 @@ fn declare(lua: &Lua, st: &Shared, kind: UnitKind, args: MultiValue) -> mlua::Re
 fn slot_info(st: &Shared, slot: usize) -> mlua::Result<(Option<u32>, String)> {
     let s = st.try_borrow().map_err(|_| busy())?;
     let slot = s.slots.get(slot).ok_or_else(busy)?;
-    Ok((Some(slot.line), slot.name.clone()))
+    Ok((at(slot.line), slot.name.clone()))
 }
 
 /// Gives declaration `slot` its table of fields.
@@ -429,14 +434,14 @@ fn complete(lua: &Lua, st: &Shared, slot: usize, table: &Value) -> mlua::Result<
     if done {
         return Err(fail(
             st,
-            Some(line),
+            at(line),
             format!("{name}: its table of fields was given twice"),
         ));
     }
     if matches!(table, Value::Nil) {
         return Err(fail(
             st,
-            Some(line),
+            at(line),
             format!("{name}: the declaration needs a table of fields, got nil"),
         ));
     }
@@ -448,7 +453,7 @@ fn complete(lua: &Lua, st: &Shared, slot: usize, table: &Value) -> mlua::Result<
         )
     };
     let service = fields::service(lua, &name, kind, line, table, &room)
-        .map_err(|m| fail(st, Some(line), format!("{name}: {m}")))?;
+        .map_err(|m| fail(st, at(line), format!("{name}: {m}")))?;
     let mut s = st.try_borrow_mut().map_err(|_| busy())?;
     s.declared = s.limits.declared.saturating_sub(room.left());
     if let Some(sl) = s.slots.get_mut(slot) {

@@ -1604,6 +1604,17 @@ service "web" { argv = {"/bin/web"}, requires = {"db"}, after = {"mig"},
     Ok(())
 }
 
+#[test]
+fn moving_a_declaration_keeps_its_settings() -> Res {
+    let a = one("service \"x\" { argv = {\"/bin/true\"} }")?;
+    let b = one("\n\nservice \"x\" { argv = {\"/bin/true\"} }")?;
+    let c = one("service \"x\" { argv = {\"/bin/true\"}, nice = 1 }")?;
+    assert_ne!(a, b);
+    assert!(a.same_settings(&b) && b.same_settings(&a));
+    assert!(!a.same_settings(&c));
+    Ok(())
+}
+
 // ---- never a panic ----
 
 /// A small deterministic generator, so a failure reproduces.
