@@ -273,8 +273,12 @@ impl Client {
     }
 
     /// Fills the reply slot of request `seq`. Returns false if the connection must be closed
-    /// because its unread replies exceed [`MAX_REPLY_BACKLOG_HARD`].
+    /// because its unread replies exceed [`MAX_REPLY_BACKLOG_HARD`]. One reply larger than that
+    /// (a `Config` dump of thousands of services) is let through when what was unread before it
+    /// is within [`MAX_REPLY_BACKLOG`]: archon reads no more requests from the connection until
+    /// it has been read, so that costs at most one such reply.
     pub fn fill(&mut self, seq: u64, reply: Vec<u8>) -> bool {
+        let before = self.backlog();
         let head = self.next_seq - self.slots.len() as u64;
         if let Some(slot) = seq
             .checked_sub(head)
@@ -291,7 +295,7 @@ impl Client {
                 self.out.extend_from_slice(&bytes);
             }
         }
-        self.backlog() <= MAX_REPLY_BACKLOG_HARD
+        before <= MAX_REPLY_BACKLOG || self.backlog() <= MAX_REPLY_BACKLOG_HARD
     }
 
     /// The poll says the socket has room again.

@@ -749,7 +749,7 @@ impl Supervisor {
             };
             for pid in self.unit_pids(rt) {
                 if nodes.len() >= MAX_TREE_NODES {
-                    break;
+                    return Reply::error(format!("too many processes (limit {MAX_TREE_NODES})"));
                 }
                 if let Some(st) = procstat::sample(pid) {
                     nodes.push(TreeNode {

@@ -195,6 +195,8 @@ struct Unit {
     paused_from: State,
     /// Removed by a reload: forgotten once down.
     removing: bool,
+    /// Being restarted: once it has stopped, it starts again.
+    restart_pending: bool,
     waiters: Vec<Waiter>,
     /// The last STATUS= it sent.
     status_text: String,
@@ -222,6 +224,7 @@ impl Unit {
             stop_timeout_ms: None,
             paused_from: State::Running,
             removing: false,
+            restart_pending: false,
             waiters: Vec::new(),
             status_text: String::new(),
         }
@@ -611,8 +614,8 @@ impl Manager {
         let _ = now_ms;
     }
 
-    /// `Restart,<name>`: stops it (not what requires it) and starts it again; replies once it is
-    /// ready again.
+    /// `Restart,<name>`: stops what requires it, then it, and starts them again (it first);
+    /// replies once it is ready again.
     pub fn restart(&mut self, name: &str, to: Option<ReplyTo>, now_ms: u64) -> Result<(), String> {
         let id = self.known(name)?;
         if self.shutting_down {
@@ -629,12 +632,21 @@ impl Manager {
             }
         }
         if running {
-            if let Some(u) = self.units.get_mut(&id) {
-                u.want = Want::Up;
-                u.consecutive = 0;
+            let mut stack = vec![id];
+            let mut seen = BTreeSet::new();
+            while let Some(x) = stack.pop() {
+                if !seen.insert(x) {
+                    continue;
+                }
+                if let Some(u) = self.units.get_mut(&x).filter(|u| u.has_process()) {
+                    u.restart_pending = true;
+                    u.consecutive = 0;
+                }
+                if let Some(rs) = self.requirers.get(&x) {
+                    stack.extend(rs.iter().copied());
+                }
             }
-            self.begin_stop(id, AfterStop::Start, now_ms);
-            self.want_up(id, false, now_ms);
+            self.want_down(id, None, now_ms);
         } else {
             self.want_up(id, true, now_ms);
         }
@@ -879,11 +891,16 @@ impl Manager {
             match after {
                 AfterStop::Failure(reason) if want == Want::Up => self.fault(id, reason, now_ms),
                 _ => {
+                    let mut again = false;
                     if let Some(u) = self.units.get_mut(&id) {
                         u.reason.clear();
+                        again = std::mem::take(&mut u.restart_pending) && !self.shutting_down;
                     }
                     if want == Want::Up {
                         self.set_state(id, State::Starting, now_ms);
+                    } else if again {
+                        self.set_state(id, State::Stopped, now_ms);
+                        self.restart_again(id, now_ms);
                     } else {
                         self.set_state(id, State::Stopped, now_ms);
                         self.pay_up(id, Err("stopped".into()));
@@ -914,6 +931,45 @@ impl Manager {
         }
         self.after_down(id, now_ms);
         self.settle(now_ms);
+    }
+
+    /// A unit being restarted has stopped: it starts again, and so does what requires it and
+    /// stopped with it. One that requires a unit still on its way down waits for that one.
+    fn restart_again(&mut self, id: UnitId, now_ms: u64) {
+        let waits_for_requirement = self.units.get(&id).is_some_and(|u| {
+            u.spec.requires.iter().any(|r| {
+                self.by_name
+                    .get(r)
+                    .and_then(|d| self.units.get(d))
+                    .is_some_and(|d| d.restart_pending)
+            })
+        });
+        if waits_for_requirement {
+            if let Some(u) = self.units.get_mut(&id) {
+                u.restart_pending = true;
+            }
+            return;
+        }
+        let mut stack = vec![id];
+        let mut seen = BTreeSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            let Some(u) = self.units.get_mut(&x) else {
+                continue;
+            };
+            if x != id {
+                if !u.restart_pending || u.has_process() {
+                    continue;
+                }
+                u.restart_pending = false;
+            }
+            self.want_up(x, false, now_ms);
+            if let Some(rs) = self.requirers.get(&x) {
+                stack.extend(rs.iter().copied());
+            }
+        }
     }
 
     /// A unit that was removed by a reload and is down now is forgotten.

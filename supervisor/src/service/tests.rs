@@ -531,6 +531,24 @@ fn restart_replies_once_ready_again() {
 }
 
 #[test]
+fn restart_takes_what_requires_it_along() {
+    let web = requires(svc("web"), &["db"]);
+    let mut w = World::new(vec![svc("db"), web, svc("other")]);
+    w.take_spawned();
+    w.m.restart("db", Some(CLIENT), w.now).unwrap_or_default();
+    w.run();
+    assert_eq!(w.take_signals(), ["web"], "what requires db stops first");
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_signals(), ["db"]);
+    assert!(w.take_spawned().is_empty(), "web waits for db");
+    w.exit("db", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_spawned(), ["db", "web"]);
+    assert_eq!(w.replies_text(), ["Ok,db"]);
+    assert_eq!(w.state("other"), State::Ready);
+    assert_eq!(w.state("web"), State::Ready);
+}
+
+#[test]
 fn pause_and_resume() {
     let mut w = World::new(vec![svc("s"), task("t")]);
     assert!(w.m.pause("s", true, w.now).is_ok());
