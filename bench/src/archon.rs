@@ -24,7 +24,12 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// A new, empty dir `archon-bench.<pid>` in the system's temp dir.
     pub fn new() -> Result<TempDir, String> {
-        let path = std::env::temp_dir().join(format!("archon-bench.{}", std::process::id()));
+        TempDir::new_in(&std::env::temp_dir())
+    }
+
+    /// A new, empty dir `archon-bench.<pid>` in `base`.
+    pub fn new_in(base: &Path) -> Result<TempDir, String> {
+        let path = base.join(format!("archon-bench.{}", std::process::id()));
         // A dir left by an earlier run that had the same pid.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;

@@ -26,6 +26,8 @@ const SETTLE: Duration = Duration::from_millis(1_200);
 const EXEC_GRACE: Duration = Duration::from_millis(30);
 /// Without the kernel's exec events: pause between two looks for the restarted `sleep`.
 const POLL_PAUSE: Duration = Duration::from_micros(100);
+/// Pause between two looks into the supervisor's log while waiting for all services.
+const LOG_PAUSE: Duration = Duration::from_millis(500);
 /// Shortest pause between two scans of the cgroup while waiting for all services.
 const SCAN_PAUSE: Duration = Duration::from_millis(5);
 /// How long archon may take to listen on its socket (StartDaemon mode).
@@ -79,6 +81,12 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// Adds a note.
+    pub fn note(mut self, note: String) -> Cell {
+        self.notes.push(note);
+        self
+    }
+
     pub fn failed(why: String) -> Cell {
         Cell {
             up: Measured::Not(why),
@@ -120,6 +128,7 @@ pub fn measure(
     let mut exec_at: HashMap<u32, u64> = HashMap::new();
     let mut sleeps: HashMap<u32, u32> = HashMap::new();
     let scan_done;
+    let mut log_checked = Instant::now();
     loop {
         if let Some(execs) = execs {
             exec_at.extend(execs.take_all().into_iter().map(|e| (e.pid, e.at_ns)));
@@ -132,15 +141,23 @@ pub fn measure(
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Ok(Cell::failed(format!("exited ({status}){}", log_hint(&log))));
+            return Ok(refusal(&log).unwrap_or_else(|| {
+                Cell::failed(format!("exited ({status})")).note(last_line(&log))
+            }));
+        }
+        if log_checked.elapsed() > LOG_PAUSE {
+            if let Some(refused) = refusal(&log) {
+                return Ok(refused);
+            }
+            log_checked = Instant::now();
         }
         if Instant::now() > deadline {
             return Ok(Cell::failed(format!(
-                "timeout: {} of {n} up after {} s{}",
+                "timeout: {} of {n} up after {} s",
                 distinct.len(),
                 limits.budget.as_secs(),
-                log_hint(&log)
-            )));
+            ))
+            .note(last_line(&log)));
         }
         std::thread::sleep(scan.elapsed().max(SCAN_PAUSE));
     }
@@ -444,18 +461,27 @@ fn restart_by_polling(
     ))
 }
 
-/// A line of the supervisor's log that says why it stopped short, for the cell.
-fn log_hint(log: &Path) -> String {
+/// A supervisor that refuses to supervise N services says so in its log: the cell then says
+/// "refused", and a note quotes the log.
+fn refusal(log: &Path) -> Option<Cell> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let line = text
-        .lines()
-        .find(|l| l.contains("too many") || l.contains("unable") || l.contains("rror"))
-        .or_else(|| text.lines().last())
-        .unwrap_or_default();
-    let line: String = line.chars().take(100).collect();
-    if line.is_empty() {
-        String::new()
+    let line = text.lines().find(|l| {
+        // runsvdir and svscan: a static table of 1000 services (MAXSERVICES, SERVICES).
+        l.contains("too many")
+            // supervisord: three pipes per child, more fds than the hard limit allows.
+            || l.contains("minimum number of file descriptors")
+    })?;
+    let cell = if line.contains("too many") {
+        "refused: more than 1,000 services"
     } else {
-        format!(" (log: {line})")
-    }
+        "refused: not enough fds"
+    };
+    Some(Cell::failed(cell.to_string()).note(format!("its log: {}", line.trim())))
+}
+
+/// The last line of the supervisor's log, as a note.
+fn last_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text.lines().last().unwrap_or("(empty)");
+    format!("its log ends with: {}", line.trim())
 }

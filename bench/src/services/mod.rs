@@ -36,14 +36,39 @@ const QUICK_SAMPLES: usize = 20;
 const BUDGET: Duration = Duration::from_secs(120);
 /// How long a killed service may take to run again.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the service directories go when it exists: a tmpfs, as `/run` is, where Debian's
+/// runit keeps its `supervise` dirs; 10,000 directories are written and removed in a blink
+/// instead of seconds of disk writes on a loaded machine.
+const SHM: &str = "/dev/shm";
 /// The idle window strace watches.
 const IDLE: Duration = Duration::from_secs(10);
+
+/// What the sources of the others say about their delays and limits (checked against the
+/// figures: s6 and supervisord restart after 1 s, runit and daemontools in milliseconds).
+const HOW_THEY_RESTART: &str = "\
+How each one restarts, and its limits (from their sources):
+
+- runit 2.1.2: `runsv` restarts a service at once, unless it ran less than a second: then it \
+sleeps out that second. `runsvdir` keeps a static table of 1000 services (`MAXSERVICES`) and \
+refuses more; it sleeps a second before it scans a directory modified within the current \
+second (the bench dates the directory an hour back, as a boot would find it).
+- s6 2.11: `s6-supervise` waits a second after a service went down before it starts it again \
+(whatever its uptime). `s6-svscan` takes at most `-c` services (1000 by default; the bench \
+passes enough).
+- daemontools 0.76: `supervise` sleeps a second after every start, so a restart is at once \
+unless the service died within its first second. `svscan` keeps a static table of 1000 \
+services (`SERVICES`) and refuses more.
+- supervisord 4.2: its loop polls with a timeout of 1 s and looks at its processes before it \
+reaps them, so a restart waits for the next pass: about 1 s, 2 s when the child's pipes \
+closed before the child could be reaped. It keeps 3 pipes per child and refuses to start \
+when `minfds` (the bench sets 3 N + 1024) exceeds the hard limit of open files.
+";
 
 pub const USAGE: &str = "\
 usage: archon-bench [--archon PATH] services [--quick] [--n N,...] [--only NAME,...]
                     [--samples K] [--budget SECONDS] [--idle SECONDS]
 
-  --quick          N = 100 and 1000 only, 20 restart samples (about 4 min instead of 15)
+  --quick          N = 100 and 1000 only, 20 restart samples (about 5 min instead of 12)
   --n N,...        the service counts (default 100,1000,10000)
   --only NAME,...  archon, runit, s6, daemontools, supervisord (default: all)
   --samples K      restart samples per cell (default 50)
@@ -135,9 +160,13 @@ pub fn run(archon: &Path, args: &[OsString]) -> Result<(), String> {
     };
     let started = Instant::now();
     println!("{}", header(archon, mode, execs.is_some(), &opts));
-    let tmp = TempDir::new()?;
+    let tmp = match Path::new(SHM).is_dir() {
+        true => TempDir::new_in(Path::new(SHM))?,
+        false => TempDir::new()?,
+    };
     let mut notes = Vec::new();
     for &n in &opts.counts {
+        let load = load_average();
         let mut rows = Vec::new();
         for &kind in &opts.kinds {
             eprintln!(
@@ -177,15 +206,20 @@ pub fn run(archon: &Path, args: &[OsString]) -> Result<(), String> {
             }
             rows.push((kind, cell));
         }
-        println!("### N = {}\n\n{}", count(f64::from(n)), table(&rows, mode));
+        println!(
+            "### N = {} (load average before: {load})\n\n{}",
+            count(f64::from(n)),
+            table(&rows, mode)
+        );
     }
     if !notes.is_empty() {
-        println!("Notes:\n");
+        println!("Notes on this run:\n");
         for note in notes {
             println!("- {note}");
         }
         println!();
     }
+    println!("{HOW_THEY_RESTART}");
     eprintln!("archon-bench: done in {} s", started.elapsed().as_secs());
     Ok(())
 }
@@ -200,15 +234,20 @@ fn run_cell(
     limits: &Limits,
     tmp: &Path,
 ) -> Result<Cell, String> {
+    let t = Instant::now();
     let dir = tmp.join(format!("{}-{n}", kind.name()));
     std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     let launch = setup::prepare(kind, n, &dir, archon, mode)?;
+    let prepared = t.elapsed();
     let cgroup = Cgroup::create(&format!(
         "archon-bench.{}.{}-{n}",
         std::process::id(),
         kind.name()
     ))?;
+    let t = Instant::now();
     let cell = cell::measure(kind, n, &launch, &cgroup, execs, limits, &dir);
+    let measured = t.elapsed();
+    let t = Instant::now();
     let cgroup_path = cgroup.path().display().to_string();
     // Kills everything in it and removes it.
     drop(cgroup);
@@ -233,7 +272,23 @@ fn run_cell(
             .push(format!("{cgroup_path} could not be removed"));
     }
     let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "archon-bench: {} with {n}: prepared in {:.1} s, measured in {:.1} s, cleaned up in {:.1} s",
+        kind.name(),
+        prepared.as_secs_f64(),
+        measured.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(cell)
+}
+
+/// The load averages over 1, 5 and 15 minutes: the machine may be shared.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `Some(why)` when the supervisor's program is not installed.
@@ -316,7 +371,7 @@ fn header(archon: &Path, mode: ArchonMode, events: bool, opts: &Options) -> Stri
     };
     format!(
         "## Service bench: archon beside runit, s6, daemontools and supervisord\n\n\
-         - machine: {}\n\
+         - machine: {}; hard limit of open files {}\n\
          - {}\n\
          - {archon_how}\n\
          - each service is `/bin/sleep <its own number>`; runit, s6 and daemontools run it \
@@ -334,6 +389,7 @@ fn header(archon: &Path, mode: ArchonMode, events: bool, opts: &Options) -> Stri
          - (×): the figure divided by archon's (above 1: archon is ahead); each cell has {} s \
          for all up and restarts\n",
         crate::machine(),
+        count(cell::hard_nofile() as f64),
         versions.join(", "),
         opts.limits.samples,
         opts.limits.idle.as_secs(),
