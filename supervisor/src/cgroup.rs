@@ -18,12 +18,13 @@
 //! [`ServiceCgroup::open_events`] gives an fd to poll for `EPOLLPRI`.
 //!
 //! The parsers of the kernel's text are pure functions, tested on fixed text.
-#![allow(dead_code)] // wired into the loop by the lead
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
+#[cfg(test)]
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -138,6 +139,7 @@ impl Cgroups {
         Ok(ServiceCgroup { path })
     }
 
+    #[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
     /// The cgroup of service `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<ServiceCgroup> {
         let path = self.root.join(format!("{name}{SERVICE_SUFFIX}"));
@@ -199,6 +201,7 @@ pub enum Killed {
 
 impl ServiceCgroup {
     /// Its directory.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -213,6 +216,7 @@ impl ServiceCgroup {
             .map_err(|e| Error::new("open", &self.path, e))
     }
 
+    #[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
     /// `cgroup.events`, open for reading, to register for `EPOLLPRI` (`mio::Interest::PRIORITY`):
     /// the kernel raises it when a value changes. [`read_events`] reads it (and so re-arms it).
     pub fn open_events(&self) -> Result<File, Error> {
@@ -318,6 +322,7 @@ fn read_at_start(file: &File) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+#[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
 /// Reads an fd from [`ServiceCgroup::open_events`].
 pub fn read_events(file: &File) -> io::Result<Events> {
     read_at_start(file).map(|t| parse_events(&t))
@@ -333,6 +338,7 @@ fn write_file(path: &Path, value: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::new("write", path, e))
 }
 
+#[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
 /// Watches the `cgroup.events` of many cgroups with one inotify fd: the kernel reports a change
 /// of a value there as a modification. Register [`EventsWatch::fd`] with the poll (readable),
 /// then [`EventsWatch::read`] says which watches fired.
@@ -341,10 +347,12 @@ pub struct EventsWatch {
     fd: OwnedFd,
 }
 
+#[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
 /// The watch descriptor [`EventsWatch::read`] reports when the kernel's queue overflowed: every
 /// cgroup may have changed.
 pub const WATCH_OVERFLOW: i32 = -1;
 
+#[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
 impl EventsWatch {
     /// An inotify instance (close-on-exec, non-blocking).
     pub fn new() -> io::Result<EventsWatch> {
@@ -379,12 +387,6 @@ impl EventsWatch {
         Ok(wd)
     }
 
-    /// Stops watching (an already ended watch is fine).
-    pub fn remove(&self, wd: i32) {
-        // SAFETY: inotify_rm_watch has no memory effects.
-        unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
-    }
-
     /// Drains the queue: appends to `fired` the descriptor of each watch whose file changed
     /// (several times when it changed several times), or [`WATCH_OVERFLOW`].
     pub fn read(&self, fired: &mut Vec<i32>) -> io::Result<()> {
@@ -406,6 +408,7 @@ impl EventsWatch {
     }
 }
 
+#[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
 /// The watch descriptors of the modification events in a buffer of `struct inotify_event`.
 fn parse_inotify(mut bytes: &[u8], fired: &mut Vec<i32>) {
     let word = |b: &[u8], i: usize| -> Option<u32> {

@@ -14,7 +14,6 @@
 //! socket; past that a client's (blocking) `sd_notify` waits for archon to read. Datagrams carry
 //! no order across senders, and who may send is settled by the file's mode and owner, so the
 //! sender's pid is information, not a permission.
-#![allow(dead_code)] // wired into the loop by the lead
 
 use std::ffi::CString;
 use std::fs;
@@ -1272,7 +1271,6 @@ mod tests {
         let dir = TempDir::new()?;
         let path = dir.join("crate.notify");
         let mut socket = NotifySocket::bind(&path, None)?;
-        let env = crate::health::watchdog_env(1500, None);
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args([
             "notify::tests::sd_notify_crate_is_understood",
@@ -1283,12 +1281,8 @@ mod tests {
         .env("NOTIFY_SOCKET", &path)
         .env_remove("WATCHDOG_PID")
         .stdout(Stdio::piped());
-        for (k, v) in &env {
-            cmd.env(
-                std::ffi::OsStr::from_bytes(k),
-                std::ffi::OsStr::from_bytes(v),
-            );
-        }
+        // What archon gives a service with `watchdog = 1.5`: WATCHDOG_USEC alone.
+        cmd.env("WATCHDOG_USEC", "1500000");
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let messages = serve(&mut socket, Some(&mut child), |m| !m.is_empty())?;

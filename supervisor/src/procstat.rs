@@ -4,7 +4,6 @@
 //!
 //! The parsers are pure and tested on fixed text; reading is one `read` per file, and a process
 //! that ends meanwhile is simply absent from the answer.
-#![allow(dead_code)] // wired into the loop by the lead
 
 use std::collections::HashMap;
 use std::fs;

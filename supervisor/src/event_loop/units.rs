@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -58,8 +58,6 @@ pub(super) struct UnitRt {
     pid: i32,
     pidfd: Option<OwnedFd>,
     cgroup: Option<ServiceCgroup>,
-    /// The cgroup's directory, open for CLONE_INTO_CGROUP.
-    cgroup_dir: Option<OwnedFd>,
     notify: Option<NotifySocket>,
     ready: Option<ReadyPipe>,
     probe: Option<(Probe, TimerKey)>,
@@ -204,7 +202,7 @@ impl Supervisor {
                 .map(|r| (r.resource, r.soft, r.hard))
                 .collect(),
             nice: spec.nice,
-            cgroup,
+            cgroup: cgroup.as_ref().map(AsRawFd::as_raw_fd),
             cgroup_procs: None,
             extra_fds,
         };
@@ -283,26 +281,28 @@ impl Supervisor {
         PathBuf::from(dir)
     }
 
-    /// The unit's cgroup (created on first use), as the directory fd the spawner takes.
-    fn unit_cgroup(&mut self, id: UnitId, spec: &Service) -> Option<RawFd> {
+    /// The unit's cgroup (created on first use), opened for the spawner: the directory fd is
+    /// opened per spawn (a few microseconds) rather than kept, so that ten thousand services
+    /// cost one fd each (their pidfd), not two.
+    fn unit_cgroup(&mut self, id: UnitId, spec: &Service) -> Option<OwnedFd> {
         let cgroups = self.cgroups.as_ref()?;
         let rt = self.units.entry(id).or_default();
-        if rt.cgroup_dir.is_none() {
-            let made = cgroups
-                .create(&spec.name)
-                .and_then(|cg| cg.open_dir().map(|dir| (cg, dir)));
-            match made {
-                Ok((cg, dir)) => {
-                    rt.cgroup = Some(cg);
-                    rt.cgroup_dir = Some(dir);
-                }
+        if rt.cgroup.is_none() {
+            match cgroups.create(&spec.name) {
+                Ok(cg) => rt.cgroup = Some(cg),
                 Err(e) => {
                     warn!("{}: no cgroup: {e}", spec.name);
                     return None;
                 }
             }
         }
-        rt.cgroup_dir.as_ref().map(AsRawFd::as_raw_fd)
+        match rt.cgroup.as_ref()?.open_dir() {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                warn!("{}: no cgroup: {e}", spec.name);
+                None
+            }
+        }
     }
 
     // ----- signals -----
@@ -422,7 +422,6 @@ impl Supervisor {
             self.timers.cancel(key);
             self.drop_probe(probe);
         }
-        rt.cgroup_dir = None;
         if let Some(cg) = rt.cgroup.take() {
             let _ = cg.kill();
             if let Err(e) = cg.remove() {

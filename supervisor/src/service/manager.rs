@@ -1292,10 +1292,7 @@ impl Manager {
                         continue;
                     };
                     u.removing = false;
-                    let same = Service {
-                        line: u.spec.line,
-                        ..spec.clone()
-                    } == u.spec;
+                    let same = spec.same_settings(&u.spec);
                     u.spec = spec;
                     if same {
                         counts.unchanged += 1;
