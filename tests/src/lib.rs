@@ -1262,3 +1262,343 @@ pub fn connect_as(uid: u32, gid: u32, path: &Path) -> Result<UnixStream> {
         },
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Services: archon started on a configuration file
+// ---------------------------------------------------------------------------------------------
+
+use archon_proto::{ServiceRow, ServiceState, Setting, TreeNode};
+
+/// How often the service helpers ask for `Status` again while they wait.
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(20);
+
+/// archon's exit code for a configuration file it refuses (`EX_CONFIG`).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// A configuration file, `archon.lua`, in a temp dir of its own that also has room for files the
+/// services write (their paths are known before archon starts); removed on drop.
+#[derive(Debug)]
+pub struct ConfigFile {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    /// An empty `archon.lua` in a fresh temp dir.
+    pub fn new() -> Result<ConfigFile> {
+        let dir = TempDir::new()?;
+        let path = dir.join("archon.lua");
+        let file = ConfigFile { dir, path };
+        file.write("")?;
+        Ok(file)
+    }
+
+    /// A file holding `lua`.
+    pub fn with(lua: &str) -> Result<ConfigFile> {
+        let file = ConfigFile::new()?;
+        file.write(lua)?;
+        Ok(file)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path in its directory, as text for a Lua string or a shell line (temp dir paths need
+    /// no quoting).
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// Replaces the file's content: written beside it, then renamed over it, so that a reload
+    /// never reads half a file.
+    pub fn write(&self, lua: &str) -> Result {
+        let tmp = self.dir.join("archon.lua.new");
+        fs::write(&tmp, lua).context("write the configuration")?;
+        fs::rename(&tmp, &self.path).context("rename the configuration into place")
+    }
+
+    /// Starts archon with `--config <this file>` and `builder`'s other settings.
+    pub fn start(self, builder: Builder) -> Result<Configured> {
+        let archon = builder.arg("--config").arg(&self.path).start()?;
+        Ok(Configured {
+            archon,
+            config: self,
+        })
+    }
+}
+
+/// Starts archon on a configuration file holding `lua` and waits until it listens.
+pub fn start_with_config(lua: &str) -> Result<Configured> {
+    ConfigFile::with(lua)?.start(Archon::builder())
+}
+
+/// An [`Archon`] started on a [`ConfigFile`] (it derefs to the archon). On drop archon is
+/// killed with its tree, then whatever is left in its cgroups (a daemon that escaped with
+/// `setsid`), and the cgroups are removed.
+#[derive(Debug)]
+pub struct Configured {
+    archon: Archon,
+    config: ConfigFile,
+}
+
+impl std::ops::Deref for Configured {
+    type Target = Archon;
+    fn deref(&self) -> &Archon {
+        &self.archon
+    }
+}
+
+impl std::ops::DerefMut for Configured {
+    fn deref_mut(&mut self) -> &mut Archon {
+        &mut self.archon
+    }
+}
+
+impl Configured {
+    /// The configuration file.
+    pub fn config(&self) -> &ConfigFile {
+        &self.config
+    }
+}
+
+impl Drop for Configured {
+    fn drop(&mut self) {
+        let pid = self.archon.pid();
+        let cgroup = archon_cgroup(pid);
+        if self.archon.exited.is_none() {
+            // archon first, so that it restarts nothing while its services are killed.
+            kill_tree(pid);
+            if let Ok(status) = self.archon.child.wait() {
+                self.archon.exited = Some(status);
+            }
+        }
+        if let Some(dir) = cgroup {
+            kill_cgroup(&dir);
+        }
+    }
+}
+
+/// Kills every process in the cgroup `dir` and its descendants (`cgroup.kill`), waits until it
+/// is empty, and removes it with its sub-groups. Best effort: for clean-up.
+pub fn kill_cgroup(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    let _ = wait_until("the cgroup to empty", BOUND, || !cgroup_populated(dir));
+    remove_cgroup(dir);
+}
+
+fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// True when the cgroup `dir` or one below it holds a process (`populated 1` in
+/// `cgroup.events`).
+pub fn cgroup_populated(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l == "populated 1"))
+        .unwrap_or(false)
+}
+
+/// Where the cgroup2 hierarchy is mounted (from `/proc/self/mountinfo`), if anywhere.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// The test's own cgroup2 path (the `0::` line of `/proc/self/cgroup`), which archon inherits.
+fn own_cgroup() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// The cgroup archon with pid `archon_pid` makes for its services:
+/// `<mount><own cgroup>/archon.<pid>`, whether or not it exists.
+pub fn archon_cgroup(archon_pid: i32) -> Option<PathBuf> {
+    let mount = cgroup2_mount()?;
+    let own = own_cgroup()?;
+    Some(
+        mount
+            .join(own.trim_start_matches('/'))
+            .join(format!("archon.{archon_pid}")),
+    )
+}
+
+/// The cgroup of service `name`: `<archon's cgroup>/<name>.svc`.
+pub fn service_cgroup(archon_pid: i32, name: &str) -> Option<PathBuf> {
+    Some(archon_cgroup(archon_pid)?.join(format!("{name}.svc")))
+}
+
+/// The cgroup2 path of `pid` (its `0::` line of `/proc/PID/cgroup`).
+pub fn cgroup_of(pid: i32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// A `Status` row as text for failure messages: the record as archon would send it.
+pub fn show_row(row: &ServiceRow) -> String {
+    let mut text = String::from_utf8_lossy(&Reply::Status(vec![row.clone()]).encode()).into_owned();
+    // Drop the `Status,1` header and the terminator.
+    if let Some((_, rest)) = text.split_once('\n') {
+        text = rest.trim_end().to_string();
+    }
+    text
+}
+
+/// A row's reason as text.
+pub fn reason(row: &ServiceRow) -> String {
+    String::from_utf8_lossy(&row.reason).into_owned()
+}
+
+/// A row's name as text.
+pub fn row_name(row: &ServiceRow) -> String {
+    String::from_utf8_lossy(&row.name).into_owned()
+}
+
+impl Conn {
+    /// `Status[,<name>...]`, parsed.
+    pub fn status(&mut self, names: &[&str]) -> Result<Vec<ServiceRow>> {
+        let mut fields = vec!["Status"];
+        fields.extend_from_slice(names);
+        self.send(&line(&fields))?;
+        match self.reply()? {
+            (Reply::Status(rows), _) => Ok(rows),
+            (_, lines) => fail(format!("{fields:?} got {lines:?}")),
+        }
+    }
+
+    /// `Tree[,<name>]`, parsed.
+    pub fn tree(&mut self, name: Option<&str>) -> Result<Vec<TreeNode>> {
+        let mut fields = vec!["Tree"];
+        fields.extend(name);
+        self.send(&line(&fields))?;
+        match self.reply()? {
+            (Reply::Tree(nodes), _) => Ok(nodes),
+            (_, lines) => fail(format!("{fields:?} got {lines:?}")),
+        }
+    }
+
+    /// `Config`, parsed.
+    pub fn config(&mut self) -> Result<Vec<Setting>> {
+        self.send(b"Config\n")?;
+        match self.reply()? {
+            (Reply::Config(settings), _) => Ok(settings),
+            (_, lines) => fail(format!("Config got {lines:?}")),
+        }
+    }
+}
+
+impl Archon {
+    /// `Status`, parsed: every service and task, then every process.
+    pub fn status(&self) -> Result<Vec<ServiceRow>> {
+        self.conn()?.status(&[])
+    }
+
+    /// The `Status` row of service `name`.
+    pub fn service(&self, name: &str) -> Result<ServiceRow> {
+        self.try_service(name)?
+            .context(format!("Status,{name}: no such service"))
+    }
+
+    /// The `Status` row of service `name`; `None` when archon answers that there is no such
+    /// service (not declared, or not yet: a reload in progress).
+    pub fn try_service(&self, name: &str) -> Result<Option<ServiceRow>> {
+        let mut c = self.conn()?;
+        c.send(&line(&["Status", name]))?;
+        match c.reply()? {
+            (Reply::Status(rows), lines) => match rows.as_slice() {
+                [row] if row.name == name.as_bytes() => Ok(Some(row.clone())),
+                _ => fail(format!("Status,{name} got {lines:?}")),
+            },
+            (Reply::Error(reason), _) if reason.starts_with(b"no such service") => Ok(None),
+            (_, lines) => fail(format!("Status,{name} got {lines:?}")),
+        }
+    }
+
+    /// Asks for service `name`'s row every [`STATUS_INTERVAL`] until `cond` holds for it (a
+    /// name archon does not know yet is waited for too); fails after `bound`, showing the last
+    /// row.
+    pub fn wait_service(
+        &self,
+        name: &str,
+        what: impl fmt::Display,
+        bound: Duration,
+        mut cond: impl FnMut(&ServiceRow) -> bool,
+    ) -> Result<ServiceRow> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let last = self.try_service(name)?;
+            if let Some(row) = last.as_ref().filter(|r| cond(r)) {
+                return Ok(row.clone());
+            }
+            if Instant::now() >= deadline {
+                let shown = last.map_or_else(|| "no such service".to_string(), |r| show_row(&r));
+                return fail(format!(
+                    "gave up after {bound:?} waiting for {name}: {what}; last: {shown}"
+                ));
+            }
+            std::thread::sleep(STATUS_INTERVAL);
+        }
+    }
+
+    /// Waits (up to [`LONG_BOUND`]) until service `name` is in `state`.
+    pub fn wait_state(&self, name: &str, state: ServiceState) -> Result<ServiceRow> {
+        self.wait_service(name, format!("state {state}"), LONG_BOUND, |r| {
+            r.state == state
+        })
+    }
+}
+
+/// Waits until the file at `path` holds a whole line (written by a service) and returns its
+/// text without the newline.
+pub fn wait_line_in(path: impl AsRef<Path>) -> Result<String> {
+    let path = path.as_ref();
+    wait_for(format!("a line in {}", path.display()), BOUND, || {
+        let text = fs::read_to_string(path).ok()?;
+        text.ends_with('\n')
+            .then(|| text.trim_end_matches('\n').to_string())
+    })
+}
+
+/// archon's (or any process's) resident memory, in KiB, from `VmRSS` in `/proc/PID/status`.
+pub fn vm_rss_kib(pid: i32) -> Result<u64> {
+    let v = status_field(pid, "VmRSS")?;
+    v.trim_end_matches("kB")
+        .trim()
+        .parse()
+        .context(format!("VmRSS of {pid}: {v:?}"))
+}
+
+/// Waits until `pid` runs `argv`: an exec that archon has seen succeed may not have set up the
+/// new program's arguments and environment yet (`/proc/PID/cmdline` and `environ` are empty in
+/// between).
+pub fn wait_cmdline(pid: i32, argv: &[&str]) -> Result {
+    wait_until(format!("pid {pid} to run {argv:?}"), BOUND, || {
+        cmdline(pid).is_some_and(|v| v == argv)
+    })
+}
