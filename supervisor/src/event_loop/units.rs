@@ -316,20 +316,25 @@ impl Supervisor {
         let Some(pidfd) = rt.pidfd.as_ref() else {
             return;
         };
-        let result = if tree {
-            if let Some(cg) = rt.cgroup.as_ref() {
+        let result = match (tree, rt.cgroup.as_ref()) {
+            (true, Some(cg)) => {
+                // The main process first, as systemd does: a shell that waits for its child
+                // must get its signal before it sees the child die, or it exits 0 without
+                // running its trap. Then everything else in the cgroup, including processes
+                // that left the process group.
+                let main = sys::pidfd_send_signal(pidfd.as_fd(), sig, 0);
                 for pid in cg.procs().unwrap_or_default() {
                     if pid != rt.pid {
                         // SAFETY: kill has no memory effects. A pid read from cgroup.procs
                         // names a process of this service unless it ended and was reused in
-                        // between, which the main process's pidfd cannot rule out either.
+                        // between, a window of microseconds.
                         unsafe { libc::kill(pid, sig) };
                     }
                 }
+                main
             }
-            sys::signal_tree(pidfd.as_fd(), rt.pid, sig)
-        } else {
-            sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
+            (true, None) => sys::signal_tree(pidfd.as_fd(), rt.pid, sig),
+            (false, _) => sys::pidfd_send_signal(pidfd.as_fd(), sig, 0),
         };
         if let Err(e) = result {
             debug!("unit {id}: signal {sig}: {e}");
@@ -352,18 +357,11 @@ impl Supervisor {
         }
     }
 
-    /// Stops or resumes every process of a unit: its cgroup frozen, else SIGSTOP/SIGCONT to its
-    /// process group.
+    /// Stops or resumes every process of a unit: SIGSTOP or SIGCONT to its main process, then
+    /// to the rest of its cgroup (or its process group).
     fn freeze_unit(&mut self, id: UnitId, frozen: bool) {
-        let frozen_cgroup = self
-            .units
-            .get(&id)
-            .and_then(|rt| rt.cgroup.as_ref())
-            .is_some_and(|cg| cg.freeze(frozen).is_ok());
-        if !frozen_cgroup {
-            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
-            self.signal_unit(id, sig, true);
-        }
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        self.signal_unit(id, sig, true);
     }
 
     // ----- ending -----
