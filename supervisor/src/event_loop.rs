@@ -247,6 +247,8 @@ impl Supervisor {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.log_units();
         self.run_actions();
+        // Starting thousands of services leaves freed buffers behind (commands, environments).
+        units::release_free_memory();
         loop {
             let timeout = if self.more_to_read.is_empty() {
                 self.timers.timeout(Instant::now())
@@ -1006,7 +1008,9 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return Err("shutting down".to_string());
         }
-        let config = archon_lua::load_file(&path).map_err(|e| e.to_string())?;
+        let config = archon_lua::load_file(&path);
+        units::release_free_memory();
+        let config = config.map_err(|e| e.to_string())?;
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();
         }

@@ -796,8 +796,19 @@ impl Supervisor {
 
 /// Builds the manager from a configuration file.
 pub(super) fn load(path: &std::path::Path) -> Result<Manager, archon_lua::LoadError> {
-    let config = archon_lua::load_file(path)?;
-    Ok(Manager::new(config, now_ms()))
+    let config = archon_lua::load_file(path);
+    release_free_memory();
+    Ok(Manager::new(config?, now_ms()))
+}
+
+/// Gives the memory the Lua evaluation freed back to the kernel: the evaluation may use tens of
+/// megabytes for a moment, which the allocator would otherwise keep for the life of archon.
+pub(super) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heap to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A process's row in `Status`: named by its id.
