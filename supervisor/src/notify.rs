@@ -1015,9 +1015,18 @@ mod tests {
         Ok(())
     }
 
-    /// True when every copy of the pipe's write end is closed: a read of the (non-blocking)
-    /// read end gives EOF rather than EAGAIN.
-    fn write_end_closed(read: &OwnedFd) -> bool {
+    /// True when every copy of the pipe's write end is closed within `wait_ms`: a read of the
+    /// (non-blocking) read end gives EOF rather than EAGAIN. Other tests in this process fork
+    /// (spawn tests, `Command`), and a child holds a copy of every fd, close-on-exec or not,
+    /// until it execs: so the positive check waits a little for that window to pass.
+    fn write_end_closed(read: &OwnedFd, wait_ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: read.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the pipe never gets data, so it wakes on hang-up only.
+        unsafe { libc::poll(&mut pfd, 1, wait_ms) };
         let mut byte = 0u8;
         // SAFETY: reading one byte into a valid buffer.
         let n = unsafe { libc::read(read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
@@ -1046,21 +1055,24 @@ mod tests {
             let copies = vec![write.as_fd(); count];
             send_with_fds(&path, b"FDSTORE=1\nREADY=1", &copies)?;
             drop(write);
-            assert!(!write_end_closed(&read), "the datagram holds copies");
+            assert!(!write_end_closed(&read, 0), "the datagram holds copies");
             let got = socket.recv_all();
             assert_eq!(got.messages.len(), 1, "{count} fds");
             assert_eq!(
                 got.messages[0].notices,
                 vec![Notice::Other("FDSTORE".into()), Notice::Ready]
             );
-            assert!(write_end_closed(&read), "{count} fds: a copy stayed open");
+            assert!(
+                write_end_closed(&read, 5_000),
+                "{count} fds: a copy stayed open"
+            );
         }
         // Along with an oversized datagram too.
         let (read, write) = nonblocking_pipe()?;
         send_with_fds(&path, &vec![b'x'; MAX_DATAGRAM + 1], &[write.as_fd()])?;
         drop(write);
         assert_eq!(socket.recv_all().oversized, 1);
-        assert!(write_end_closed(&read));
+        assert!(write_end_closed(&read, 5_000));
         Ok(())
     }
 
