@@ -1204,6 +1204,13 @@ pub fn wait_gone(pid: i32, what: &str) -> Result {
     )
 }
 
+/// A loopback port nobody listens on right now (bound to port 0, then closed), for a service
+/// to listen on or a health check to find closed.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(listener.local_addr().context("local_addr")?.port())
+}
+
 /// Milliseconds since the Unix epoch, as `List`'s start times count them.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -153,6 +153,29 @@ fn a_field_of_the_wrong_type() -> Result {
 }
 
 #[test]
+fn a_user_or_group_that_does_not_exist() -> Result {
+    // Names are looked up when the file is loaded: the file is refused, no service starts as
+    // someone who is not there.
+    refused(
+        "service \"a\" { argv = {\"/bin/true\"} }\nservice \"web\" { argv = {\"/bin/true\"}, user = \"archon-no-such-user\" }\n",
+    )?
+    .ensure(2..=2, &["web: user \"archon-no-such-user\" does not exist"])?;
+    refused(
+        "service \"web\" { argv = {\"/bin/true\"}, user = \"nobody\", group = \"archon-no-such-group\" }\n",
+    )?
+    .ensure(1..=1, &["web: group \"archon-no-such-group\" does not exist"])?;
+    refused(
+        "service \"web\" { argv = {\"/bin/true\"}, groups = {\"daemon\", \"archon-no-such-group\"} }\n",
+    )?
+    .ensure(1..=1, &["web: group \"archon-no-such-group\" does not exist"])?;
+    // A number is taken as it is, but without a database entry it has no primary group.
+    refused("service \"web\" { argv = {\"/bin/true\"}, user = 4000000 }\n")?.ensure(
+        1..=1,
+        &["web: user 4000000 is not in the user database, so it has no primary group: give group too"],
+    )
+}
+
+#[test]
 fn an_unknown_dependency() -> Result {
     refused(
         "service \"db\" { argv = {\"/bin/true\"} }\nservice \"web\" { argv = {\"/bin/true\"}, requires = {\"dbb\"} }\n",

@@ -1,7 +1,8 @@
 //! Services that misbehave, against the real archon started on a Lua file: a missing binary, a
-//! crash loop (backoff, then failed, archon's memory flat), a service that ignores SIGTERM, a
-//! daemon that escapes with setsid, a critical service that fails, a dependency that fails, a
-//! missed watchdog, a failing health check, a service never ready.
+//! crash loop (the first restart at once, then backoff, then failed, archon's memory flat), a
+//! service that ignores SIGTERM, a daemon that escapes with setsid, a critical service that
+//! fails, a dependency that fails, a missed watchdog, a failing health check (a command, a TCP
+//! port nobody listens on), a service never ready.
 //!
 //! Configurations name files in the config's own directory as `@DIR@`.
 
@@ -105,6 +106,52 @@ service "crashy" { argv = {"/bin/sh", "-c", "exit 3"},
     // Failed is final: no more restarts.
     let again = a.service("crashy")?;
     ensure_eq!(again.restarts, failed.restarts, "{}", show_row(&again));
+    Ok(())
+}
+
+#[test]
+fn the_first_restart_after_a_crash_is_immediate_the_next_backs_off() -> Result {
+    // The backoff is an hour: had the first restart gone through it, the service would sit in
+    // backoff after one restart and one run, and no clock is needed to tell.
+    let a = start(
+        r#"
+service "crashy" { argv = {"/bin/sh", "-c", "echo $$ >> @DIR@/pids; exit 3"},
+                   backoff = {initial = "1h", max = "1h"} }
+"#,
+    )?;
+    let row = a.wait_service("crashy", "backoff", LONG_BOUND, |r| {
+        r.state == ServiceState::Backoff
+    })?;
+    ensure_eq!(
+        row.restarts,
+        2,
+        "in backoff after this many restarts (1: the first restart waited): {}",
+        show_row(&row)
+    );
+    ensure_eq!(
+        (row.pid, row.last),
+        (None, Some(Status::Exited(3))),
+        "{}",
+        show_row(&row)
+    );
+    ensure!(
+        reason(&row).contains("exited with code 3"),
+        "the reason: {}",
+        show_row(&row)
+    );
+    let pids = fs::read_to_string(a.config().dir().join("pids")).context("the pids file")?;
+    ensure_eq!(pids.lines().count(), 2, "the runs so far: {pids:?}");
+    // archon's log says the same: one restart at once, then one in an hour.
+    let log = a.log_text();
+    let said = |end: &str| log.lines().filter(|l| l.ends_with(end)).count();
+    ensure_eq!(
+        (
+            said("crashy: restarting"),
+            said("crashy: restarting in 3600s")
+        ),
+        (1, 1),
+        "restarts in archon's log: {log}"
+    );
     Ok(())
 }
 
@@ -360,6 +407,27 @@ service "sick" { argv = {"/bin/sh", "-c", "echo $$ >> @DIR@/pids; exec sleep 100
     ensure!(
         failed.health != Some(Health::Healthy),
         "a service failed for its health shows healthy: {}",
+        show_row(&failed)
+    );
+    ensure!(failed.restarts >= 1, "{}", show_row(&failed));
+    ensure_started_anew(&a, failed.restarts)
+}
+
+#[test]
+fn a_tcp_health_check_on_a_port_nobody_listens_on_restarts_the_service() -> Result {
+    let port = free_port()?;
+    let a = start(&format!(
+        r#"
+service "deaf" {{ argv = {{"/bin/sh", "-c", "echo $$ >> @DIR@/pids; exec sleep 100"}},
+                 health = {{tcp = "127.0.0.1:{port}", interval = 0.05, timeout = 1, retries = 2}},
+                 backoff = {{initial = 0.05}}, flap = {{restarts = 1, within = 60}} }}
+"#
+    ))?;
+    let failed = a.wait_state("deaf", ServiceState::Failed)?;
+    let why = reason(&failed);
+    ensure!(
+        why.starts_with("unhealthy: ") && why.contains("refused"),
+        "the reason: {}",
         show_row(&failed)
     );
     ensure!(failed.restarts >= 1, "{}", show_row(&failed));

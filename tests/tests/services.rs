@@ -1,14 +1,17 @@
 //! The service model against the real archon started on a Lua file, named after archon.lua(5)
-//! and archon-protocol(7): dependency order and readiness (exec, notify, fd), a task that fails,
-//! the service requests and their replies, shutdown in reverse order, reload, and what Status,
-//! Tree, Config and `archonctl status` show.
+//! and archon-protocol(7): dependency order and readiness (exec, notify with `systemd-notify`
+//! and with the sd-notify crate, fd), a task that fails, the service requests and their replies
+//! (Signal by name among them), shutdown in reverse order, reload, what Status, Tree, Config and
+//! `archonctl status` (CSV, and a table on a terminal) show, and health checks that pass.
 //!
 //! Configurations name files in the config's own directory as `@DIR@`; the services write
 //! `date +%s%N` there to say when something happened, so that order is checked from the
 //! services' side without any clock in the test.
 
 use std::fs;
-use std::process::Command;
+use std::os::fd::AsFd;
+use std::process::{Command, ExitStatus};
+use std::time::Instant;
 
 use archon_tests::archon_proto::{Health, ServiceKind, ServiceRow, ServiceState, Status};
 use archon_tests::*;
@@ -118,6 +121,76 @@ service "g" { argv = {"/bin/sh", "-c", "date +%s%N > @DIR@/g_started; exec sleep
     ensure!(
         ready <= g_started,
         "g started before f, which it requires, was ready"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_sd_notify_crate_reports_status_then_ready_and_kicks_the_watchdog() -> Result {
+    // notify_client (tests/src/bin) speaks through the sd-notify crate, as a Rust daemon would.
+    let client = bin("notify_client")?.display().to_string();
+    let a = start(
+        &r#"
+service "rusty" { argv = {"@BIN@", "@DIR@/go", "warming up", "serving 3 clients"},
+                  ready = "notify" }
+service "kicker" { argv = {"@BIN@", "@DIR@/go", "kicker warming up", "kicking",
+                           "@DIR@/kicks"},
+                   ready = "notify", watchdog = "1s" }
+service "after" { argv = {"/bin/sleep", "100"}, requires = {"rusty"} }
+"#
+        .replace("@BIN@", &client),
+    )?;
+    // Before READY=1: running but not ready, its STATUS= text shown as the reason, and what
+    // requires it still waiting to start.
+    let early = a.wait_service("rusty", "its first STATUS=", LONG_BOUND, |r| {
+        reason(r) == "warming up"
+    })?;
+    ensure_eq!(
+        (early.state, early.ready),
+        (ServiceState::Running, Some(false)),
+        "before READY=1: {}",
+        show_row(&early)
+    );
+    let pid = pid_of(&early)?;
+    a.wait_service("kicker", "its first STATUS=", LONG_BOUND, |r| {
+        reason(r) == "kicker warming up"
+    })?;
+    let after = a.service("after")?;
+    ensure_eq!(
+        (after.state, after.pid),
+        (ServiceState::Starting, None),
+        "a service that requires one not yet ready: {}",
+        show_row(&after)
+    );
+
+    fs::write(a.config().dir().join("go"), "").context("create go")?;
+    let ready = a.wait_state("rusty", ServiceState::Ready)?;
+    ensure_eq!(
+        (ready.ready, ready.pid, reason(&ready)),
+        (Some(true), Some(pid), "serving 3 clients".to_string()),
+        "after READY=1 with a new STATUS=: {}",
+        show_row(&ready)
+    );
+    a.wait_state("after", ServiceState::Ready)?;
+
+    // The crate finds the watchdog archon set up, and its kicks keep the service running.
+    let kicker = pid_of(&a.wait_state("kicker", ServiceState::Ready)?)?;
+    let kicks = a.config().dir().join("kicks");
+    let text = wait_for("six watchdog kicks", LONG_BOUND, || {
+        let text = fs::read_to_string(&kicks).ok()?;
+        (text.lines().filter(|l| *l == "kick").count() >= 6).then_some(text)
+    })?;
+    ensure_eq!(
+        text.lines().next(),
+        Some("1000000"),
+        "the watchdog period sd_notify::watchdog_enabled read, in microseconds"
+    );
+    let row = a.service("kicker")?;
+    ensure_eq!(
+        (row.state, row.restarts, row.pid, reason(&row)),
+        (ServiceState::Ready, 0, Some(kicker), "kicking".to_string()),
+        "a service that kicks its watchdog: {}",
+        show_row(&row)
     );
     Ok(())
 }
@@ -326,6 +399,73 @@ service "dep" { argv = {"/bin/sleep", "101"}, requires = {"s"}, autostart = fals
         c.request("Status,s,nosuch")?,
         "Error,no such service: nosuch",
         "Status naming an unknown service"
+    );
+    Ok(())
+}
+
+#[test]
+fn signal_reaches_a_service_by_name_and_a_bad_signal_changes_nothing() -> Result {
+    let a = start(
+        r#"
+service "trapper" { argv = {"/bin/sh", "-c", [[
+    trap 'echo USR1 >> @DIR@/main' USR1
+    trap 'echo USR2 >> @DIR@/main' USR2
+    /bin/sh -c "trap 'echo USR1 >> @DIR@/child' USR1; trap 'echo USR2 >> @DIR@/child' USR2
+                echo up > @DIR@/child_up; while :; do sleep 0.05; done" &
+    echo up > @DIR@/main_up
+    while :; do sleep 0.05; done]]} }
+service "idle" { argv = {"/bin/sleep", "100"}, autostart = false }
+"#,
+    )?;
+    let pid = pid_of(&a.wait_state("trapper", ServiceState::Ready)?)?;
+    // Both shells have set their traps once they have written these.
+    wait_line_in(a.config().file("main_up"))?;
+    wait_line_in(a.config().file("child_up"))?;
+    let main = a.config().dir().join("main");
+    let child = a.config().dir().join("child");
+    let has = |path: &std::path::Path, want: &str| {
+        wait_until(
+            format!("{} to read {want:?}", path.display()),
+            BOUND,
+            || fs::read_to_string(path).is_ok_and(|t| t == want),
+        )
+    };
+
+    // To the main process only.
+    ensure_eq!(a.request("Signal,trapper,USR1")?, "Ok,trapper");
+    has(&main, "USR1\n")?;
+    // With group, to every process of the service: the child shell too. Its file then holds
+    // USR2 alone: had USR1 reached it as well, that trap would have run first (it was pending
+    // earlier, and the shell runs pending traps in signal order).
+    ensure_eq!(a.request("Signal,trapper,SIGUSR2,group")?, "Ok,trapper");
+    has(&main, "USR1\nUSR2\n")?;
+    has(&child, "USR2\n")?;
+
+    for (request, why) in [
+        ("Signal,trapper,NOSUCH", "bad signal"),
+        ("Signal,trapper,65", "bad signal"),
+        (
+            "Signal,trapper,USR1,everyone",
+            "bad signal scope: only 'group' is known",
+        ),
+        ("Signal,nosuch,USR1", "no such service: nosuch"),
+        ("Signal,idle,USR1", "idle is stopped, not running"),
+    ] {
+        let reply = a.request(request)?;
+        ensure_eq!(error_reason(&reply)?, why, "{request}: {reply:?}");
+    }
+    let row = a.service("trapper")?;
+    ensure_eq!(
+        (row.state, row.pid, row.restarts),
+        (ServiceState::Ready, Some(pid), 0),
+        "after the bad requests: {}",
+        show_row(&row)
+    );
+    ensure!(alive(pid), "trapper's pid {pid} is gone");
+    ensure_eq!(
+        fs::read_to_string(&main).context("the main shell's file")?,
+        "USR1\nUSR2\n",
+        "a bad Signal request reached the service"
     );
     Ok(())
 }
@@ -701,6 +841,163 @@ task "once" { argv = {"/bin/true"} }
     Ok(())
 }
 
+/// Runs `cmd` with its stdin, stdout and stderr on a new pseudo-terminal; returns what it
+/// wrote there (the terminal's `\r\n` read back as `\n`) and how it exited. Kills it and
+/// fails after [`BOUND`].
+fn on_terminal(mut cmd: Command) -> Result<(String, ExitStatus)> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    // Both ends close-on-exec: the other tests' threads start processes at any time, and a copy
+    // of the terminal in one of them would outlive archonctl.
+    let mut master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).context("posix_openpt")?;
+    grantpt(&master).context("grantpt")?;
+    unlockpt(&master).context("unlockpt")?;
+    let name = ptsname_r(&master).context("ptsname_r")?;
+    let terminal = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)
+        .context(format!("open {name}"))?;
+    cmd.stdin(terminal.try_clone().context("dup")?)
+        .stdout(terminal.try_clone().context("dup")?)
+        .stderr(terminal);
+    let mut child = cmd.spawn().context(format!("spawn {cmd:?}"))?;
+    // The command holds the test's copies of the terminal: only the child's are left.
+    drop(cmd);
+    let deadline = Instant::now() + BOUND;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if readable_now(master.as_fd())? {
+            match master.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // EIO: every copy of the terminal's other end is closed and all was read.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+                Err(e) => return fail(format!("read the terminal: {e}")),
+            }
+            continue;
+        }
+        if child.try_wait().context("waitpid")?.is_some() && !readable_now(master.as_fd())? {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return fail(format!(
+                "{name}: the command did not finish within {BOUND:?}; it wrote {:?}",
+                String::from_utf8_lossy(&out)
+            ));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let status = child.wait().context("waitpid")?;
+    Ok((String::from_utf8_lossy(&out).replace("\r\n", "\n"), status))
+}
+
+/// Splits the rows of a table laid out under `header` into their cells, and fails unless every
+/// cell starts where its column's title does: each column but the last is one word padded with
+/// blanks (at least one before the next column), the last (REASON) may hold blanks or be
+/// missing, as may its padding.
+fn aligned_cells<'t>(header: &str, rows: &[&'t str]) -> Result<Vec<Vec<&'t str>>> {
+    let bytes = header.as_bytes();
+    let starts: Vec<usize> = (0..bytes.len())
+        .filter(|&i| bytes[i] != b' ' && (i == 0 || bytes[i - 1] == b' '))
+        .collect();
+    let last = starts.len() - 1;
+    let mut table = Vec::new();
+    for row in rows {
+        let mut cells = Vec::new();
+        for (k, &start) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).map_or(row.len(), |&e| e.min(row.len()));
+            let cell = row.get(start..end).unwrap_or_default();
+            ensure!(
+                !cell.starts_with(' '),
+                "column {k} does not start at {start} in {row:?} (header {header:?})"
+            );
+            if k == last {
+                cells.push(cell);
+                continue;
+            }
+            let word = cell.trim_end();
+            ensure!(
+                !word.is_empty() && !word.contains(' '),
+                "column {k} at {start} is not one word in {row:?} (header {header:?})"
+            );
+            ensure!(
+                row.len() <= end || cell.ends_with(' '),
+                "column {k} runs into the next one in {row:?} (header {header:?})"
+            );
+            ensure!(
+                row.len() > end || k + 1 == last,
+                "{row:?} ends before column {} (header {header:?})",
+                k + 1
+            );
+            cells.push(word);
+        }
+        table.push(cells);
+    }
+    Ok(table)
+}
+
+#[test]
+fn archonctl_status_on_a_terminal_prints_an_aligned_table_with_a_header() -> Result {
+    let a = start(
+        r#"
+service "web" { argv = {"/bin/sleep", "100"} }
+task "once" { argv = {"/bin/true"} }
+service "a-rather-long-service-name" { argv = {"/nonexistent"}, restart = "never" }
+"#,
+    )?;
+    let web = pid_of(&a.wait_state("web", ServiceState::Ready)?)?;
+    a.wait_state("once", ServiceState::Done)?;
+    a.wait_state("a-rather-long-service-name", ServiceState::Failed)?;
+    let mut cmd = Command::new(archonctl_bin()?);
+    cmd.env_remove("ARCHON_SOCKET")
+        .arg("--socket")
+        .arg(a.socket())
+        .arg("status");
+    let (text, status) = on_terminal(cmd)?;
+    ensure_eq!(status.code(), Some(0), "archonctl status: {text:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    ensure_eq!(lines.len(), 4, "a header and a row per service: {text:?}");
+    ensure_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        vec![
+            "NAME", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "READY", "HEALTH", "RSS",
+            "CPU", "REASON"
+        ],
+        "the header: {text:?}"
+    );
+    let rows = aligned_cells(lines[0], &lines[1..]).context(format!("the table:\n{text}"))?;
+    let pid = web.to_string();
+    let want: [&[&str]; 3] = [
+        &["web", "service", "ready", &pid],
+        &["once", "task", "done", "-"],
+        &["a-rather-long-service-name", "service", "failed", "-"],
+    ];
+    for (row, want) in rows.iter().zip(want) {
+        ensure_eq!(row[..4], *want, "the first columns of a row:\n{text}");
+    }
+    ensure_eq!(
+        (rows[0][7], rows[1][7]),
+        ("yes", "-"),
+        "READY of web and once:\n{text}"
+    );
+    ensure_eq!(
+        rows[2].last().copied(),
+        Some("cannot execute /nonexistent: No such file or directory"),
+        "the reason, spaces and all, in the last column:\n{text}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_health_check_that_passes_shows_healthy() -> Result {
     let a = start(
@@ -714,5 +1011,31 @@ service "fine" { argv = {"/bin/sleep", "100"},
     })?;
     ensure_eq!(row.state, ServiceState::Ready, "{}", show_row(&row));
     ensure_eq!(row.restarts, 0, "{}", show_row(&row));
+    Ok(())
+}
+
+#[test]
+fn a_tcp_health_check_on_the_services_own_port_shows_healthy() -> Result {
+    let port = free_port()?;
+    // Checks fail until python listens: the start period keeps them from counting.
+    let a = start(&format!(
+        r#"
+service "web" {{ argv = {{"/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1",
+                         "{port}"}},
+                cwd = "@DIR@",
+                health = {{tcp = "127.0.0.1:{port}", interval = 0.1, timeout = 1, retries = 1,
+                          start_period = 60}} }}
+"#
+    ))?;
+    let pid = pid_of(&a.wait_state("web", ServiceState::Ready)?)?;
+    let row = a.wait_service("web", "healthy", LONG_BOUND, |r| {
+        r.health == Some(Health::Healthy)
+    })?;
+    ensure_eq!(
+        (row.state, row.pid, row.restarts),
+        (ServiceState::Ready, Some(pid), 0),
+        "{}",
+        show_row(&row)
+    );
     Ok(())
 }
