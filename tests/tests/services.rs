@@ -196,6 +196,49 @@ service "after" { argv = {"/bin/sleep", "100"}, requires = {"rusty"} }
 }
 
 #[test]
+fn after_a_restart_the_reason_of_the_crash_gives_way_to_the_new_process() -> Result {
+    // Each crashes once, then runs: the row of the running service shows its own STATUS= (or
+    // nothing), while how the old process ended stays in `last`.
+    let client = bin("notify_client")?.display().to_string();
+    let a = start(
+        &r#"
+service "phoenix" { argv = {"/bin/sh", "-c", [[[ -e @DIR@/p_crashed ] || { touch @DIR@/p_crashed; exit 3; }
+                                                exec @BIN@ @DIR@/go rising risen]]},
+                    ready = "notify" }
+service "plain" { argv = {"/bin/sh", "-c", [[[ -e @DIR@/q_crashed ] || { touch @DIR@/q_crashed; exit 4; }
+                                              exec sleep 100]]} }
+"#
+        .replace("@BIN@", &client),
+    )?;
+    let row = a.wait_service(
+        "phoenix",
+        "restarted and sending STATUS=",
+        LONG_BOUND,
+        |r| r.restarts == 1 && r.pid.is_some() && reason(r) == "rising",
+    )?;
+    ensure_eq!(
+        (row.state, row.last),
+        (ServiceState::Running, Some(Status::Exited(3))),
+        "{}",
+        show_row(&row)
+    );
+    fs::write(a.config().dir().join("go"), "").context("create go")?;
+    let row = a.wait_state("phoenix", ServiceState::Ready)?;
+    ensure_eq!(reason(&row), "risen", "{}", show_row(&row));
+
+    let row = a.wait_service("plain", "restarted", LONG_BOUND, |r| {
+        r.restarts == 1 && r.state == ServiceState::Ready
+    })?;
+    ensure_eq!(
+        (reason(&row), row.last),
+        (String::new(), Some(Status::Exited(4))),
+        "a ready service after a restart: {}",
+        show_row(&row)
+    );
+    Ok(())
+}
+
+#[test]
 fn a_failing_task_keeps_its_dependent_from_starting() -> Result {
     let a = start(
         r#"

@@ -754,6 +754,9 @@ impl Manager {
         u.ready = false;
         u.after_stop = AfterStop::Rest;
         u.health_fails = 0;
+        // A new process: why the last one failed is history (`last` keeps how it ended), and
+        // would otherwise hide this one's STATUS= for as long as it runs.
+        u.reason.clear();
         u.status_text.clear();
         let (kind, ready) = (u.spec.kind, u.spec.ready);
         info!("{}: started, pid {pid}", u.spec.name);

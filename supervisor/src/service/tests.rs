@@ -456,11 +456,35 @@ fn a_missed_watchdog_restarts() {
     w.take_spawned();
     w.exit("dog", Status::Signaled(libc::SIGTERM));
     assert_eq!(w.take_spawned(), ["dog"]);
+    // Running again: the old process's failure is no longer its reason.
+    assert_eq!(w.reason("dog"), "");
+    // The second miss backs off, and says why.
+    w.ready("dog");
+    w.fire("dog", TimerKind::Watchdog);
+    w.exit("dog", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.state("dog"), State::Backoff);
     assert!(
         w.reason("dog").starts_with("watchdog"),
         "{}",
         w.reason("dog")
     );
+}
+
+#[test]
+fn a_restarted_service_shows_its_own_status_text() {
+    let mut w = World::new(vec![svc("s")]);
+    assert_eq!(w.take_spawned(), ["s"]);
+    w.exit("s", Status::Exited(3));
+    assert_eq!(w.take_spawned(), ["s"], "restarted at once");
+    assert_eq!(
+        w.reason("s"),
+        "",
+        "the crash is not the running process's reason"
+    );
+    w.m.status_text(w.id("s"), "serving".into());
+    assert_eq!(w.reason("s"), "serving");
+    let last = w.m.view(w.id("s")).and_then(|v| v.last);
+    assert_eq!(last, Some(Status::Exited(3)), "how the old process ended");
 }
 
 #[test]
