@@ -107,7 +107,7 @@ pub struct Supervisor {
     /// The services and tasks of the configuration.
     services: Manager,
     /// What the loop holds for each unit.
-    units: HashMap<UnitId, units::UnitRt>,
+    units: HashMap<UnitId, Box<units::UnitRt>>,
     /// Units' processes by pid: main processes and health checks.
     pids: HashMap<i32, units::PidOwner>,
     /// archon's cgroup subtree, when a writable cgroup v2 hierarchy exists.
@@ -247,8 +247,8 @@ impl Supervisor {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.log_units();
         self.run_actions();
-        // Starting thousands of services leaves freed buffers behind (commands, environments).
-        units::release_free_memory();
+        // Starting thousands of services leaves freed buffers and startup code behind.
+        crate::memory::release();
         loop {
             let timeout = if self.more_to_read.is_empty() {
                 self.timers.timeout(Instant::now())
@@ -1009,7 +1009,7 @@ impl Supervisor {
             return Err("shutting down".to_string());
         }
         let config = archon_lua::load_file(&path);
-        units::release_free_memory();
+        crate::memory::release();
         let config = config.map_err(|e| e.to_string())?;
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();

@@ -12,6 +12,7 @@ mod event_loop;
 mod health;
 mod listen;
 mod log;
+mod memory;
 mod notify;
 mod procstat;
 mod service;

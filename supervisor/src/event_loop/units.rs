@@ -60,7 +60,9 @@ pub(super) struct UnitRt {
     cgroup: Option<ServiceCgroup>,
     notify: Option<NotifySocket>,
     ready: Option<ReadyPipe>,
-    probe: Option<(Probe, TimerKey)>,
+    /// A health check in progress (boxed: most units have none, and a unit's runtime is kept
+    /// for each of thousands of units).
+    probe: Option<Box<(Probe, TimerKey)>>,
     timers: HashMap<TimerKind, TimerKey>,
 }
 
@@ -416,7 +418,7 @@ impl Supervisor {
         if let Some(mut s) = rt.notify.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
-        if let Some((probe, key)) = rt.probe.take() {
+        if let Some((probe, key)) = rt.probe.take().map(|b| *b) {
             self.timers.cancel(key);
             self.drop_probe(probe);
         }
@@ -527,7 +529,7 @@ impl Supervisor {
                     Instant::now() + Duration::from_millis(h.timeout_ms),
                     TimerEvent::Probe(id),
                 );
-                self.units.entry(id).or_default().probe = Some((probe, key));
+                self.units.entry(id).or_default().probe = Some(Box::new((probe, key)));
             }
             Err(e) => {
                 self.services.health_result(
@@ -567,7 +569,11 @@ impl Supervisor {
 
     /// A health check's fd woke the loop: a TCP connect ended, or a check command exited.
     fn on_probe(&mut self, id: UnitId) {
-        let outcome = match self.units.get_mut(&id).and_then(|rt| rt.probe.as_mut()) {
+        let outcome = match self
+            .units
+            .get_mut(&id)
+            .and_then(|rt| rt.probe.as_deref_mut())
+        {
             Some((Probe::Tcp(p), _)) => match p.outcome() {
                 Some(result) => result,
                 None => return,
@@ -594,7 +600,12 @@ impl Supervisor {
     }
 
     fn end_probe(&mut self, id: UnitId, result: Result<(), String>) {
-        let Some((probe, key)) = self.units.get_mut(&id).and_then(|rt| rt.probe.take()) else {
+        let Some((probe, key)) = self
+            .units
+            .get_mut(&id)
+            .and_then(|rt| rt.probe.take())
+            .map(|b| *b)
+        else {
             return;
         };
         self.timers.cancel(key);
@@ -797,18 +808,8 @@ impl Supervisor {
 /// Builds the manager from a configuration file.
 pub(super) fn load(path: &std::path::Path) -> Result<Manager, archon_lua::LoadError> {
     let config = archon_lua::load_file(path);
-    release_free_memory();
+    crate::memory::release();
     Ok(Manager::new(config?, now_ms()))
-}
-
-/// Gives the memory the Lua evaluation freed back to the kernel: the evaluation may use tens of
-/// megabytes for a moment, which the allocator would otherwise keep for the life of archon.
-pub(super) fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's heap to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// A process's row in `Status`: named by its id.

@@ -281,7 +281,7 @@ pub struct UnitView {
 /// Every unit, and the actions owed to the loop.
 #[derive(Debug, Default)]
 pub struct Manager {
-    units: BTreeMap<UnitId, Unit>,
+    units: BTreeMap<UnitId, Box<Unit>>,
     by_name: HashMap<String, UnitId>,
     /// For each unit, the units ordered after it (it is in their `after`).
     dependents: HashMap<UnitId, Vec<UnitId>>,
@@ -324,7 +324,7 @@ impl Manager {
         let id = self.next_id;
         self.next_id += 1;
         self.by_name.insert(spec.name.clone(), id);
-        self.units.insert(id, Unit::new(spec, now_ms));
+        self.units.insert(id, Box::new(Unit::new(spec, now_ms)));
         id
     }
 
@@ -575,7 +575,7 @@ impl Manager {
         let id = self.known(name)?;
         self.want_down(id, timeout_ms, now_ms);
         if let Some(to) = to {
-            let has_process = self.units.get(&id).is_some_and(Unit::has_process);
+            let has_process = self.units.get(&id).is_some_and(|u| u.has_process());
             if has_process {
                 if let Some(u) = self.units.get_mut(&id) {
                     u.waiters.push(Waiter::Down(to));
