@@ -14,7 +14,7 @@ use crate::log::Level;
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
 usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
-              [--log-level LEVEL]
+              [--log-level LEVEL] [--forward-to-group] [-- CMD [ARG...]]
        archon --check FILE | --version | --help
 
   -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
@@ -25,7 +25,12 @@ usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--
       --max-runs N      at most N Run commands at once (default 64)
       --run-queue N     at most N Run requests waiting for a slot (default 256)
       --stop-grace MS   milliseconds between SIGTERM and SIGKILL when stopping (default 7000)
-      --log-level LEVEL error, warn, info (default) or debug
+      --log-level LEVEL error, warn, info (default; warn with a CMD) or debug
+      --forward-to-group
+                        forward signals to CMD's process group, not to CMD alone
+  -- CMD [ARG...]       run CMD as the main process (a container's entrypoint): archon forwards
+                        signals to it, and exits with its exit code once it has ended and
+                        everything else has stopped (see archon(8))
   -V, --version         print the version and exit
   -h, --help            print this help and exit
 ";
@@ -58,6 +63,10 @@ pub struct Options {
     pub stop_grace: Duration,
     /// `--log-level`.
     pub log_level: Level,
+    /// `-- CMD ARGS`: the main command of an entrypoint.
+    pub command: Option<Vec<OsString>>,
+    /// `--forward-to-group`.
+    pub forward_to_group: bool,
 }
 
 impl Default for Options {
@@ -69,6 +78,8 @@ impl Default for Options {
             run_queue: DEFAULT_RUN_QUEUE,
             stop_grace: Duration::from_millis(DEFAULT_STOP_GRACE_MS),
             log_level: Level::Info,
+            command: None,
+            forward_to_group: false,
         }
     }
 }
@@ -98,6 +109,7 @@ fn number(opt: &str, value: &OsString, min: u64, max: u64) -> Result<u64, UsageE
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageError> {
     let mut opts = Options::default();
+    let mut log_level = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let text = arg.to_string_lossy().into_owned();
@@ -112,6 +124,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
                 .ok_or_else(|| UsageError(format!("{name} needs a value")))
         };
         match name.as_str() {
+            "--" => {
+                let command: Vec<OsString> = args.by_ref().collect();
+                if command.is_empty() {
+                    return Err(UsageError("-- needs a command after it".to_string()));
+                }
+                opts.command = Some(command);
+            }
+            "--forward-to-group" => opts.forward_to_group = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             "-V" | "--version" => return Ok(Parsed::Version),
             "-s" | "--socket" => opts.socket = Some(value(&name)?),
@@ -125,15 +145,27 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
             }
             "--log-level" => {
                 let v = value(&name)?;
-                opts.log_level = v.to_str().and_then(Level::parse).ok_or_else(|| {
+                log_level = Some(v.to_str().and_then(Level::parse).ok_or_else(|| {
                     UsageError(format!(
                         "--log-level: expected error, warn, info or debug, got {v:?}"
                     ))
-                })?;
+                })?);
             }
             _ => return Err(UsageError(format!("unknown argument {text:?}"))),
         }
     }
+    if opts.forward_to_group && opts.command.is_none() {
+        return Err(UsageError(
+            "--forward-to-group needs a command (-- CMD)".to_string(),
+        ));
+    }
+    // An entrypoint's output is its command's: archon's own lines are only warnings and errors
+    // unless asked for, as tini's are.
+    opts.log_level = log_level.unwrap_or(if opts.command.is_some() {
+        Level::Warn
+    } else {
+        Level::Info
+    });
     Ok(Parsed::Run(opts))
 }
 
@@ -155,6 +187,7 @@ mod tests {
             run_queue: 0,
             stop_grace: Duration::from_millis(250),
             log_level: Level::Debug,
+            ..Options::default()
         };
         assert_eq!(
             p(&[
@@ -178,6 +211,31 @@ mod tests {
     }
 
     #[test]
+    fn a_command_after_the_double_dash() {
+        let Ok(Parsed::Run(opts)) = p(&["-s", "/tmp/a.sock", "--forward-to-group", "--", "sh"])
+        else {
+            unreachable!("refused")
+        };
+        assert_eq!(opts.command, Some(vec![OsString::from("sh")]));
+        assert!(opts.forward_to_group);
+        assert_eq!(opts.socket, Some("/tmp/a.sock".into()));
+        assert_eq!(
+            opts.log_level,
+            Level::Warn,
+            "an entrypoint is quiet by default"
+        );
+        // Everything after it is the command's, options included.
+        let Ok(Parsed::Run(opts)) = p(&["--log-level=info", "--", "prog", "--help", "--", "-x"])
+        else {
+            unreachable!("refused")
+        };
+        let want: Vec<OsString> = ["prog", "--help", "--", "-x"].map(OsString::from).into();
+        assert_eq!(opts.command, Some(want));
+        assert_eq!(opts.log_level, Level::Info);
+        assert!(!opts.forward_to_group);
+    }
+
+    #[test]
     fn usage_errors() {
         for bad in [
             &["--max-runs", "0"][..],
@@ -186,6 +244,9 @@ mod tests {
             &["--log-level", "loud"],
             &["--config"],
             &["extra"],
+            &["--"],
+            &["--forward-to-group"],
+            &["--forward-to-group", "--config", "x.lua"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }

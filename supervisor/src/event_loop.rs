@@ -18,17 +18,19 @@ use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-use signal_hook_mio::v1_0::Signals;
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 
 use crate::args::Options;
 use crate::cgroup::Cgroups;
 use crate::control::{self, Client, Incoming, ReadOutcome};
+use crate::leftovers::{Leftovers, Phase};
 use crate::listen::Listening;
 use crate::service::{Manager, UnitId};
-use crate::spawn::{Exec, SpawnError, Spawner, Step};
+use crate::spawn::{Child, Exec, SpawnError, Spawner, Step};
 use crate::sys;
 use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
-use crate::timers::{TimerEvent, Timers};
+use crate::timers::{TimerEvent, TimerKey, Timers};
 use crate::{debug, error, info, warn};
 
 /// Reads from one client per turn of the loop before others get a turn.
@@ -76,10 +78,54 @@ fn errno_text(errno: i32) -> String {
     nix::errno::Errno::from_raw(errno).desc().to_string()
 }
 
+/// The signals archon handles when it has no main command.
+const MANAGER_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
+
 /// A shutdown in progress.
 struct Shutdown {
     /// A second SIGTERM/SIGINT came: everything was killed at once.
     forced: bool,
+    /// What is done about the children archon did not start.
+    leftovers: Leftovers,
+    /// The end of the leftovers' current phase.
+    leftovers_timer: TimerKey,
+}
+
+/// Why a shutdown began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+    /// A critical unit failed.
+    Critical,
+    /// The main command ended, or could not be started.
+    MainEnded,
+}
+
+/// Why the loop ended, for `main` to turn into an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// SIGTERM or SIGINT asked for it.
+    Stopped,
+    /// A critical unit failed; the service manager's exit code.
+    Critical(u8),
+    /// The main command ended so.
+    MainEnded(Status),
+    /// The main command could not be executed: the errno of its exec.
+    MainNotExecuted(i32),
+    /// The main command could not be started for another reason (no process could be made).
+    MainNotStarted,
+}
+
+/// Signals, read in the loop: the handlers write to a socket pair whose read end the poll
+/// watches. Each comes with its `siginfo_t`, which says who sent it: one that archon raised
+/// itself (a SIGPIPE from a write of its own) is not forwarded to the main command.
+type Signals = SignalDelivery<UnixStream, WithRawSiginfo>;
+
+/// Installs handlers for `sigs` that the loop reads (both ends of the pair close-on-exec).
+fn signals(sigs: impl IntoIterator<Item = i32>) -> io::Result<Signals> {
+    let (read, write) = UnixStream::pair()?;
+    SignalDelivery::with_pipe(read, OwnedFd::from(write), WithRawSiginfo, sigs)
 }
 
 /// archon's state: everything the loop owns.
@@ -114,10 +160,16 @@ pub struct Supervisor {
     cgroups: Option<Cgroups>,
     /// The configuration file, read again by `Reload` and SIGHUP.
     config_path: Option<PathBuf>,
-    /// The exit code once the loop ends: 0, or 1 after a critical unit failed.
-    exit_code: u8,
+    /// Why the loop is to end, once it is known.
+    outcome: Option<Outcome>,
+    /// The main command of an entrypoint (`-- CMD`).
+    main: Option<entry::MainCommand>,
+    /// A child has ended since the leftovers were last looked for: its own children, if any,
+    /// are archon's now.
+    rescan_leftovers: bool,
 }
 
+mod entry;
 mod units;
 
 /// Why archon cannot start.
@@ -165,7 +217,10 @@ impl Supervisor {
         .map_err(StartError::NoPath)?;
         let setup = |what| move |e| StartError::Setup(what, e);
         let nofile = sys::raise_nofile_limit().map_err(setup("raise the open files limit"))?;
-        if let Err(e) = sys::set_child_subreaper() {
+        if sys::is_pid1() {
+            // Every orphan of the namespace comes to process 1 without asking.
+            info!("running as process 1: archon reaps every orphan of its PID namespace");
+        } else if let Err(e) = sys::set_child_subreaper() {
             warn!("cannot become a child subreaper ({e}): orphans will not be reaped by archon");
         }
         let poll = Poll::new().map_err(setup("create the poll"))?;
@@ -178,10 +233,18 @@ impl Supervisor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(setup("register the listener"))?;
-        let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
-            .map_err(setup("install signal handlers"))?;
+        let main = opts.command.clone().map(entry::MainCommand::new);
+        let mut signals = if main.is_some() {
+            for sig in [libc::SIGTTIN, libc::SIGTTOU] {
+                sys::ignore_signal(sig).map_err(setup("ignore SIGTTIN and SIGTTOU"))?;
+            }
+            signals(crate::entry::FORWARDED.iter().copied().chain([SIGCHLD]))
+        } else {
+            signals(MANAGER_SIGNALS)
+        }
+        .map_err(setup("install signal handlers"))?;
         poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .register(signals.get_read_mut(), SIGNALS, Interest::READABLE)
             .map_err(setup("register the signals"))?;
         let devnull = std::fs::OpenOptions::new()
             .read(true)
@@ -233,7 +296,9 @@ impl Supervisor {
             pids: HashMap::new(),
             cgroups,
             config_path,
-            exit_code: 0,
+            outcome: None,
+            main,
+            rescan_leftovers: false,
         })
     }
 
@@ -242,11 +307,12 @@ impl Supervisor {
         self.listening.path.clone()
     }
 
-    /// Runs until a shutdown completes; returns archon's exit code.
-    pub fn run(&mut self) -> u8 {
+    /// Runs until a shutdown completes; says why it ended.
+    pub fn run(&mut self) -> Outcome {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.log_units();
         self.run_actions();
+        self.start_main();
         // Starting thousands of services leaves freed buffers and startup code behind.
         crate::memory::release();
         loop {
@@ -280,7 +346,7 @@ impl Supervisor {
                 self.pump(cid);
             }
             if self.shutdown_complete() {
-                return self.exit_code;
+                return self.outcome.unwrap_or(Outcome::Stopped);
             }
         }
     }
@@ -684,8 +750,13 @@ impl Supervisor {
             } => exec_failure(&cmd.argv, errno),
             e => e.to_string(),
         })?;
+        Ok(self.track(kind, child, &cmd.argv))
+    }
+
+    /// Lists a child just started and watches its pidfd.
+    fn track(&mut self, kind: Kind, child: Child, argv: &[Vec<u8>]) -> Id {
         let raw = child.pidfd.as_raw_fd();
-        let mut proc = Proc::new(kind, child.pid, now_ms(), cmd.argv.clone());
+        let mut proc = Proc::new(kind, child.pid, now_ms(), argv.to_vec());
         proc.pidfd = Some(child.pidfd);
         let id = self.table.insert(proc);
         if let Err(e) = self.watch_pidfd(id, raw) {
@@ -695,9 +766,9 @@ impl Supervisor {
         debug!(
             "started {id} ({kind}): pid {} {}",
             child.pid,
-            String::from_utf8_lossy(&cmd.argv.join(&b' '))
+            String::from_utf8_lossy(&argv.join(&b' '))
         );
-        Ok(id)
+        id
     }
 
     /// Starts a `Run` that has a pool slot; the slot goes back if it cannot start.
@@ -835,6 +906,7 @@ impl Supervisor {
                 TimerEvent::Kill(id) => self.kill(id),
                 TimerEvent::Unit(id, kind) => self.unit_timer(id, kind),
                 TimerEvent::Probe(id) => self.probe_timeout(id),
+                TimerEvent::Leftovers => self.next_leftover_phase(),
             }
         }
     }
@@ -866,11 +938,26 @@ impl Supervisor {
     // ----- processes ending -----
 
     fn on_signals(&mut self) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for sig in pending {
+        let pending: Vec<_> = self.signals.pending().collect();
+        for info in pending {
+            let sig = info.si_signo;
+            if sig == SIGCHLD {
+                self.rescan_leftovers = true;
+                self.reap_children();
+                continue;
+            }
+            // SAFETY: si_code says which union member is valid: SI_USER (kill, and the SIGPIPE
+            // the kernel sends a writer on behalf of that writer), SI_TKILL and SI_QUEUE carry
+            // the sender's pid.
+            let sender = match info.si_code {
+                libc::SI_USER | libc::SI_TKILL | libc::SI_QUEUE => Some(unsafe { info.si_pid() }),
+                _ => None,
+            };
+            if self.forward(sig, sender) {
+                continue;
+            }
             match sig {
-                SIGCHLD => self.reap_children(),
-                SIGTERM | SIGINT => self.begin_shutdown(Some(sig)),
+                SIGTERM | SIGINT => self.begin_shutdown(Cause::Signal(sig)),
                 SIGHUP => match self.reload() {
                     Ok(c) => info!(
                         "SIGHUP: reloaded: {} started, {} stopped, {} restarted, {} unchanged",
@@ -978,6 +1065,9 @@ impl Supervisor {
         }
         let ended = self.table.end(id, status);
         self.settle(ended);
+        if self.is_main(id) {
+            self.main_ended(status);
+        }
     }
 
     fn settle(&mut self, ended: crate::table::Ended) {
@@ -1021,20 +1111,31 @@ impl Supervisor {
 
     // ----- shutdown -----
 
-    /// Stops everything: SIGTERM/SIGINT (`sig`), or a critical unit that failed (`None`). A
-    /// second signal kills what is left at once.
-    fn begin_shutdown(&mut self, sig: Option<i32>) {
-        let why = match sig {
-            Some(sig) => archon_proto::signal::name(sig).unwrap_or_default(),
-            None => "a critical service failed".to_string(),
+    /// Stops everything: SIGTERM/SIGINT, a critical unit that failed, or the main command that
+    /// ended. A second signal kills what is left at once.
+    fn begin_shutdown(&mut self, cause: Cause) {
+        let why = match cause {
+            Cause::Signal(sig) => archon_proto::signal::name(sig).unwrap_or_default(),
+            Cause::Critical => "a critical service failed".to_string(),
+            Cause::MainEnded => "the main command ended".to_string(),
         };
+        let now = Instant::now();
         if let Some(s) = self.shutdown.as_mut() {
-            if !s.forced && sig.is_some() {
+            if !s.forced && matches!(cause, Cause::Signal(_)) {
                 warn!("{why} again: killing everything now");
                 s.forced = true;
+                s.leftovers.kill_now(now);
+                self.timers.cancel(s.leftovers_timer);
+                s.leftovers_timer = self
+                    .timers
+                    .arm(s.leftovers.deadline(), TimerEvent::Leftovers);
                 self.kill_everything();
+                self.signal_leftovers();
             }
             return;
+        }
+        if let Cause::Signal(_) = cause {
+            self.outcome.get_or_insert(Outcome::Stopped);
         }
         let live = self.table.live_children();
         info!(
@@ -1042,7 +1143,15 @@ impl Supervisor {
             live.len(),
             self.pids.len()
         );
-        self.shutdown = Some(Shutdown { forced: false });
+        // What the main command left behind may be ending on the signal that ended it: it is
+        // given the grace before it is asked (tini#180). Other orphans are asked at once.
+        let leftovers = Leftovers::new(cause == Cause::MainEnded, self.opts.stop_grace, now);
+        let leftovers_timer = self.timers.arm(leftovers.deadline(), TimerEvent::Leftovers);
+        self.shutdown = Some(Shutdown {
+            forced: false,
+            leftovers,
+            leftovers_timer,
+        });
         for run in self.table.take_queue() {
             self.reply(run.to, Reply::error("shutting down"));
         }
@@ -1051,13 +1160,7 @@ impl Supervisor {
         }
         self.services.shut_down(now_ms());
         self.run_actions();
-        for pid in sys::children_of_self() {
-            if self.table.child_by_pid(pid).is_none() && !self.pids.contains_key(&pid) {
-                // An orphan reparented to archon: archon is its parent now, so it is asked too.
-                // SAFETY: kill has no memory effects; the pid is an unreaped child, so it is stable.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
+        self.signal_leftovers();
     }
 
     fn kill_everything(&mut self) {
@@ -1068,10 +1171,70 @@ impl Supervisor {
         self.run_actions();
     }
 
-    /// True once a shutdown has stopped every child: then what is left of their groups and the
-    /// orphans is killed, the last replies go out, and the loop ends.
+    /// archon's children that it did not start: orphans reparented to it.
+    fn leftovers(&self) -> Vec<i32> {
+        sys::children_of_self()
+            .into_iter()
+            .filter(|pid| self.table.child_by_pid(*pid).is_none() && !self.pids.contains_key(pid))
+            .collect()
+    }
+
+    /// Sends the leftovers' current phase's signals to those not sent them yet.
+    fn signal_leftovers(&mut self) {
+        self.rescan_leftovers = false;
+        let Some(phase) = self.shutdown.as_ref().map(|s| s.leftovers.phase()) else {
+            return;
+        };
+        if phase == Phase::Waiting {
+            return;
+        }
+        let found = self.leftovers();
+        let Some(s) = self.shutdown.as_mut() else {
+            return;
+        };
+        for pid in s.leftovers.due(&found) {
+            debug!("orphan {pid}: {phase:?}");
+            for &sig in phase.signals() {
+                // SAFETY: kill has no memory effects. The pid is a child archon has not
+                // reaped, so it cannot have been reused.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+
+    /// The leftovers' phase is over: the next one begins.
+    fn next_leftover_phase(&mut self) {
+        let now = Instant::now();
+        let Some(s) = self.shutdown.as_mut() else {
+            return;
+        };
+        if s.leftovers.phase() == Phase::Killing {
+            // The time to reap them is over: shutdown_complete lets archon go.
+            return;
+        }
+        s.leftovers.advance(now);
+        s.leftovers_timer = self
+            .timers
+            .arm(s.leftovers.deadline(), TimerEvent::Leftovers);
+        if s.leftovers.phase() == Phase::Killing {
+            debug!("orphans: SIGKILL");
+        } else {
+            debug!("orphans: the grace is over, SIGTERM");
+        }
+        self.signal_leftovers();
+    }
+
+    /// True once a shutdown has stopped every child: then what is left of their groups is
+    /// killed, the orphans are waited for (as their phases allow), the last replies go out, and
+    /// the loop ends.
     fn shutdown_complete(&mut self) -> bool {
-        if self.shutdown.is_none() || !self.table.no_live_children() || !self.services.all_down() {
+        if self.shutdown.is_none() {
+            return false;
+        }
+        if self.rescan_leftovers {
+            self.signal_leftovers();
+        }
+        if !self.table.no_live_children() || !self.services.all_down() {
             return false;
         }
         let pending: Vec<Id> = self
@@ -1083,11 +1246,24 @@ impl Supervisor {
         for id in pending {
             self.kill(id);
         }
-        for pid in sys::children_of_self() {
-            // SAFETY: as in begin_shutdown.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
         self.reap_children();
+        if sys::has_children() {
+            let given_up = self
+                .shutdown
+                .as_ref()
+                .is_some_and(|s| s.leftovers.given_up(Instant::now()));
+            if !given_up {
+                return false;
+            }
+            warn!(
+                "exiting with processes left behind that did not end within {} ms of SIGKILL: {:?}",
+                crate::leftovers::REAP_AFTER_KILL.as_millis(),
+                sys::children_of_self()
+            );
+        }
+        if let Some(s) = self.shutdown.take() {
+            self.timers.cancel(s.leftovers_timer);
+        }
         self.forget_all_units();
         if let Some(cg) = self.cgroups.take() {
             if let Err(e) = cg.remove_tree() {

@@ -3,13 +3,17 @@
 //! `main` reads the command line, sets up, and runs the loop; it alone chooses the exit code:
 //! 0 after a shutdown asked by SIGTERM or SIGINT, 1 after a critical service failed, 78 for a
 //! broken configuration file, 100 for a usage error, 111 when archon cannot start (no socket
-//! path, socket in use, a system call failing during setup).
+//! path, socket in use, a system call failing during setup). With a main command (`-- CMD`),
+//! its exit code: its own, 128 + N after death by signal N, 127 or 126 when it could not be
+//! executed (see [`entry`]).
 
 mod args;
 mod cgroup;
 mod control;
+mod entry;
 mod event_loop;
 mod health;
+mod leftovers;
 mod listen;
 mod log;
 mod memory;
@@ -22,6 +26,8 @@ mod table;
 mod timers;
 
 use std::process::ExitCode;
+
+use event_loop::Outcome;
 
 /// Exit code for a command line archon cannot use.
 const EXIT_USAGE: u8 = 100;
@@ -82,7 +88,13 @@ fn main() -> ExitCode {
         }
     };
     event_loop::notify_ready();
-    let code = supervisor.run();
+    let outcome = supervisor.run();
     debug!("socket {} removed", supervisor.socket_path().display());
-    ExitCode::from(code)
+    ExitCode::from(match outcome {
+        Outcome::Stopped => 0,
+        Outcome::Critical(code) => code,
+        Outcome::MainEnded(status) => entry::exit_code(status),
+        Outcome::MainNotExecuted(errno) => entry::exec_failure_code(errno),
+        Outcome::MainNotStarted => EXIT_CANNOT_START,
+    })
 }

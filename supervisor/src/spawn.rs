@@ -13,8 +13,13 @@
 //! its default, unblocks them, joins its cgroup (when clone3 could not place it there), starts
 //! its own session and process group, puts its stdio and extra fds in place, marks every other
 //! fd close-on-exec, sets its resource limits, nice value, umask, groups and user, changes
-//! directory, and tries each candidate path the way `execvp` does. Signals are blocked in archon
-//! across the clone, so no handler of archon's can run on the child's side.
+//! directory, asks for SIGKILL when archon dies ([`PARENT_DEATH_SIGNAL`]), and tries each
+//! candidate path the way `execvp` does. Signals are blocked in archon across the clone, so no
+//! handler of archon's can run on the child's side.
+//!
+//! The parent-death signal is sent when the *thread* that made the child ends, not the process:
+//! children must be spawned from the thread that lives as long as archon (the loop's, the main
+//! thread). A test that spawns from its own thread must wait for its children before it returns.
 //!
 //! On x86_64 the clone is `clone3` through a small trampoline (clone3 is what can place a child
 //! in a cgroup as it is created, `CLONE_INTO_CGROUP`); elsewhere, or where a seccomp filter
@@ -37,6 +42,12 @@ pub const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/
 /// Most fds a child can be given besides its stdio ([`SpawnOptions::extra_fds`]): the child
 /// keeps their temporary copies in an array on its stack.
 pub const MAX_EXTRA_FDS: usize = 16;
+
+/// The signal every child gets when archon dies (`PR_SET_PDEATHSIG`), so that nothing archon
+/// started outlives it when it is killed: SIGKILL, since a child that could ignore or handle it
+/// would stay behind with no supervisor. A stop at archon's own shutdown is gentler (SIGTERM,
+/// then SIGKILL after the grace); this is for when there is no shutdown.
+pub const PARENT_DEATH_SIGNAL: i32 = libc::SIGKILL;
 
 /// Size of the stack the child runs on until it execs (it needs a few hundred bytes).
 const CHILD_STACK_SIZE: usize = 64 * 1024;
@@ -233,6 +244,8 @@ pub enum Step {
     Uid(u32),
     /// Changing to this directory.
     Chdir(String),
+    /// Asking for the parent-death signal.
+    ParentDeath,
     /// Executing this program (`argv[0]`).
     Exec(String),
 }
@@ -254,6 +267,7 @@ impl fmt::Display for Step {
             Step::Gid(g) => write!(f, "cannot set group {g}"),
             Step::Uid(u) => write!(f, "cannot set user {u}"),
             Step::Chdir(d) => write!(f, "cannot change directory to {d}"),
+            Step::ParentDeath => f.write_str("cannot set the parent-death signal"),
             Step::Exec(p) => write!(f, "cannot execute {p}"),
         }
     }
@@ -352,6 +366,9 @@ pub struct Spawner {
     base: *mut libc::c_void,
     /// False: always glibc's clone (tests use it to exercise the fallback).
     clone3: bool,
+    /// archon's pid, which a child checks its parent against once it has asked for the
+    /// parent-death signal.
+    parent: libc::pid_t,
 }
 
 impl Spawner {
@@ -371,7 +388,12 @@ impl Spawner {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let spawner = Spawner { base, clone3: true };
+        let spawner = Spawner {
+            base,
+            clone3: true,
+            // SAFETY: getpid has no memory effects.
+            parent: unsafe { libc::getpid() },
+        };
         // SAFETY: the first page of our own mapping.
         if unsafe { libc::mprotect(base, GUARD_SIZE, libc::PROT_NONE) } != 0 {
             return Err(io::Error::last_os_error());
@@ -420,6 +442,7 @@ impl Spawner {
             stdio,
             opts,
             fd_base,
+            parent: self.parent,
             join_cgroup: Cell::new(-1),
             report: &mut report,
         };
@@ -628,6 +651,7 @@ enum Stage {
     Gid,
     Uid,
     Chdir,
+    ParentDeath,
     Exec,
 }
 
@@ -666,6 +690,7 @@ impl Report {
                     .map(|d| String::from_utf8_lossy(d.as_bytes()).into_owned())
                     .unwrap_or_default(),
             ),
+            s if s == Stage::ParentDeath as u32 => Step::ParentDeath,
             _ => Step::Exec(exec.program()),
         }
     }
@@ -680,6 +705,8 @@ struct ChildPlan<'a> {
     opts: &'a SpawnOptions,
     /// Above every extra fd's source and target (see [`check_extra_fds`]).
     fd_base: RawFd,
+    /// archon's pid.
+    parent: libc::pid_t,
     /// An fd of `cgroup.procs` the child writes itself into, or -1: set only on the glibc clone
     /// path, since clone3 places the child as it creates it.
     join_cgroup: Cell<RawFd>,
@@ -827,6 +854,22 @@ fn child_side(plan: &ChildPlan<'_>) -> ! {
             if libc::chdir(dir.as_ptr()) != 0 {
                 fail(plan, Stage::Chdir, 0);
             }
+        }
+
+        // Die with archon. After the user change, which clears the setting (so does the exec of
+        // a set-user-ID program or one with file capabilities: such a child does not die with
+        // archon). archon may have been killed since the clone (a vfork parent can be), and
+        // then no signal will ever come: the parent is no longer archon, and the child goes.
+        if libc::syscall(
+            libc::SYS_prctl,
+            libc::PR_SET_PDEATHSIG as libc::c_long,
+            PARENT_DEATH_SIGNAL as libc::c_long,
+        ) != 0
+        {
+            fail(plan, Stage::ParentDeath, 0);
+        }
+        if libc::syscall(libc::SYS_getppid) != libc::c_long::from(plan.parent) {
+            libc::_exit(127);
         }
 
         let mut saw_eacces = false;
@@ -1088,6 +1131,42 @@ mod tests {
             assert!(
                 line.ends_with("0000000000000000"),
                 "no signal ignored or blocked: {line}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() -> Result<(), SpawnError> {
+        // As another user too: a change of user clears the parent-death signal, so it must be
+        // asked for after it.
+        let mut cases = vec![None];
+        if is_root() {
+            cases.push(Some(Creds {
+                uid: 1234,
+                gid: 2345,
+                groups: vec![],
+            }));
+        }
+        for creds in cases {
+            let as_user = creds.as_ref().map(|c| c.uid);
+            // The thread starts a long sleep and ends: the child, reparented to another thread
+            // of this process, gets the signal, and is reaped here.
+            let pidfd = std::thread::spawn(move || -> Result<OwnedFd, SpawnError> {
+                let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
+                let exec = sh("exec sleep 30").map_err(SpawnError::Clone)?;
+                let opts = SpawnOptions {
+                    creds,
+                    ..SpawnOptions::default()
+                };
+                Ok(spawner.spawn_with(&exec, [0, 1, 2], &opts)?.pidfd)
+            })
+            .join()
+            .map_err(|_| SpawnError::Clone(io::Error::other("the spawning thread panicked")))??;
+            assert_eq!(
+                wait(&pidfd),
+                Status::Signaled(PARENT_DEATH_SIGNAL),
+                "as user {as_user:?}"
             );
         }
         Ok(())

@@ -265,21 +265,73 @@ pub fn ensure_stdio_open() {
     }
 }
 
-/// The untracked children of archon (orphans reparented to it), from /proc.
+/// archon's children, live or ended and not yet reaped, from /proc: each thread's `children`
+/// file where the kernel has them (`CONFIG_PROC_CHILDREN`), else one scan of every process's
+/// parent. None when /proc is not that of archon's PID namespace.
 pub fn children_of_self() -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+    let me = std::process::id();
+    let own_proc = fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse::<u32>().ok())
+        == Some(me);
+    if !own_proc {
+        // The /proc of another PID namespace (`unshare --pid` without `--mount-proc`): its pids
+        // are not archon's to signal.
         return out;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
+    }
+    let mut found_file = false;
+    if let Ok(tasks) = fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+                found_file = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
         }
     }
+    if !found_file {
+        out.extend(
+            crate::procstat::all_processes()
+                .into_iter()
+                .filter(|&(_, ppid, _)| u32::try_from(ppid) == Ok(me))
+                .map(|(pid, _, _)| pid),
+        );
+    }
     out
+}
+
+/// True while archon has a child at all, live or ended and not yet reaped (`waitid` without
+/// waiting: `ECHILD` says there is none). Unlike /proc, this cannot miss one.
+pub fn has_children() -> bool {
+    !matches!(
+        waitid(
+            libc::P_ALL,
+            0,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD)
+    )
+}
+
+/// Ignores `sig` (`SIG_IGN`). A child gets the default back (see `spawn`).
+pub fn ignore_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: SIG_IGN installs no handler; the struct is fully initialised.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_IGN;
+        cvt(libc::sigaction(sig, &action, std::ptr::null_mut()).into()).map(drop)
+    }
+}
+
+/// True when archon is process 1 of its PID namespace: the init of a container, or of the
+/// machine. Orphans of the whole namespace are its to reap, and the kernel drops every signal
+/// sent to it for which it has no handler (SIGKILL and SIGSTOP from an ancestor namespace
+/// excepted).
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
 }
 
 /// The process group of `pid`.

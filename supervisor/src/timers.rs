@@ -17,6 +17,8 @@ pub enum TimerEvent {
     Unit(UnitId, TimerKind),
     /// A unit's health check has run out of time.
     Probe(UnitId),
+    /// The current phase of a shutdown's leftovers is over (see `leftovers`).
+    Leftovers,
 }
 
 /// A timer's handle, to cancel it.

@@ -252,6 +252,8 @@ pub struct Builder {
     socket: Option<PathBuf>,
     socket_via_env: bool,
     no_wait: bool,
+    pid1: bool,
+    main_command: Vec<OsString>,
 }
 
 impl Builder {
@@ -304,6 +306,21 @@ impl Builder {
         self
     }
 
+    /// Gives archon a main command: `-- <argv>` after every other argument (archon as a
+    /// container's entrypoint).
+    pub fn main_command<I: IntoIterator<Item = A>, A: Into<OsString>>(mut self, argv: I) -> Self {
+        self.main_command = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Starts archon as process 1 of a new PID namespace, under
+    /// `unshare --pid --fork --mount-proc` (needs root): as the init of a container. The test
+    /// still sees it, and signals it, by its pid outside ([`Archon::pid`]).
+    pub fn pid1(mut self) -> Self {
+        self.pid1 = true;
+        self
+    }
+
     /// Starts archon in a fresh temp dir (also its cwd), its stderr to `<dir>/archon.log` and
     /// its stdout to `<dir>/archon.stdout`, and waits until its socket accepts a connection.
     pub fn start(self) -> Result<Archon> {
@@ -316,7 +333,14 @@ impl Builder {
         let log_file = File::create(&log).context("create archon.log")?;
         let stdout_file =
             File::create(dir.join("archon.stdout")).context("create archon.stdout")?;
-        let mut cmd = Command::new(archon_bin()?);
+        let mut cmd = if self.pid1 {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc"])
+                .arg(archon_bin()?);
+            c
+        } else {
+            Command::new(archon_bin()?)
+        };
         if self.env_clear {
             cmd.env_clear();
         }
@@ -329,6 +353,9 @@ impl Builder {
             cmd.arg("--socket").arg(&socket);
         }
         cmd.args(&self.args);
+        if !self.main_command.is_empty() {
+            cmd.arg("--").args(&self.main_command);
+        }
         for (k, v) in &self.env {
             match v {
                 Some(v) => cmd.env(k, v),
@@ -341,12 +368,24 @@ impl Builder {
             .stderr(log_file);
         let child = cmd.spawn().context("spawn archon")?;
         let mut archon = Archon {
+            pid: child.id() as i32,
             child,
             dir,
             socket,
             log,
             exited: None,
         };
+        if self.pid1 {
+            // unshare's only child, which it forked and which executes archon; an archon that
+            // has ended already is only known by unshare's pid.
+            let unshare = archon.pid;
+            archon.pid = wait_for("unshare to fork archon", BOUND, || {
+                match children_of(unshare).into_iter().next() {
+                    Some(pid) => Some(pid),
+                    None => archon.child.try_wait().ok().flatten().map(|_| unshare),
+                }
+            })?;
+        }
         if !self.no_wait {
             archon.wait_ready()?;
         }
@@ -357,6 +396,8 @@ impl Builder {
 /// A running `archon`, killed with its whole process tree (and its temp dir removed) on drop.
 #[derive(Debug)]
 pub struct Archon {
+    /// archon's pid, as the test sees it (started with [`Builder::pid1`], `child` is unshare).
+    pid: i32,
     child: Child,
     dir: TempDir,
     socket: PathBuf,
@@ -406,9 +447,9 @@ impl Archon {
         }
     }
 
-    /// archon's pid.
+    /// archon's pid (in the test's PID namespace).
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.pid
     }
 
     /// The socket path.
@@ -1100,6 +1141,41 @@ pub fn zombies_of(ppid: i32) -> Vec<i32> {
         .filter(|p| p.ppid == ppid && p.state == 'Z')
         .map(|p| p.pid)
         .collect()
+}
+
+/// The PID namespace of `pid` (the target of `/proc/PID/ns/pid`, as `pid:[4026531836]`).
+pub fn pid_namespace(pid: i32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+/// Every process in the PID namespace of `pid` (as this test sees them, by their pids here).
+pub fn procs_in_namespace_of(pid: i32) -> Vec<Stat> {
+    let Some(ns) = pid_namespace(pid) else {
+        return Vec::new();
+    };
+    all_procs()
+        .into_iter()
+        .filter(|p| pid_namespace(p.pid).as_ref() == Some(&ns))
+        .collect()
+}
+
+/// The zombies in the PID namespace of `pid`.
+pub fn zombies_in_namespace_of(pid: i32) -> Vec<i32> {
+    procs_in_namespace_of(pid)
+        .into_iter()
+        .filter(|p| p.state == 'Z')
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The pid here of the process that is `inner` in the PID namespace of `pid` (the last of its
+/// `NSpid` numbers): the same number when that namespace is the test's own.
+pub fn pid_here(pid: i32, inner: i32) -> Option<i32> {
+    procs_in_namespace_of(pid).into_iter().find_map(|p| {
+        let nspids = status_field(p.pid, "NSpid").ok()?;
+        let last = nspids.split_whitespace().last()?.parse::<i32>().ok()?;
+        (last == inner).then_some(p.pid)
+    })
 }
 
 /// The fds open in `pid`, sorted.

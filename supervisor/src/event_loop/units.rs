@@ -115,8 +115,8 @@ impl Supervisor {
             Action::Reply(to, reply) => self.reply(to, reply),
             Action::Forget(unit) => self.forget_unit(unit),
             Action::Exit(code) => {
-                self.exit_code = code;
-                self.begin_shutdown(None);
+                self.outcome.get_or_insert(super::Outcome::Critical(code));
+                self.begin_shutdown(super::Cause::Critical);
             }
         }
     }
