@@ -271,7 +271,7 @@ pub(crate) fn service(
         if kind == UnitKind::Task {
             return Err("health checks are for services; a task runs to completion".to_string());
         }
-        s.health = Some(health(lua, v, room)?);
+        s.health = Some(Box::new(health(lua, v, room)?));
     }
     Ok(s)
 }

@@ -241,7 +241,7 @@ pub struct Service {
     /// For `ready = "notify"`: the longest time between two `WATCHDOG=1`, in ms.
     pub watchdog_ms: Option<u64>,
     /// The health check (services only).
-    pub health: Option<Health>,
+    pub health: Option<Box<Health>>,
 }
 
 impl Service {
@@ -368,7 +368,7 @@ impl Service {
             ),
             ("ready_timeout", duration(self.ready_timeout_ms)),
             ("watchdog", opt(self.watchdog_ms.map(duration))),
-            ("health", opt(self.health.as_ref().map(literal::health))),
+            ("health", opt(self.health.as_deref().map(literal::health))),
         ]
     }
 }

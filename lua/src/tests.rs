@@ -403,8 +403,8 @@ fn health_checks() -> Res {
         "health = {command = {\"/bin/check\", \"-q\"}, interval = 2, timeout = \"500ms\", retries = 5, start_period = 30}",
     )?;
     assert_eq!(
-        s.health,
-        Some(Health {
+        s.health.as_deref(),
+        Some(&Health {
             check: Check::Command(vec![b"/bin/check".to_vec(), b"-q".to_vec()]),
             interval_ms: 2000,
             timeout_ms: 500,
@@ -414,8 +414,8 @@ fn health_checks() -> Res {
     );
     let s = with("health = {tcp = \"[::1]:8080\"}")?;
     assert_eq!(
-        s.health,
-        Some(Health {
+        s.health.as_deref(),
+        Some(&Health {
             check: Check::Tcp("[::1]:8080".parse().map_err(|_| "addr")?),
             interval_ms: 10_000,
             timeout_ms: 5_000,

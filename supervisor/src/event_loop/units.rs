@@ -58,7 +58,8 @@ pub(super) struct UnitRt {
     pid: i32,
     pidfd: Option<OwnedFd>,
     cgroup: Option<ServiceCgroup>,
-    notify: Option<NotifySocket>,
+    /// Boxed, as the probe: most units have none.
+    notify: Option<Box<NotifySocket>>,
     ready: Option<ReadyPipe>,
     /// A health check in progress (boxed: most units have none, and a unit's runtime is kept
     /// for each of thousands of units).
@@ -272,7 +273,7 @@ impl Supervisor {
             .register(&mut socket, unit_token(id, SUB_NOTIFY), Interest::READABLE)
             .map_err(|e| format!("cannot watch the notify socket: {e}"))?;
         let path = socket.path().to_path_buf();
-        self.units.entry(id).or_default().notify = Some(socket);
+        self.units.entry(id).or_default().notify = Some(Box::new(socket));
         Ok(path)
     }
 

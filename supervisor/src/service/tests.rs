@@ -490,13 +490,13 @@ fn a_restarted_service_shows_its_own_status_text() {
 #[test]
 fn unhealthy_after_retries_restarts() {
     let mut s = svc("h");
-    s.health = Some(archon_lua::Health {
+    s.health = Some(Box::new(archon_lua::Health {
         check: archon_lua::Check::Command(vec![b"/bin/false".to_vec()]),
         interval_ms: 1000,
         timeout_ms: 500,
         retries: 2,
         start_period_ms: 0,
-    });
+    }));
     let mut w = World::new(vec![s]);
     let id = w.id("h");
     w.fire("h", TimerKind::Health);
