@@ -9,6 +9,7 @@ mod args;
 mod cgroup;
 mod control;
 mod event_loop;
+mod events;
 mod health;
 mod listen;
 mod log;
