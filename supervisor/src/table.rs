@@ -324,7 +324,12 @@ impl Table {
         let old = proc.row.state;
         proc.row.state = ProcState::Exited;
         proc.row.status = Some(status);
-        let why = status.to_string();
+        // The status says how it ended; the reason, for people, only when it was not asked to.
+        let why = if old == ProcState::Stopping {
+            String::new()
+        } else {
+            status.to_string()
+        };
         out.event = Some(proc.event(EventKind::Exit, Some(old), why, proc.stop_by, now_ms));
         for waiter in proc.waiters.drain(..) {
             out.replies.push(match waiter {
