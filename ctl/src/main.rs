@@ -64,10 +64,10 @@ sub-commands (TARGET is a service's NAME or a process's ID):
                           every process of every service (or of NAME)
   config [--table|--csv]  the effective configuration
   reload                  read the configuration again and apply the changes
-  events [--subject GLOB] [--kind KIND] [--max N] [-f|--follow] [--table|--csv]
-                          what happened, who caused it: the history archon keeps,
-                          then (-f) events as they happen; GLOB takes * and ?,
-                          KIND is words like exit|fail or daemon joined by |
+  events [--subject GLOB] [--kind KIND] [--max N] [-f|--follow]
+         [--table|--csv]  what happened and who caused it: the history archon
+                          keeps, then (-f) events as they happen; GLOB takes *
+                          and ?, KIND is words such as exit|fail or daemon
   run [-e NAME=VALUE]... [--] CMD [ARG]...
                           run CMD, wait, exit with its status
   daemon [-e NAME=VALUE]... [--] CMD [ARG]...
