@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use archon_proto::limits::{MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION};
 use archon_proto::{
-    Cause, Command, Event, EventKind, Id, Kind, ProcState, Reply, Request, Status, Target,
+    Cause, Command, Event, EventKind, Id, Kind, ProcState, Reply, Request, Status, StreamItem,
+    Target,
 };
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
@@ -28,7 +29,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::args::Options;
 use crate::cgroup::Cgroups;
 use crate::control::{self, Client, Incoming, ReadOutcome};
-use crate::events::Events;
+use crate::events::{Events, Offer};
 use crate::listen::Listening;
 use crate::service::{Manager, UnitId};
 use crate::spawn::{Exec, SpawnError, Spawner, Step};
@@ -454,9 +455,14 @@ impl Supervisor {
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
-            let bytes = self.events.offer(id, c.backlog(), &published.line);
-            if !bytes.is_empty() {
-                c.push_stream(&bytes);
+            match self.events.offer(id, c.backlog(), published.line.len()) {
+                Offer::Drop => {}
+                Offer::Send { dropped } => {
+                    if dropped > 0 {
+                        c.push_stream(&StreamItem::Dropped(dropped).encode());
+                    }
+                    c.push_stream(&published.line);
+                }
             }
         }
     }

@@ -5,8 +5,8 @@
 //! number (here) and hands each one to [`Events::publish`], which keeps it and says which
 //! subscribers want it, as one encoded line for all of them. What a subscriber has not read
 //! waits in its connection's buffer ([`crate::control::Client::push_stream`]); this module
-//! decides, from how much waits, whether the next line goes there or is dropped and counted
-//! ([`Subscriber::offer`]), and when the count is told (`Dropped,<n>`). Pure bookkeeping: no
+//! decides, from how much waits, whether the line goes there or is dropped and counted
+//! ([`Events::offer`]), and when the count is told (`Dropped,<n>`). Pure bookkeeping: no
 //! system call, tested without a socket.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -172,28 +172,18 @@ impl Events {
         self.subscribers.len()
     }
 
-    /// The lines to queue for subscriber `id`, which has `backlog` bytes unread, for an event
-    /// whose line is `line`: nothing when it is dropped, else the line, after a `Dropped` line
-    /// when events were lost before it. The subscriber is marked for the end-of-turn flush.
-    pub fn offer(&mut self, id: ClientId, backlog: usize, line: &[u8]) -> Vec<u8> {
+    /// Whether subscriber `id`, which has `backlog` bytes unread, gets an event of `len` bytes
+    /// (see [`Subscriber::offer`]); one that gets it is marked for the end-of-turn flush.
+    pub fn offer(&mut self, id: ClientId, backlog: usize, len: usize) -> Offer {
         let Some(s) = self.subscribers.get_mut(&id) else {
-            return Vec::new();
+            return Offer::Drop;
         };
-        match s.offer(backlog, line.len()) {
-            Offer::Drop => Vec::new(),
-            Offer::Send { dropped } => {
-                let mut out = Vec::with_capacity(line.len() + 24);
-                if dropped > 0 {
-                    StreamItem::Dropped(dropped).encode_into(&mut out);
-                }
-                out.extend_from_slice(line);
-                if !s.touched {
-                    s.touched = true;
-                    self.touched.push(id);
-                }
-                out
-            }
+        let offer = s.offer(backlog, len);
+        if offer != Offer::Drop && !s.touched {
+            s.touched = true;
+            self.touched.push(id);
         }
+        offer
     }
 
     /// The `Dropped,<n>` line for subscriber `id`, which has `backlog` bytes unread, when a
@@ -353,19 +343,23 @@ mod tests {
     }
 
     #[test]
-    fn offers_mark_the_lines_and_the_subscribers_to_flush() {
+    fn offers_mark_the_subscribers_to_flush() {
         let mut ev = Events::new(0);
         ev.subscribe(5, Filter::any());
-        let line = b"Event,...\n";
-        assert_eq!(ev.offer(5, 0, line), line);
-        assert_eq!(ev.offer(5, 0, line), line);
+        let send = Offer::Send { dropped: 0 };
+        assert_eq!(ev.offer(5, 0, 10), send);
+        assert_eq!(ev.offer(5, 0, 10), send);
         assert_eq!(ev.take_touched(), [5], "once per turn");
         assert!(ev.take_touched().is_empty());
-        assert!(ev.offer(5, MAX_EVENT_BACKLOG, line).is_empty());
-        assert!(ev.offer(5, MAX_EVENT_BACKLOG, line).is_empty());
-        assert_eq!(ev.offer(5, 0, line), b"Dropped,2\nEvent,...\n");
-        assert!(ev.offer(6, 0, line).is_empty(), "not a subscriber");
-        assert!(ev.offer(5, MAX_EVENT_BACKLOG, line).is_empty());
+        assert_eq!(ev.offer(5, MAX_EVENT_BACKLOG, 10), Offer::Drop);
+        assert_eq!(ev.offer(5, MAX_EVENT_BACKLOG, 10), Offer::Drop);
+        assert!(
+            ev.take_touched().is_empty(),
+            "nothing queued, nothing to flush"
+        );
+        assert_eq!(ev.offer(5, 0, 10), Offer::Send { dropped: 2 });
+        assert_eq!(ev.offer(6, 0, 10), Offer::Drop, "not a subscriber");
+        assert_eq!(ev.offer(5, MAX_EVENT_BACKLOG, 10), Offer::Drop);
         assert_eq!(ev.catch_up(5, 0), Some(b"Dropped,1\n".to_vec()));
         assert_eq!(ev.catch_up(5, 0), None);
     }
