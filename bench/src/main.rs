@@ -1,7 +1,7 @@
 //! archon-bench: starts its own archon on a temp socket, measures it, and prints one markdown
-//! table: round trips against a direct `posix_spawn`, Run throughput with 1 and 16 clients, 1000
-//! daemons (start, List, memory, Stop), the syscalls of an idle archon and the instructions of a
-//! `Ping`. Nothing here asserts anything about time: the figures are for reading.
+//! table: round trips against a direct `posix_spawn`, Run throughput with 1 and 16 clients,
+//! events through 1 and 100 subscribers, 1000 daemons (start, List, memory, Stop), the syscalls
+//! of an idle archon and the instructions of a `Ping`. Nothing here asserts anything about time: the figures are for reading.
 //!
 //! Usage: `archon-bench [--archon PATH]` (default: the `archon` next to this program);
 //! `bench/run` builds both in release and runs it.
@@ -14,6 +14,7 @@ mod archon;
 mod conn;
 mod cpu;
 mod direct;
+mod events;
 mod probes;
 mod services;
 mod stats;
@@ -150,6 +151,7 @@ fn bench(archon_bin: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("encode Run: {e}"))?;
     rows.extend(run_vs_direct(&archon, &mut conn, &run_line)?);
     rows.extend(run_throughput(&archon, &mut conn, &run_line)?);
+    rows.extend(events::events(&archon)?);
     drop(conn);
 
     rows.push(Row::value("archon RSS, idle at start", kib(rss_start)));

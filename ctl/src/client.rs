@@ -14,13 +14,13 @@ use std::time::Duration;
 use archon_proto::reply::ready;
 use archon_proto::socket::socket_path;
 use archon_proto::{
-    Command, Id, ProcessRow, ReloadCounts, Reply, ReplyError, Request, ServiceRow, Setting, Status,
-    Target, TreeNode,
+    Command, Event, Filter, Id, ProcessRow, ReloadCounts, Reply, ReplyError, Request, ServiceRow,
+    Setting, Status, Target, TreeNode,
 };
 
 use crate::error::Error;
 use crate::raw::with_newline;
-use crate::reader::{Received, ReplyReader};
+use crate::reader::{Received, ReceivedItem, ReplyReader};
 use crate::send::send_line;
 
 /// Size of each `read` from the socket, in bytes: most replies fit in one.
@@ -303,6 +303,40 @@ impl Client {
         }
     }
 
+    /// The events archon keeps that `filter` matches, the newest `max` of them (all when
+    /// `None`), oldest first.
+    pub fn history(&mut self, filter: &Filter, max: Option<usize>) -> Result<Vec<Event>, Error> {
+        let request = Request::History {
+            filter: filter.clone(),
+            max,
+        };
+        match self.request(&request, &[])? {
+            Reply::History(events) => Ok(events),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Turns the connection into a stream of the events `filter` matches, from now on. Replies
+    /// to requests sent before and not yet received are lost.
+    pub fn subscribe(mut self, filter: &Filter) -> Result<Subscription, Error> {
+        let request = Request::Subscribe {
+            filter: filter.clone(),
+        };
+        match self.request(&request, &[])? {
+            Reply::Ok(fields) => {
+                let next_seq = fields
+                    .first()
+                    .and_then(|f| decimal(f))
+                    .ok_or_else(|| malformed("Subscribe's Ok has no event number"))?;
+                Ok(Subscription {
+                    client: self,
+                    next_seq,
+                })
+            }
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
     /// Sends signal number `signal` to process `id`, or to its process group when `group`.
     pub fn signal(&mut self, id: Id, signal: i32, group: bool) -> Result<(), Error> {
         let request = Request::Signal {
@@ -345,6 +379,52 @@ impl AsFd for Client {
     /// The connection's socket, to wait on it with `poll(2)`.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+}
+
+/// A connection that `Subscribe` made a stream of events: it takes no more requests.
+#[derive(Debug)]
+pub struct Subscription {
+    client: Client,
+    next_seq: u64,
+}
+
+impl Subscription {
+    /// The number of the first event the stream can bring: events before it are in the history
+    /// only, so that a caller who reads `History` after subscribing can leave out what the
+    /// stream will bring.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Makes [`next_item`](Self::next_item) fail with [`Error::TimedOut`] when nothing comes for
+    /// `timeout`; `None` waits for ever (the default).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.client.set_read_timeout(timeout)
+    }
+
+    /// Waits for the next item: an event, or a count of events lost because the caller read too
+    /// slowly. [`Error::Closed`] when archon closes the stream (it exits).
+    pub fn next_item(&mut self) -> Result<ReceivedItem, Error> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if let Some(item) = self.client.reader.next_item()? {
+                return Ok(item);
+            }
+            match self.client.stream.read(&mut chunk) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => self.client.reader.feed(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl AsFd for Subscription {
+    /// The connection's socket, to wait on it with `poll(2)`.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.client.as_fd()
     }
 }
 
@@ -775,6 +855,56 @@ mod tests {
             Err(Error::Unexpected(Reply::Pong))
         ));
         join(server);
+    }
+
+    #[test]
+    fn history_and_a_subscription_read_their_events() {
+        use archon_proto::{KindSet, StreamItem};
+        let (mut client, server) = pair();
+        let event5 = "Event,5,1.000,web,service,exit,ready,backoff,42,SIGKILL,killed,,\n";
+        let server = serve(
+            server,
+            vec![
+                (
+                    "History,web*,exit,10\n",
+                    "History,1\nEvent,4,1.000,web,service,exit,ready,backoff,42,SIGKILL,,,\n",
+                ),
+                ("History,a\n", "Error,nope\n"),
+                (
+                    "Subscribe,,exit|daemon\n",
+                    "Ok,5\nEvent,5,1.000,web,service,exit,ready,backoff,42,SIGKILL,killed,,\n\
+                     Dropped,3\n",
+                ),
+            ],
+        );
+        let exits = KindSet::ANY.with_event(archon_proto::EventKind::Exit);
+        let filter = Filter {
+            subject: b"web*".to_vec(),
+            kinds: exits,
+        };
+        let events = ok(client.history(&filter, Some(10)), "history");
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].seq, events[0].status),
+            (4, Some(Status::Signaled(9)))
+        );
+        let a = Filter {
+            subject: b"a".to_vec(),
+            kinds: KindSet::ANY,
+        };
+        assert!(matches!(client.history(&a, None), Err(Error::Refused(_))));
+        let filter = Filter {
+            subject: Vec::new(),
+            kinds: exits.with_subject(archon_proto::ServiceKind::Daemon),
+        };
+        let mut sub = ok(client.subscribe(&filter), "subscribe");
+        assert_eq!(sub.next_seq(), 5);
+        let first = ok(sub.next_item(), "next");
+        assert!(matches!(first.item, StreamItem::Event(ref e) if e.seq == 5));
+        assert_eq!(first.raw, event5.as_bytes());
+        assert_eq!(ok(sub.next_item(), "next").item, StreamItem::Dropped(3));
+        join(server);
+        assert!(matches!(sub.next_item(), Err(Error::Closed)));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! every error a value ([`Error`]). The wire format itself is `archon_proto`'s; this crate only
 //! moves it.
 //!
-//! - [`client`] — [`Client`], a connection, with one method per request;
+//! - [`client`] — [`Client`], a connection, with one method per request, and [`Subscription`],
+//!   a connection turned into a stream of events;
 //! - [`reader`] — [`ReplyReader`], replies out of a byte stream (pure);
 //! - [`raw`] — [`RawLine`], a line typed by a user, framed as archon will frame it (pure);
 //! - [`pidfd`] — [`pidfd_open`], for `MonitorFD`;
@@ -34,8 +35,8 @@ pub mod raw;
 pub mod reader;
 mod send;
 
-pub use client::{Client, resolve_socket};
+pub use client::{Client, Subscription, resolve_socket};
 pub use error::Error;
 pub use pidfd::pidfd_open;
 pub use raw::RawLine;
-pub use reader::{Received, ReplyReader};
+pub use reader::{Received, ReceivedItem, ReplyReader};

@@ -4,6 +4,7 @@
 mod cli {
     pub mod args;
     pub mod config;
+    pub mod events;
     pub mod status;
     pub mod table;
     pub mod tree;
@@ -21,11 +22,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use archon_ctl::{Client, Error, RawLine, Received, pidfd_open};
 use archon_proto::frame::{Frame, Framer};
 use archon_proto::request::verb;
-use archon_proto::{Command, Reply, Request, Status};
+use archon_proto::{Command, Filter, Reply, Request, Status, StreamItem};
 use nix::fcntl::{FcntlArg, fcntl};
 
 use cli::args::{self, Action, Format, Invocation};
-use cli::{config, status, table, tree};
+use cli::{config, events, status, table, tree};
 
 /// Success.
 const EXIT_OK: u8 = 0;
@@ -63,6 +64,10 @@ sub-commands (TARGET is a service's NAME or a process's ID):
                           every process of every service (or of NAME)
   config [--table|--csv]  the effective configuration
   reload                  read the configuration again and apply the changes
+  events [--subject GLOB] [--kind KIND] [--max N] [-f|--follow]
+         [--table|--csv]  what happened and who caused it: the history archon
+                          keeps, then (-f) events as they happen; GLOB takes *
+                          and ?, KIND is words such as exit|fail or daemon
   run [-e NAME=VALUE]... [--] CMD [ARG]...
                           run CMD, wait, exit with its status
   daemon [-e NAME=VALUE]... [--] CMD [ARG]...
@@ -204,6 +209,12 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
                 other => Err(Error::from_reply(other).into()),
             }
         }
+        Action::Events {
+            filter,
+            max,
+            follow,
+            format,
+        } => events(client, filter, max, follow, table_wanted(format)),
         Action::Reload => {
             let c = client.reload()?;
             print_ok(format!(
@@ -232,6 +243,71 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
             ))
         }
         Action::Help | Action::Version => Ok(EXIT_OK),
+    }
+}
+
+/// `events`: the history that `filter` matches (the newest `max`), as a table or as archon's
+/// CSV lines; with `follow`, then every event as it happens, until archon exits.
+fn events(
+    client: &mut Client,
+    filter: Filter,
+    max: Option<usize>,
+    follow: bool,
+    table: bool,
+) -> Result<u8, Failure> {
+    let history = Request::History {
+        filter: filter.clone(),
+        max,
+    };
+    if !follow {
+        let received = table_reply(client, &history)?;
+        return match received.reply {
+            Reply::History(past) if table => print_ok(events::render(&past)),
+            Reply::History(_) => print_rows(&received.raw),
+            other => Err(Error::from_reply(other).into()),
+        };
+    }
+    // Subscribe first, then read the history: no event falls between the two, and one that
+    // both have is shown once (the stream's numbers start at next_seq).
+    let path = client.path().map(Path::to_path_buf);
+    let stream = match path {
+        Some(path) => Client::connect_to(&path)?,
+        None => return Err(Failure::Client(Error::Closed)),
+    };
+    let mut sub = stream.subscribe(&filter)?;
+    let past = match table_reply(client, &history)?.reply {
+        Reply::History(past) => past,
+        other => return Err(Error::from_reply(other).into()),
+    };
+    let shown = (|| {
+        if table {
+            print(events::follow_header().as_bytes())?;
+        }
+        for e in past.iter().filter(|e| e.seq < sub.next_seq()) {
+            if table {
+                print(events::follow_line(e).as_bytes())?;
+            } else {
+                print(&e.encode())?;
+            }
+        }
+        loop {
+            let received = match sub.next_item() {
+                Ok(received) => received,
+                // archon has exited: the stream is over.
+                Err(Error::Closed) => return Ok(EXIT_OK),
+                Err(e) => return Err(Failure::Client(e)),
+            };
+            match (&received.item, table) {
+                (StreamItem::Event(e), true) => print(events::follow_line(e).as_bytes())?,
+                (StreamItem::Dropped(n), true) => print(events::dropped_line(*n).as_bytes())?,
+                (_, false) => print(&received.raw)?,
+            }
+        }
+    })();
+    match shown {
+        // Whoever read the output has stopped (`| head`): done.
+        Err(Failure::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
+        other => other,
     }
 }
 

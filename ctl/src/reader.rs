@@ -2,11 +2,12 @@
 //!
 //! Pure: bytes go in with [`ReplyReader::feed`], whole replies come out of
 //! [`ReplyReader::next_reply`], however the bytes were split by the reads. A `List` reply is
-//! several records; it comes out once its last row is in.
+//! several records; it comes out once its last row is in. After a `Subscribe`'s reply, the
+//! stream's items (`Event`, `Dropped`) come out of [`ReplyReader::next_item`], one record each.
 
 use archon_proto::frame::{Frame, Framer};
 use archon_proto::record;
-use archon_proto::{Reply, ReplyError, ReplyParser};
+use archon_proto::{Reply, ReplyError, ReplyParser, StreamItem};
 
 /// Longest reply record accepted, in bytes (1 MiB). archon's longest record is a `List` row,
 /// whose argv came in a request of at most 64 KiB; the margin allows for quoting. A longer record
@@ -19,6 +20,15 @@ pub struct Received {
     /// The reply.
     pub reply: Reply,
     /// Its bytes exactly as received, every record with its terminator (`List,<n>` and its rows).
+    pub raw: Vec<u8>,
+}
+
+/// An item of a `Subscribe` stream, typed and as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedItem {
+    /// The item.
+    pub item: StreamItem,
+    /// Its record exactly as received, terminator included.
     pub raw: Vec<u8>,
 }
 
@@ -93,6 +103,33 @@ impl ReplyReader {
                         "record longer than {MAX_REPLY_RECORD_LEN} bytes"
                     ))));
                 }
+            }
+        }
+    }
+
+    /// The next item of a `Subscribe` stream, or `None` until more bytes are fed. Call it only
+    /// between replies (after the `Subscribe`'s `Ok`): every record is then one item. A malformed
+    /// record is dropped and reported.
+    pub fn next_item(&mut self) -> Result<Option<ReceivedItem>, ReplyError> {
+        match self.framer.next_frame(&self.buf[self.rec..]) {
+            Frame::Incomplete => Ok(None),
+            Frame::Record { body, consumed } => {
+                let fields = record::split(&self.buf[self.rec..self.rec + body]);
+                self.rec += consumed;
+                let raw: Vec<u8> = self.buf.drain(..self.rec).collect();
+                self.rec = 0;
+                let item = StreamItem::from_fields(&fields)?;
+                Ok(Some(ReceivedItem { item, raw }))
+            }
+            Frame::Invalid { consumed, error } => {
+                self.rec += consumed;
+                Err(self.drop_reply(ReplyError(error.reason().to_string())))
+            }
+            Frame::TooLong => {
+                self.rec = self.buf.len();
+                Err(self.drop_reply(ReplyError(format!(
+                    "record longer than {MAX_REPLY_RECORD_LEN} bytes"
+                ))))
             }
         }
     }
@@ -246,5 +283,57 @@ mod tests {
         reader.feed(&vec![b'x'; MAX_REPLY_RECORD_LEN + 1]);
         assert!(reader.next_reply().is_err());
         assert_eq!(reader.pending(), 0);
+    }
+    #[test]
+    fn a_subscribe_reply_then_its_stream() {
+        use archon_proto::{Cause, Event, EventKind, ServiceKind, ServiceState};
+        let event = Event {
+            seq: 9,
+            time_ms: 1_000,
+            subject: b"web".to_vec(),
+            kind: ServiceKind::Service,
+            what: EventKind::Exit,
+            old: Some(ServiceState::Ready),
+            new: Some(ServiceState::Backoff),
+            pid: Some(5),
+            status: Some(Status::Exited(1)),
+            reason: b"exited with code 1,\nand more".to_vec(),
+            cause: Cause::Archon,
+        };
+        let mut wire = Reply::subscribed(9).encode();
+        let items = [StreamItem::Event(event), StreamItem::Dropped(3)];
+        for i in &items {
+            i.encode_into(&mut wire);
+        }
+        for cut in 0..=wire.len() {
+            let mut reader = ReplyReader::new();
+            reader.feed(&wire[..cut]);
+            let mut first = reader.next_reply();
+            if matches!(first, Ok(None)) {
+                reader.feed(&wire[cut..]);
+                first = reader.next_reply();
+                assert!(matches!(first, Ok(Some(ref r)) if r.reply == Reply::subscribed(9)));
+            } else {
+                assert!(matches!(first, Ok(Some(ref r)) if r.reply == Reply::subscribed(9)));
+                reader.feed(&wire[cut..]);
+            }
+            let mut got = Vec::new();
+            while let Ok(Some(r)) = reader.next_item() {
+                assert_eq!(r.raw, r.item.encode());
+                got.push(r.item);
+            }
+            assert_eq!(got, items, "cut at {cut}");
+            assert_eq!(reader.pending(), 0);
+        }
+        let mut reader = ReplyReader::new();
+        reader.feed(b"Pong\nDropped,1\n");
+        assert!(reader.next_item().is_err());
+        assert!(matches!(
+            reader.next_item(),
+            Ok(Some(ReceivedItem {
+                item: StreamItem::Dropped(1),
+                ..
+            }))
+        ));
     }
 }

@@ -7,6 +7,8 @@
 //! - [`frame`]: where a record ends in a byte stream, with the grammar's errors;
 //! - [`record`]: a record's fields, split and joined with the `csv` crate;
 //! - [`command`]: the argv/env of `Run` and `StartDaemon`, in the simple and the explicit form;
+//! - [`event`]: the record of one change (`History`'s rows, `Subscribe`'s stream) and the
+//!   filters that choose records;
 //! - [`request`] and [`reply`]: the typed messages; a request names a process by its id or a
 //!   service by its name ([`Target`]);
 //! - [`signal`], [`name`], [`socket`], [`limits`]: signal names, the service name rule, the
@@ -20,7 +22,11 @@
 //! ```
 #![deny(missing_docs)]
 
+#[macro_use]
+mod macros;
+
 pub mod command;
+pub mod event;
 pub mod frame;
 pub mod limits;
 pub mod name;
@@ -31,6 +37,7 @@ pub mod signal;
 pub mod socket;
 
 pub use command::{Command, EnvEntry};
+pub use event::{Cause, Event, EventKind, Filter, KindSet, StreamItem};
 pub use frame::{Frame, FrameError, Framer};
 pub use reply::{
     Health, Kind, ProcState, ProcessRow, ReloadCounts, Reply, ReplyError, ReplyParser, ServiceKind,

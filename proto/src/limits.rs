@@ -62,6 +62,29 @@ pub const MAX_SERVICES: usize = 16_384;
 /// `Tree,<n>` header with a larger `n` takes the reply as malformed.
 pub const MAX_TREE_NODES: usize = 65_536;
 
+/// Default number of events archon keeps for `History` (archon's `--history`): the newest ones,
+/// the oldest forgotten first.
+pub const DEFAULT_HISTORY: usize = 4096;
+
+/// Most events `--history` may ask archon to keep (65536), and so the most rows of a `History`
+/// reply; a client reading a `History,<n>` header with a larger `n` takes the reply as
+/// malformed. An event takes about 200 bytes of archon's memory, at most about 700.
+pub const MAX_HISTORY: usize = 65_536;
+
+/// Most bytes of events archon queues for one subscriber that does not read them (64 KiB), on
+/// top of what the kernel's socket buffer holds. Beyond it the events that follow are dropped
+/// and counted, until what is queued has fallen to half of this; then a `Dropped,<n>` line says
+/// how many were lost at that point of the stream, and events flow again. A subscriber is never
+/// disconnected for being slow, and never makes archon's memory grow past this.
+pub const MAX_EVENT_BACKLOG: usize = 64 * 1024;
+
+/// Longest subject pattern of `History` and `Subscribe`, in bytes.
+pub const MAX_PATTERN_LEN: usize = 256;
+
+/// Longest reason an event keeps, in bytes; a longer one is cut at a character boundary and ends
+/// with `...`.
+pub const MAX_EVENT_REASON: usize = 512;
+
 /// The protocol's version, as `Version` reports it. Raised when a change is not backwards
 /// compatible.
 pub const PROTOCOL_VERSION: u32 = 1;

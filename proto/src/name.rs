@@ -39,7 +39,8 @@ pub fn check(name: &[u8]) -> Result<(), String> {
     }
 }
 
-fn allowed(b: u8) -> bool {
+/// Whether a name may hold byte `b`.
+pub(crate) fn allowed(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-')
 }
 

@@ -1,12 +1,13 @@
 //! Replies: what archon answers, one per request, in request order on each connection.
 //!
-//! Every reply is one record, except the tables: `List`, `Status`, `Tree` and `Config`. Their
-//! first record is `<Kind>,<n>` and `n` rows follow (`Process`, `Service`, `Node`, `Setting`), so
-//! a client knows where the reply ends without waiting.
+//! Every reply is one record, except the tables: `List`, `Status`, `Tree`, `Config` and
+//! `History`. Their first record is `<Kind>,<n>` and `n` rows follow (`Process`, `Service`,
+//! `Node`, `Setting`, `Event`), so a client knows where the reply ends without waiting.
 
 use std::fmt;
 
-use crate::limits::MAX_TREE_NODES;
+use crate::event::Event;
+use crate::limits::{MAX_HISTORY, MAX_TREE_NODES};
 use crate::name;
 use crate::record::{self, Fields};
 use crate::request::{Id, Target, parse_pid, parse_u64};
@@ -72,32 +73,6 @@ impl fmt::Display for Status {
             Status::Unknown => write!(f, "ended, status unknown"),
         }
     }
-}
-
-macro_rules! wire_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vdoc])* $variant,)* }
-
-        impl $name {
-            /// The word on the wire.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text,)* }
-            }
-
-            /// Reads the word on the wire.
-            pub fn from_field(field: &[u8]) -> Option<Self> {
-                match field { $(f if f == $text.as_bytes() => Some($name::$variant),)* _ => None }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
 }
 
 wire_enum! {
@@ -382,6 +357,12 @@ pub mod kind {
     pub const CONFIG: &str = "Config";
     /// A row of [`super::Reply::Config`]
     pub const SETTING: &str = "Setting";
+    /// [`super::Reply::History`]'s header
+    pub const HISTORY: &str = "History";
+    /// A row of [`super::Reply::History`], and an event of a `Subscribe` stream
+    pub const EVENT: &str = "Event";
+    /// The mark in a `Subscribe` stream of events left out
+    pub const DROPPED: &str = "Dropped";
 }
 
 /// The words of a `Status` row's `ready` field.
@@ -400,7 +381,8 @@ pub mod ready {
 pub enum Reply {
     /// `Ok[,<field>...]`: done. `StartDaemon`, `MonitorFD` and `Monitor` add `<id>,<pid>`; `Stop`
     /// adds `<target>,<status>`; `Signal`, `Start`, `Restart`, `Pause` and `Resume` add
-    /// `<target>`; `Reload` adds its [`ReloadCounts`].
+    /// `<target>`; `Reload` adds its [`ReloadCounts`]; `Subscribe` adds the number the next
+    /// event will have, and the stream of events follows.
     Ok(Fields),
     /// `Error,<reason>`: not done, and nothing changed.
     Error(Vec<u8>),
@@ -424,6 +406,8 @@ pub enum Reply {
     Tree(Vec<TreeNode>),
     /// `Config,<n>` and `n` rows.
     Config(Vec<Setting>),
+    /// `History,<n>` and `n` rows (at most [`MAX_HISTORY`]), oldest first.
+    History(Vec<Event>),
 }
 
 /// A reply that does not follow the grammar.
@@ -438,15 +422,15 @@ impl fmt::Display for ReplyError {
 
 impl std::error::Error for ReplyError {}
 
-fn bad(what: &str) -> ReplyError {
+pub(crate) fn bad(what: &str) -> ReplyError {
     ReplyError(what.to_string())
 }
 
-fn millis_to_field(ms: u64) -> Vec<u8> {
+pub(crate) fn millis_to_field(ms: u64) -> Vec<u8> {
     format!("{}.{:03}", ms / 1000, ms % 1000).into_bytes()
 }
 
-fn millis_from_field(field: &[u8]) -> Option<u64> {
+pub(crate) fn millis_from_field(field: &[u8]) -> Option<u64> {
     let dot = field.iter().position(|&b| b == b'.')?;
     let (secs, frac) = (&field[..dot], &field[dot + 1..]);
     if frac.len() != 3 {
@@ -488,6 +472,11 @@ impl Reply {
             name.to_vec(),
             last.map_or_else(|| ready::NONE.as_bytes().to_vec(), Status::to_field),
         ])
+    }
+
+    /// `Ok,<next-seq>`: the answer to `Subscribe`, before its stream.
+    pub fn subscribed(next_seq: u64) -> Reply {
+        Reply::Ok(vec![next_seq.to_string().into_bytes()])
     }
 
     /// `Ok,<started>,<stopped>,<restarted>,<unchanged>`: the answer to `Reload`.
@@ -572,6 +561,12 @@ impl Reply {
                     );
                 }
             }
+            Reply::History(events) => {
+                header(kind::HISTORY, events.len(), out);
+                for e in events {
+                    e.encode_into(out);
+                }
+            }
         }
     }
 
@@ -622,6 +617,7 @@ enum Rows {
     Status(Vec<ServiceRow>),
     Tree(Vec<TreeNode>),
     Config(Vec<Setting>),
+    History(Vec<Event>),
 }
 
 impl Rows {
@@ -631,6 +627,7 @@ impl Rows {
             Rows::Status(r) => r.len(),
             Rows::Tree(r) => r.len(),
             Rows::Config(r) => r.len(),
+            Rows::History(r) => r.len(),
         }
     }
 
@@ -640,6 +637,7 @@ impl Rows {
             Rows::Status(r) => r.push(parse_service(fields)?),
             Rows::Tree(r) => r.push(parse_node(fields)?),
             Rows::Config(r) => r.push(parse_setting(fields)?),
+            Rows::History(r) => r.push(Event::from_fields(fields)?),
         }
         Ok(())
     }
@@ -650,6 +648,7 @@ impl Rows {
             Rows::Status(r) => Reply::Status(r),
             Rows::Tree(r) => Reply::Tree(r),
             Rows::Config(r) => Reply::Config(r),
+            Rows::History(r) => Reply::History(r),
         }
     }
 }
@@ -659,7 +658,7 @@ impl Rows {
 const ROWS_RESERVED: usize = 1024;
 
 /// Reads a reply record by record, as a client does: most replies are done after one record, a
-/// table (`List`, `Status`, `Tree`, `Config`) after its rows.
+/// table (`List`, `Status`, `Tree`, `Config`, `History`) after its rows.
 #[derive(Debug, Default)]
 pub struct ReplyParser {
     /// The table being read: how many rows it has, and those read so far.
@@ -746,6 +745,12 @@ impl ReplyParser {
                     self.start_table(n, Rows::Config(Vec::with_capacity(n.min(ROWS_RESERVED))))
                 );
             }
+            b"History" => {
+                let n = row_count(rest, kind::HISTORY, MAX_HISTORY)?;
+                return Ok(
+                    self.start_table(n, Rows::History(Vec::with_capacity(n.min(ROWS_RESERVED))))
+                );
+            }
             _ => return Err(bad("unknown reply kind")),
         };
         Ok(Some(reply))
@@ -785,7 +790,7 @@ fn parse_row(fields: &[Vec<u8>]) -> Result<ProcessRow, ReplyError> {
 }
 
 /// An empty field is `None`.
-fn optional<T>(
+pub(crate) fn optional<T>(
     field: &[u8],
     parse: impl FnOnce(&[u8]) -> Option<T>,
     what: &str,
@@ -797,7 +802,7 @@ fn optional<T>(
 }
 
 /// A row's name: a process's id when `process`, else a service name.
-fn check_row_name(field: &[u8], process: bool) -> Result<(), ReplyError> {
+pub(crate) fn check_row_name(field: &[u8], process: bool) -> Result<(), ReplyError> {
     let ok = if process {
         field.iter().all(u8::is_ascii_digit) && parse_u64(field).is_some()
     } else {
@@ -1134,6 +1139,64 @@ Setting,web,argv,"{""/usr/bin/python3"",""-m""}"
         ] {
             assert_eq!(round_trip(&reply), reply);
         }
+    }
+
+    #[test]
+    fn history_is_a_table_of_events() {
+        use crate::event::{Cause, EventKind};
+        let event = |seq, subject: &[u8], kind, what, old, new| Event {
+            seq,
+            time_ms: 1_795_310_701_093,
+            subject: subject.to_vec(),
+            kind,
+            what,
+            old,
+            new,
+            pid: Some(4242),
+            status: None,
+            reason: Vec::new(),
+            cause: Cause::Client { uid: 0, pid: 7 },
+        };
+        let events = vec![
+            event(
+                1,
+                b"web",
+                ServiceKind::Service,
+                EventKind::Start,
+                Some(ServiceState::Stopped),
+                Some(ServiceState::Starting),
+            ),
+            event(
+                2,
+                b"3",
+                ServiceKind::Daemon,
+                EventKind::Spawn,
+                None,
+                Some(ServiceState::Running),
+            ),
+        ];
+        assert_eq!(
+            Reply::History(events.clone()).encode(),
+            &b"History,2\n\
+               Event,1,1795310701.093,web,service,start,stopped,starting,4242,,,0,7\n\
+               Event,2,1795310701.093,3,daemon,spawn,,running,4242,,,0,7\n"[..]
+        );
+        for reply in [Reply::History(events), Reply::History(vec![])] {
+            assert_eq!(round_trip(&reply), reply);
+        }
+        assert_eq!(Reply::subscribed(9).encode(), b"Ok,9\n");
+        assert!(
+            ReplyParser::new()
+                .push(&record::split(b"History,65537"))
+                .is_err()
+        );
+        assert_eq!(
+            ReplyParser::new().push(&record::split(b"History,65536")),
+            Ok(None)
+        );
+        let mut p = ReplyParser::new();
+        assert_eq!(p.push(&record::split(b"History,1")), Ok(None));
+        assert!(p.push(&record::split(b"Dropped,1")).is_err());
     }
 
     #[test]

@@ -3,8 +3,9 @@
 use std::fmt;
 
 use crate::command::{Command, CommandError};
+use crate::event::{self, Filter, KindSet};
 use crate::frame::FrameError;
-use crate::limits::{MAX_FDS_PER_REQUEST, MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
+use crate::limits::{MAX_FDS_PER_REQUEST, MAX_HISTORY, MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
 use crate::name;
 use crate::record::{self, Fields};
 use crate::signal;
@@ -168,6 +169,20 @@ pub enum Request {
     /// `Reload`: read the configuration file again and apply what changed; answered
     /// `Ok,<started>,<stopped>,<restarted>,<unchanged>`.
     Reload,
+    /// `History[,<subject>[,<kind>[,<max>]]]`: the events archon keeps that match, oldest first;
+    /// answered with [`Reply::History`](crate::Reply::History).
+    History {
+        /// Which events.
+        filter: Filter,
+        /// At most this many (the newest), 1 to [`MAX_HISTORY`]; all that match when `None`.
+        max: Option<usize>,
+    },
+    /// `Subscribe[,<subject>[,<kind>]]`: answered `Ok,<next-seq>`, then every event that matches
+    /// as it happens ([`StreamItem`](crate::StreamItem)s); the connection takes no more requests.
+    Subscribe {
+        /// Which events.
+        filter: Filter,
+    },
 }
 
 /// The verbs, as spelled on the wire.
@@ -206,6 +221,10 @@ pub mod verb {
     pub const CONFIG: &str = "Config";
     /// [`super::Request::Reload`]
     pub const RELOAD: &str = "Reload";
+    /// [`super::Request::History`]
+    pub const HISTORY: &str = "History";
+    /// [`super::Request::Subscribe`]
+    pub const SUBSCRIBE: &str = "Subscribe";
     /// The keyword that makes `Signal` reach the process group.
     pub const GROUP: &str = "group";
 }
@@ -237,6 +256,10 @@ pub enum RequestError {
     BadSignalScope,
     /// A service name that breaks the naming rule (the text is [`name::check`]'s reason).
     BadName(String),
+    /// A subject pattern that breaks its rule (the text is [`event::check_pattern`]'s reason).
+    BadPattern(String),
+    /// A kind field with a word that is no kind (the text is [`KindSet::from_field`]'s reason).
+    BadKind(String),
     /// The request carries fds that it does not take, or more than it takes.
     Fds {
         /// The verb.
@@ -262,6 +285,8 @@ impl fmt::Display for RequestError {
             RequestError::BadSignal => write!(f, "bad signal"),
             RequestError::BadSignalScope => write!(f, "bad signal scope: only 'group' is known"),
             RequestError::BadName(why) => write!(f, "bad name: {why}"),
+            RequestError::BadPattern(why) => write!(f, "bad subject pattern: {why}"),
+            RequestError::BadKind(why) => write!(f, "bad kind: {why}"),
             RequestError::Fds { verb, got } => match (*verb, *got) {
                 (verb::MONITOR_FD, 0) => write!(f, "MonitorFD needs a pidfd attached"),
                 (verb::MONITOR_FD, n) => write!(f, "MonitorFD takes exactly one pidfd, got {n}"),
@@ -337,6 +362,29 @@ fn target_arg(args: &[Vec<u8>]) -> Result<Target, RequestError> {
 /// The first argument as a service name.
 fn name_arg(args: &[Vec<u8>]) -> Result<Vec<u8>, RequestError> {
     service_name(args.first().map_or(&[][..], Vec::as_slice), "name")
+}
+
+/// The `<subject>,<kind>` fields of `History` and `Subscribe`; absent or empty ones take every
+/// event.
+fn filter_args(args: &[Vec<u8>]) -> Result<Filter, RequestError> {
+    let field = |i: usize| args.get(i).map_or(&[][..], Vec::as_slice);
+    event::check_pattern(field(0)).map_err(RequestError::BadPattern)?;
+    Ok(Filter {
+        subject: field(0).to_vec(),
+        kinds: KindSet::from_field(field(1)).map_err(RequestError::BadKind)?,
+    })
+}
+
+/// `History`'s `<max>`: 1 to [`MAX_HISTORY`]; absent or empty for all.
+fn max_arg(field: Option<&Vec<u8>>) -> Result<Option<usize>, RequestError> {
+    match field.map(Vec::as_slice) {
+        None | Some([]) => Ok(None),
+        Some(f) => parse_u64(f)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=MAX_HISTORY).contains(n))
+            .map(Some)
+            .ok_or(RequestError::BadNumber("count")),
+    }
 }
 
 fn no_more(fields: &[Vec<u8>], n: usize, verb: &'static str) -> Result<(), RequestError> {
@@ -453,6 +501,19 @@ impl Request {
                 no_more(args, 0, verb::RELOAD)?;
                 Request::Reload
             }
+            b"History" => {
+                no_more(args, 3, verb::HISTORY)?;
+                Request::History {
+                    filter: filter_args(args)?,
+                    max: max_arg(args.get(2))?,
+                }
+            }
+            b"Subscribe" => {
+                no_more(args, 2, verb::SUBSCRIBE)?;
+                Request::Subscribe {
+                    filter: filter_args(args)?,
+                }
+            }
             [] if args.is_empty() => return Err(RequestError::Empty),
             other => return Err(RequestError::UnknownVerb(printable(other))),
         };
@@ -484,6 +545,8 @@ impl Request {
             Request::Tree { .. } => verb::TREE,
             Request::Config => verb::CONFIG,
             Request::Reload => verb::RELOAD,
+            Request::History { .. } => verb::HISTORY,
+            Request::Subscribe { .. } => verb::SUBSCRIBE,
         }
     }
 
@@ -535,6 +598,15 @@ impl Request {
             Request::Pause { target } | Request::Resume { target } => out.push(target.to_field()),
             Request::Status { names } => out.extend(names.iter().cloned()),
             Request::Tree { name } => out.extend(name.iter().cloned()),
+            Request::History { filter, max } => {
+                out.push(filter.subject.clone());
+                out.push(filter.kinds.to_field());
+                out.push(max.map(|n| num(n as u64)).unwrap_or_default());
+            }
+            Request::Subscribe { filter } => {
+                out.push(filter.subject.clone());
+                out.push(filter.kinds.to_field());
+            }
             Request::MonitorFd
             | Request::List
             | Request::Ping
@@ -542,10 +614,17 @@ impl Request {
             | Request::Config
             | Request::Reload => {}
         }
+        if matches!(self, Request::History { .. } | Request::Subscribe { .. }) {
+            // Empty fields at the end say nothing: leave them out.
+            while out.len() > 1 && out.last().is_some_and(Vec::is_empty) {
+                out.pop();
+            }
+        }
         out
     }
 
-    /// Checks the names and targets of a request built in code, as the parser would read them.
+    /// Checks the names, targets, patterns and counts of a request built in code, as the parser
+    /// would read them.
     fn check_names(&self) -> Result<(), RequestError> {
         match self {
             Request::Stop { target, .. }
@@ -561,13 +640,25 @@ impl Request {
             Request::Tree { name } => name
                 .iter()
                 .try_for_each(|n| service_name(n, "name").map(drop)),
+            Request::History { filter, max } => {
+                event::check_pattern(&filter.subject).map_err(RequestError::BadPattern)?;
+                match max {
+                    Some(n) if !(1..=MAX_HISTORY).contains(n) => {
+                        Err(RequestError::BadNumber("count"))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Request::Subscribe { filter } => {
+                event::check_pattern(&filter.subject).map_err(RequestError::BadPattern)
+            }
             _ => Ok(()),
         }
     }
 
     /// The request as one line, `\n` included. Fails on a NUL byte, which no field can carry, on a
-    /// service name that breaks the naming rule (so that what is sent reads back as itself), or
-    /// when the line would exceed [`MAX_REQUEST_LEN`].
+    /// service name or a subject pattern that breaks its rule or a count out of range (so that
+    /// what is sent reads back as itself), or when the line would exceed [`MAX_REQUEST_LEN`].
     pub fn encode(&self) -> Result<Vec<u8>, RequestError> {
         self.check_names()?;
         let fields = self.to_fields();
@@ -931,6 +1022,113 @@ mod tests {
                 ),
                 "{bad:?}"
             );
+        }
+    }
+    #[test]
+    fn event_requests() {
+        use crate::event::EventKind;
+        use crate::reply::ServiceKind;
+        let filter = |subject: &str, kinds: KindSet| Filter {
+            subject: subject.as_bytes().to_vec(),
+            kinds,
+        };
+        let exits = KindSet::ANY.with_event(EventKind::Exit);
+        let cases = [
+            (
+                "History",
+                Request::History {
+                    filter: Filter::any(),
+                    max: None,
+                },
+            ),
+            (
+                "History,web*",
+                Request::History {
+                    filter: filter("web*", KindSet::ANY),
+                    max: None,
+                },
+            ),
+            (
+                "History,,exit,10",
+                Request::History {
+                    filter: filter("", exits),
+                    max: Some(10),
+                },
+            ),
+            (
+                "History,?,exit|daemon,65536",
+                Request::History {
+                    filter: filter("?", exits.with_subject(ServiceKind::Daemon)),
+                    max: Some(MAX_HISTORY),
+                },
+            ),
+            (
+                "Subscribe",
+                Request::Subscribe {
+                    filter: Filter::any(),
+                },
+            ),
+            (
+                "Subscribe,*,exit",
+                Request::Subscribe {
+                    filter: filter("*", exits),
+                },
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line), Ok(want.clone()), "{line}");
+            assert_eq!(
+                want.encode(),
+                Ok(format!("{line}\n").into_bytes()),
+                "{line}"
+            );
+            assert!(want.check_fds(1).is_err());
+        }
+        // Empty fields count as missing, and are left out when written.
+        let all = Request::History {
+            filter: Filter::any(),
+            max: None,
+        };
+        assert_eq!(parse("History,,,"), Ok(all.clone()));
+        assert_eq!(all.encode(), Ok(b"History\n".to_vec()));
+        let errors: &[(&str, &str)] = &[
+            (
+                "History,a/b",
+                "bad subject pattern: '/' is not allowed (only name bytes, '*' and '?')",
+            ),
+            (
+                "History,*,nope",
+                "bad kind: 'nope' is no event kind or subject kind",
+            ),
+            ("History,*,exit|", "bad kind: an empty word between '|'"),
+            ("History,*,exit,0", "bad count"),
+            ("History,*,exit,65537", "bad count"),
+            ("History,*,exit,-1", "bad count"),
+            ("History,*,exit,1,x", "too many fields for History"),
+            ("Subscribe,*,exit,1", "too many fields for Subscribe"),
+            (
+                "Subscribe,[a]",
+                "bad subject pattern: '[' is not allowed (only name bytes, '*' and '?')",
+            ),
+        ];
+        for (line, reason) in errors {
+            let got = parse(line).map_err(|e| e.to_string());
+            assert_eq!(got, Err(reason.to_string()), "{line:?}");
+        }
+        for bad in [
+            Request::History {
+                filter: filter("a,b", KindSet::ANY),
+                max: None,
+            },
+            Request::History {
+                filter: Filter::any(),
+                max: Some(0),
+            },
+            Request::Subscribe {
+                filter: filter("x y", KindSet::ANY),
+            },
+        ] {
+            assert!(bad.encode().is_err(), "{bad:?}");
         }
     }
 }

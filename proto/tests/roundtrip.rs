@@ -9,13 +9,13 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use archon_proto::limits::{MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
+use archon_proto::limits::{MAX_HISTORY, MAX_PATTERN_LEN, MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
 use archon_proto::record;
 use archon_proto::signal::MAX_SIGNAL;
 use archon_proto::{
-    Command, EnvEntry, Frame, FrameError, Framer, Health, Kind, ProcState, ProcessRow, Reply,
-    ReplyParser, Request, RequestError, ServiceKind, ServiceRow, ServiceState, Setting, Status,
-    Target, TreeNode, name,
+    Cause, Command, EnvEntry, Event, EventKind, Filter, Frame, FrameError, Framer, Health, Kind,
+    KindSet, ProcState, ProcessRow, Reply, ReplyParser, Request, RequestError, ServiceKind,
+    ServiceRow, ServiceState, Setting, Status, StreamItem, Target, TreeNode, name,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -329,9 +329,52 @@ fn gen_target(rng: &mut Rng) -> Target {
     }
 }
 
+/// A subject pattern: a name, a name with `*` and `?` put in, or only wildcards; empty now and
+/// then (every subject).
+fn gen_pattern(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(6) {
+        0 => Vec::new(),
+        1 => rng.pick(&[&b"*"[..], b"?", b"**", b"*?*"]).to_vec(),
+        2 => {
+            let len = rng.range(1, MAX_PATTERN_LEN as u64) as usize;
+            (0..len).map(|_| rng.pick(b"*?a1.")).collect()
+        }
+        _ => {
+            let mut p = gen_service_name(rng);
+            for _ in 0..rng.below(3) {
+                let at = rng.below(p.len() + 1);
+                p.insert(at, rng.pick(b"*?"));
+            }
+            p
+        }
+    }
+}
+
+/// A set of kinds: none (every event), or a few event and subject kinds.
+fn gen_kinds(rng: &mut Rng) -> KindSet {
+    let mut set = KindSet::ANY;
+    if rng.chance(1, 3) {
+        return set;
+    }
+    for _ in 0..rng.range(1, 3) {
+        set = set.with_event(rng.pick(EventKind::ALL));
+    }
+    if rng.chance(1, 3) {
+        set = set.with_subject(rng.pick(ServiceKind::ALL));
+    }
+    set
+}
+
+fn gen_filter(rng: &mut Rng) -> Filter {
+    Filter {
+        subject: gen_pattern(rng),
+        kinds: gen_kinds(rng),
+    }
+}
+
 /// A request archon can be sent: every variant, every value in the range the parser accepts.
 fn gen_request(rng: &mut Rng) -> Request {
-    match rng.below(20) {
+    match rng.below(22) {
         0..=2 => Request::Run(gen_command(rng)),
         3 | 4 => Request::StartDaemon(gen_command(rng)),
         5 => Request::MonitorFd,
@@ -371,6 +414,16 @@ fn gen_request(rng: &mut Rng) -> Request {
             name: rng.chance(1, 2).then(|| gen_service_name(rng)),
         },
         18 => Request::Config,
+        19 => Request::History {
+            filter: gen_filter(rng),
+            max: gen_option(rng, |r| match r.below(3) {
+                0 => r.pick(&[1, MAX_HISTORY]),
+                _ => r.range(1, MAX_HISTORY as u64) as usize,
+            }),
+        },
+        20 => Request::Subscribe {
+            filter: gen_filter(rng),
+        },
         _ => Request::Reload,
     }
 }
@@ -495,6 +548,45 @@ fn gen_setting(rng: &mut Rng) -> Setting {
     }
 }
 
+/// An event: about a service or task by name or a process by id, in states that fit it, caused
+/// by archon or a client.
+fn gen_event(rng: &mut Rng) -> Event {
+    let kind = rng.pick(&SERVICE_KINDS);
+    let states: Vec<ServiceState> = SERVICE_STATES
+        .into_iter()
+        .filter(|s| s.fits(kind))
+        .collect();
+    let state = |rng: &mut Rng| gen_option(rng, |r| r.pick(&states));
+    Event {
+        seq: gen_u64(rng),
+        time_ms: gen_u64(rng),
+        subject: if kind.is_process() {
+            gen_u64(rng).to_string().into_bytes()
+        } else {
+            gen_service_name(rng)
+        },
+        kind,
+        what: rng.pick(EventKind::ALL),
+        old: state(rng),
+        new: state(rng),
+        pid: gen_option(rng, gen_pid),
+        status: gen_option(rng, gen_status),
+        reason: if rng.chance(1, 2) {
+            Vec::new()
+        } else {
+            gen_bytes(rng)
+        },
+        cause: if rng.chance(1, 2) {
+            Cause::Archon
+        } else {
+            Cause::Client {
+                uid: rng.range(0, u64::from(u32::MAX)) as u32,
+                pid: rng.range(0, i32::MAX as u64) as i32,
+            }
+        },
+    }
+}
+
 /// How many rows a table gets: none now and then.
 fn gen_rows<T>(rng: &mut Rng, make: fn(&mut Rng) -> T) -> Vec<T> {
     let n = if rng.chance(1, 5) { 0 } else { rng.range(1, 6) };
@@ -503,7 +595,7 @@ fn gen_rows<T>(rng: &mut Rng, make: fn(&mut Rng) -> T) -> Vec<T> {
 
 /// A reply archon can send: every variant, tables with and without rows.
 fn gen_reply(rng: &mut Rng) -> Reply {
-    match rng.below(10) {
+    match rng.below(11) {
         0 => Reply::Ok((0..rng.below(5)).map(|_| gen_arg(rng)).collect()),
         1 => Reply::Error(gen_bytes(rng)),
         2 => Reply::ExitStatus(gen_status(rng)),
@@ -515,6 +607,7 @@ fn gen_reply(rng: &mut Rng) -> Reply {
         5 | 6 => Reply::List(gen_rows(rng, gen_row)),
         7 => Reply::Status(gen_rows(rng, gen_service_row)),
         8 => Reply::Tree(gen_rows(rng, gen_node)),
+        9 => Reply::History(gen_rows(rng, gen_event)),
         _ => Reply::Config(gen_rows(rng, gen_setting)),
     }
 }
@@ -813,6 +906,8 @@ const REQUEST_VERBS: &[&[u8]] = &[
     b"Tree",
     b"Config",
     b"Reload",
+    b"History",
+    b"Subscribe",
 ];
 
 /// The words that start a reply or a row (`List`, `Status`, `Tree`, `Config` are verbs too).
@@ -825,6 +920,8 @@ const REPLY_KINDS: &[&[u8]] = &[
     b"Service",
     b"Node",
     b"Setting",
+    b"Event",
+    b"Dropped",
 ];
 
 /// Fields that parse as numbers, or nearly do.
@@ -901,6 +998,12 @@ const REPLY_WORDS: &[&[u8]] = &[
     b"-",
     b"healthy",
     b"unhealthy",
+    b"exit",
+    b"spawn",
+    b"exit|daemon",
+    b"stop|",
+    b"web*",
+    b"w?b",
     b"db",
     b".db",
     b"-db",
@@ -1004,6 +1107,15 @@ fn gen_shaped_fields(rng: &mut Rng) -> Vec<Vec<u8>> {
         b"Status" => {
             for _ in 0..rng.below(4) {
                 fields.push(gen_target_field(rng));
+            }
+        }
+        b"History" | b"Subscribe" => {
+            for _ in 0..rng.below(if verb == b"History" { 4 } else { 3 }) {
+                fields.push(match rng.below(3) {
+                    0 => gen_pattern(rng),
+                    1 => gen_kinds(rng).to_field(),
+                    _ => gen_word(rng),
+                });
             }
         }
         b"Signal" => {
@@ -1241,6 +1353,37 @@ fn prop_framer(rng: &mut Rng) -> Result<(), String> {
     Ok(())
 }
 
+/// (d) `Subscribe`'s stream: events and `Dropped` marks, encoded one after another and read
+/// back record by record however the bytes arrive, come back as themselves, in order.
+fn prop_stream(rng: &mut Rng) -> Result<(), String> {
+    let items: Vec<StreamItem> = (0..rng.range(1, 6))
+        .map(|_| {
+            if rng.chance(1, 5) {
+                StreamItem::Dropped(rng.range(1, u64::MAX))
+            } else {
+                StreamItem::Event(gen_event(rng))
+            }
+        })
+        .collect();
+    let mut stream = Vec::new();
+    for item in &items {
+        item.encode_into(&mut stream);
+    }
+    let cuts = gen_cuts(rng, stream.len());
+    let got: Vec<StreamItem> = records(&stream, &cuts)?
+        .iter()
+        .map(|body| StreamItem::from_fields(&record::split(body)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{e} in {}", show(&stream)))?;
+    if got != items {
+        return Err(format!(
+            "{} cut at {cuts:?}\n  gives {got:?}\n  want {items:?}",
+            show(&stream)
+        ));
+    }
+    Ok(())
+}
+
 #[test]
 fn requests_round_trip() {
     check("requests_round_trip", 5000, prop_requests);
@@ -1249,6 +1392,11 @@ fn requests_round_trip() {
 #[test]
 fn replies_round_trip() {
     check("replies_round_trip", 5000, prop_replies);
+}
+
+#[test]
+fn event_streams_round_trip() {
+    check("event_streams_round_trip", 5000, prop_stream);
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use archon_proto::limits::{
-    DEFAULT_MAX_RUNS, DEFAULT_RUN_QUEUE, DEFAULT_STOP_GRACE_MS, MAX_STOP_GRACE_MS,
+    DEFAULT_HISTORY, DEFAULT_MAX_RUNS, DEFAULT_RUN_QUEUE, DEFAULT_STOP_GRACE_MS, MAX_HISTORY,
+    MAX_STOP_GRACE_MS,
 };
 
 use crate::log::Level;
@@ -14,7 +15,7 @@ use crate::log::Level;
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
 usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
-              [--log-level LEVEL] [--forward-to-group] [-- CMD [ARG...]]
+              [--history N] [--log-level LEVEL] [--forward-to-group] [-- CMD [ARG...]]
        archon --check FILE | --version | --help
 
   -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
@@ -25,6 +26,7 @@ usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--
       --max-runs N      at most N Run commands at once (default 64)
       --run-queue N     at most N Run requests waiting for a slot (default 256)
       --stop-grace MS   milliseconds between SIGTERM and SIGKILL when stopping (default 7000)
+      --history N       keep the last N events for History, 0 to 65536 (default 4096)
       --log-level LEVEL error, warn, info (default; warn with a CMD) or debug
       --forward-to-group
                         forward signals to CMD's process group, not to CMD alone
@@ -61,6 +63,8 @@ pub struct Options {
     pub run_queue: usize,
     /// `--stop-grace`.
     pub stop_grace: Duration,
+    /// `--history`: events kept for `History`.
+    pub history: usize,
     /// `--log-level`.
     pub log_level: Level,
     /// `-- CMD ARGS`: the main command of an entrypoint.
@@ -77,6 +81,7 @@ impl Default for Options {
             max_runs: DEFAULT_MAX_RUNS,
             run_queue: DEFAULT_RUN_QUEUE,
             stop_grace: Duration::from_millis(DEFAULT_STOP_GRACE_MS),
+            history: DEFAULT_HISTORY,
             log_level: Level::Info,
             command: None,
             forward_to_group: false,
@@ -143,6 +148,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
                 opts.stop_grace =
                     Duration::from_millis(number(&name, &value(&name)?, 0, MAX_STOP_GRACE_MS)?)
             }
+            "--history" => {
+                opts.history = number(&name, &value(&name)?, 0, MAX_HISTORY as u64)? as usize
+            }
             "--log-level" => {
                 let v = value(&name)?;
                 log_level = Some(v.to_str().and_then(Level::parse).ok_or_else(|| {
@@ -186,6 +194,7 @@ mod tests {
             max_runs: 2,
             run_queue: 0,
             stop_grace: Duration::from_millis(250),
+            history: 0,
             log_level: Level::Debug,
             ..Options::default()
         };
@@ -200,6 +209,7 @@ mod tests {
                 "0",
                 "--stop-grace",
                 "250",
+                "--history=0",
                 "--log-level",
                 "debug"
             ]),
@@ -242,6 +252,8 @@ mod tests {
             &["--max-runs"],
             &["--stop-grace", "-1"],
             &["--log-level", "loud"],
+            &["--history", "65537"],
+            &["--history", "-1"],
             &["--config"],
             &["extra"],
             &["--"],

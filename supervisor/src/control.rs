@@ -5,6 +5,10 @@
 //! requests unanswered, or [`MAX_REPLY_BACKLOG`] bytes of replies unread, is not read until that
 //! drains, so a client that stops reading costs bounded memory and never stalls anyone else.
 //!
+//! A connection that has asked `Subscribe` becomes a stream: its reply is followed by event
+//! lines ([`Client::push_stream`]) and no more requests are read from it; it ends only when the
+//! peer closes it (see [`crate::events`] for how much may wait unread).
+//!
 //! fds come as `SCM_RIGHTS` with the bytes they were sent with; they belong to the request that
 //! holds the last byte of the read that returned them (see [`Client::read_some`]). They are received close-on-exec and owned from the start, so
 //! every path that does not use them closes them.
@@ -131,6 +135,9 @@ pub struct Client {
     writable: bool,
     /// Close once every reply is out (after a line over the limit, or an unterminated one).
     closing: bool,
+    /// A `Subscribe` made it a stream of events: no more requests are taken, and it lasts until
+    /// the peer closes it.
+    streaming: bool,
 }
 
 impl Client {
@@ -150,16 +157,19 @@ impl Client {
             broken: false,
             writable: true,
             closing: false,
+            streaming: false,
         }
     }
 
-    fn backlog(&self) -> usize {
+    /// Bytes queued for the peer and not yet sent: replies, and a stream's events.
+    pub fn backlog(&self) -> usize {
         self.out.len() - self.out_pos + self.slots.iter().flatten().map(Vec::len).sum::<usize>()
     }
 
     /// True when archon may take another request from this connection now.
     fn may_take(&self) -> bool {
         !self.closing
+            && !self.streaming
             && !self.broken
             && self.slots.len() < MAX_PIPELINED
             && self.backlog() < MAX_REPLY_BACKLOG
@@ -173,7 +183,8 @@ impl Client {
     /// True when the connection has nothing left to do and can be closed.
     pub fn finished(&self) -> bool {
         self.broken
-            || ((self.read_closed || self.closing)
+            || (!self.streaming
+                && (self.read_closed || self.closing)
                 && self.slots.is_empty()
                 && self.out_pos == self.out.len())
     }
@@ -296,6 +307,28 @@ impl Client {
             }
         }
         before <= MAX_REPLY_BACKLOG || self.backlog() <= MAX_REPLY_BACKLOG_HARD
+    }
+
+    /// Makes the connection a stream of events (after its `Subscribe`'s reply slot is filled):
+    /// no request is taken from it any more.
+    pub fn start_stream(&mut self) {
+        self.streaming = true;
+    }
+
+    /// Queues bytes of the stream after everything queued before them. While earlier replies
+    /// are pending, they wait in the last reply slot, the `Subscribe`'s own, behind its `Ok`;
+    /// else at the end of the output, which is compacted first once half of it has been sent,
+    /// so that a reader that never quite catches up does not make it grow.
+    pub fn push_stream(&mut self, bytes: &[u8]) {
+        if let Some(Some(slot)) = self.slots.back_mut() {
+            slot.extend_from_slice(bytes);
+            return;
+        }
+        if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        self.out.extend_from_slice(bytes);
     }
 
     /// The poll says the socket has room again.

@@ -3,6 +3,9 @@
 //!
 //! Every wake-up is dispatched by token to a handler that does the kernel's side (accept, read,
 //! reap, signal) and tells the [`Table`] what happened; the table says which replies are due.
+//! Every change the table and the manager make comes back as an [`Event`], stamped with who
+//! caused it (the request's client, from its `SO_PEERCRED`, or archon) and handed to
+//! [`Events`]: the history, and the subscribers' streams, flushed once per turn.
 //! Tokens carry their owner in the low two bits (listener and signals, client, pidfd) and its id
 //! above, so no lookup table is needed and a stale token finds nothing.
 
@@ -13,10 +16,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use archon_proto::limits::{MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION};
-use archon_proto::{Command, Id, Kind, ProcState, Reply, Request, Status, Target};
+use archon_proto::{
+    Cause, Command, Event, EventKind, Id, Kind, ProcState, Reply, Request, Status, StreamItem,
+    Target,
+};
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events as PollEvents, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
@@ -24,6 +30,7 @@ use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use crate::args::Options;
 use crate::cgroup::Cgroups;
 use crate::control::{self, Client, Incoming, ReadOutcome};
+use crate::events::{Events, Offer};
 use crate::leftovers::{Leftovers, Phase};
 use crate::listen::Listening;
 use crate::service::{Manager, UnitId};
@@ -93,7 +100,7 @@ struct Shutdown {
 
 /// Why a shutdown began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
+enum ShutdownCause {
     /// SIGTERM or SIGINT.
     Signal(i32),
     /// A critical unit failed.
@@ -167,6 +174,8 @@ pub struct Supervisor {
     /// A child has ended since the leftovers were last looked for: its own children, if any,
     /// are archon's now.
     rescan_leftovers: bool,
+    /// The history of events, and the connections that stream them.
+    events: Events,
 }
 
 mod entry;
@@ -268,11 +277,13 @@ impl Supervisor {
         };
 
         info!(
-            "listening on {} (max runs {}, run queue {}, stop grace {} ms, open files {nofile})",
+            "listening on {} (max runs {}, run queue {}, stop grace {} ms, history {}, open \
+             files {nofile})",
             listening.path.display(),
             opts.max_runs,
             opts.run_queue,
-            opts.stop_grace.as_millis()
+            opts.stop_grace.as_millis(),
+            opts.history
         );
         Ok(Supervisor {
             poll,
@@ -282,6 +293,7 @@ impl Supervisor {
             clients: HashMap::new(),
             next_client: 1,
             table: Table::new(opts.max_runs, opts.run_queue, MAX_ENDED_KEPT),
+            events: Events::new(opts.history),
             timers: Timers::default(),
             base_env,
             spawner,
@@ -309,7 +321,7 @@ impl Supervisor {
 
     /// Runs until a shutdown completes; says why it ended.
     pub fn run(&mut self) -> Outcome {
-        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut events = PollEvents::with_capacity(EVENTS_CAPACITY);
         self.log_units();
         self.run_actions();
         self.start_main();
@@ -345,6 +357,7 @@ impl Supervisor {
             for cid in std::mem::take(&mut self.more_to_read) {
                 self.pump(cid);
             }
+            self.flush_streams();
             if self.shutdown_complete() {
                 return self.outcome.unwrap_or(Outcome::Stopped);
             }
@@ -429,6 +442,7 @@ impl Supervisor {
             if writable {
                 c.set_writable();
                 c.flush();
+                self.catch_up(id);
             }
         }
         self.pump(id);
@@ -491,8 +505,71 @@ impl Supervisor {
         if let Some(mut c) = self.clients.remove(&id) {
             c.drain_input();
             let _ = self.poll.registry().deregister(&mut c.stream);
+            self.events.unsubscribe(id);
             debug!("client {id} closed");
         }
+    }
+
+    // ----- events -----
+
+    /// Records an event: numbered, kept in the history, and queued on the stream of every
+    /// subscriber that wants it (or dropped and counted for one too far behind). The streams
+    /// are written at the end of the loop's turn.
+    pub(super) fn emit(&mut self, event: Event) {
+        let published = self.events.publish(event);
+        for id in published.to {
+            let Some(c) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            match self.events.offer(id, c.backlog(), published.line.len()) {
+                Offer::Drop => {}
+                Offer::Send { dropped } => {
+                    if dropped > 0 {
+                        c.push_stream(&StreamItem::Dropped(dropped).encode());
+                    }
+                    c.push_stream(&published.line);
+                }
+            }
+        }
+    }
+
+    /// Writes what was queued on the streams this turn.
+    fn flush_streams(&mut self) {
+        for id in self.events.take_touched() {
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.flush();
+            }
+            self.catch_up(id);
+            self.close_if_finished(id);
+        }
+    }
+
+    /// A subscriber that lost events and has read enough gets their count.
+    fn catch_up(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if let Some(line) = self.events.catch_up(id, c.backlog()) {
+            c.push_stream(&line);
+            c.flush();
+        }
+    }
+
+    /// `Subscribe`: `Ok,<next-seq>`, then the connection is a stream of the events `filter`
+    /// matches. It is a stream before the reply goes, so that a client that has shut down its
+    /// writing half is not closed once answered.
+    fn subscribe(&mut self, to: ReplyTo, filter: archon_proto::Filter) {
+        let Some(c) = self.clients.get_mut(&to.client) else {
+            return;
+        };
+        c.start_stream();
+        self.events.subscribe(to.client, filter);
+        debug!(
+            "client {} subscribed ({} subscribers)",
+            to.client,
+            self.events.subscribers()
+        );
+        self.reply(to, Reply::subscribed(self.events.next_seq()));
     }
 
     /// Delivers a reply to its slot; the connection may have gone, then it is dropped.
@@ -547,6 +624,13 @@ impl Supervisor {
     fn handle(&mut self, client: ClientId, incoming: Incoming) {
         let Incoming { seq, request, fds } = incoming;
         let to = ReplyTo { client, seq };
+        let by = self
+            .clients
+            .get(&client)
+            .map_or(Cause::Archon, |c| Cause::Client {
+                uid: c.peer.uid,
+                pid: c.peer.pid,
+            });
         let request = match request.and_then(|r| r.check_fds(fds.len()).map(|()| r)) {
             Ok(r) => r,
             Err(e) => {
@@ -580,7 +664,7 @@ impl Supervisor {
                 },
             ),
             Request::List => self.reply(to, Reply::List(self.table.rows())),
-            Request::Run(cmd) => match self.table.admit_run(PendingRun { to, cmd, fds }) {
+            Request::Run(cmd) => match self.table.admit_run(PendingRun { to, cmd, fds, by }) {
                 Admission::Start(run) => self.start_run(run),
                 Admission::Queued => {}
                 Admission::Busy(run) => {
@@ -590,13 +674,13 @@ impl Supervisor {
                     self.reply(run.to, Reply::error("busy"))
                 }
             },
-            Request::StartDaemon(cmd) => self.start_daemon(to, cmd, fds),
+            Request::StartDaemon(cmd) => self.start_daemon(to, cmd, fds, by),
             Request::MonitorFd => match fds.into_iter().next() {
-                Some(fd) => self.monitor(to, fd),
+                Some(fd) => self.monitor(to, fd, by),
                 None => self.reply(to, Reply::error("MonitorFD needs a pidfd attached")),
             },
             Request::Monitor { pid } => match sys::pidfd_open(pid) {
-                Ok(fd) => self.monitor(to, fd),
+                Ok(fd) => self.monitor(to, fd, by),
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                     self.reply(to, Reply::error(format!("no such process: {pid}")))
                 }
@@ -610,7 +694,7 @@ impl Supervisor {
                 grace_ms,
             } => {
                 let grace = grace_ms.map_or(self.opts.stop_grace, Duration::from_millis);
-                match self.stop(id, grace, Some(to)) {
+                match self.stop(id, grace, Some(to), by) {
                     Ok(()) => {}
                     Err(reason) => self.reply(to, Reply::error(reason)),
                 }
@@ -620,7 +704,7 @@ impl Supervisor {
                 signal,
                 group,
             } => {
-                let reply = match self.signal(id, signal, group) {
+                let reply = match self.signal(id, signal, group, by) {
                     Ok(()) => Reply::Ok(vec![id.to_string().into_bytes()]),
                     Err(reason) => Reply::error(reason),
                 };
@@ -637,7 +721,7 @@ impl Supervisor {
                 } else {
                     libc::SIGCONT
                 };
-                let reply = match self.signal(id, sig, true) {
+                let reply = match self.signal(id, sig, true, by) {
                     Ok(()) => Reply::Ok(vec![id.to_string().into_bytes()]),
                     Err(reason) => Reply::error(reason),
                 };
@@ -655,8 +739,13 @@ impl Supervisor {
                 let reply = self.config_dump();
                 self.reply(to, reply)
             }
+            Request::History { filter, max } => {
+                let reply = Reply::History(self.events.history(&filter, max));
+                self.reply(to, reply)
+            }
+            Request::Subscribe { filter } => self.subscribe(to, filter),
             Request::Reload => {
-                let reply = match self.reload() {
+                let reply = match self.reload(by) {
                     Ok(c) => {
                         info!(
                             "reloaded: {} started, {} stopped, {} restarted, {} unchanged",
@@ -671,12 +760,12 @@ impl Supervisor {
             Request::Start { name } => {
                 let name = String::from_utf8_lossy(&name).into_owned();
                 let now = now_ms();
-                let r = self.services.start(&name, Some(to), now);
+                let r = self.services.start(&name, Some(to), by, now);
                 self.unit_request(to, r)
             }
             Request::Restart { name } => {
                 let name = String::from_utf8_lossy(&name).into_owned();
-                let r = self.services.restart(&name, Some(to), now_ms());
+                let r = self.services.restart(&name, Some(to), by, now_ms());
                 self.unit_request(to, r)
             }
             Request::Stop {
@@ -684,7 +773,7 @@ impl Supervisor {
                 grace_ms,
             } => {
                 let name = String::from_utf8_lossy(&name).into_owned();
-                let r = self.services.stop(&name, grace_ms, Some(to), now_ms());
+                let r = self.services.stop(&name, grace_ms, Some(to), by, now_ms());
                 self.unit_request(to, r)
             }
             Request::Signal {
@@ -693,21 +782,21 @@ impl Supervisor {
                 group,
             } => {
                 let text = String::from_utf8_lossy(&name).into_owned();
-                let r = self.services.signal(&text, signal, group);
+                let r = self.services.signal(&text, signal, group, by, now_ms());
                 self.unit_request_ok(to, r, name)
             }
             Request::Pause {
                 target: Target::Service(name),
             } => {
                 let text = String::from_utf8_lossy(&name).into_owned();
-                let r = self.services.pause(&text, true, now_ms());
+                let r = self.services.pause(&text, true, by, now_ms());
                 self.unit_request_ok(to, r, name)
             }
             Request::Resume {
                 target: Target::Service(name),
             } => {
                 let text = String::from_utf8_lossy(&name).into_owned();
-                let r = self.services.pause(&text, false, now_ms());
+                let r = self.services.pause(&text, false, by, now_ms());
                 self.unit_request_ok(to, r, name)
             }
         }
@@ -740,7 +829,13 @@ impl Supervisor {
 
     /// Starts `cmd`; on failure says why, in the words of an `Error` reply. A program that could
     /// not be executed leaves no record: its child has exited 127 and is reaped as an orphan.
-    fn spawn(&mut self, kind: Kind, cmd: &Command, fds: &[OwnedFd]) -> Result<Id, String> {
+    fn spawn(
+        &mut self,
+        kind: Kind,
+        cmd: &Command,
+        fds: &[OwnedFd],
+        by: Cause,
+    ) -> Result<Id, String> {
         let exec = Exec::prepare(cmd, &self.base_env).map_err(|e| e.to_string())?;
         let stdio = self.stdio(fds);
         let child = self.spawner.spawn(&exec, stdio).map_err(|e| match e {
@@ -750,11 +845,11 @@ impl Supervisor {
             } => exec_failure(&cmd.argv, errno),
             e => e.to_string(),
         })?;
-        Ok(self.track(kind, child, &cmd.argv))
+        Ok(self.track(kind, child, &cmd.argv, by))
     }
 
     /// Lists a child just started and watches its pidfd.
-    fn track(&mut self, kind: Kind, child: Child, argv: &[Vec<u8>]) -> Id {
+    fn track(&mut self, kind: Kind, child: Child, argv: &[Vec<u8>], by: Cause) -> Id {
         let raw = child.pidfd.as_raw_fd();
         let mut proc = Proc::new(kind, child.pid, now_ms(), argv.to_vec());
         proc.pidfd = Some(child.pidfd);
@@ -768,13 +863,16 @@ impl Supervisor {
             child.pid,
             String::from_utf8_lossy(&argv.join(&b' '))
         );
+        if let Some(event) = self.table.get(id).map(|p| p.start_event(by)) {
+            self.emit(event);
+        }
         id
     }
 
     /// Starts a `Run` that has a pool slot; the slot goes back if it cannot start.
     fn start_run(&mut self, run: PendingRun) {
-        let PendingRun { to, cmd, fds } = run;
-        match self.spawn(Kind::Run, &cmd, &fds) {
+        let PendingRun { to, cmd, fds, by } = run;
+        match self.spawn(Kind::Run, &cmd, &fds, by) {
             Ok(id) => {
                 if let Some(p) = self.table.get_mut(id) {
                     p.waiters.push(Waiter::Run(to));
@@ -796,15 +894,15 @@ impl Supervisor {
         }
     }
 
-    fn start_daemon(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>) {
-        let reply = match self.spawn(Kind::Daemon, &cmd, &fds) {
+    fn start_daemon(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>, by: Cause) {
+        let reply = match self.spawn(Kind::Daemon, &cmd, &fds, by) {
             Ok(id) => Reply::started(id, self.table.get(id).map_or(0, |p| p.row.pid)),
             Err(reason) => Reply::error(reason),
         };
         self.reply(to, reply);
     }
 
-    fn monitor(&mut self, to: ReplyTo, pidfd: OwnedFd) {
+    fn monitor(&mut self, to: ReplyTo, pidfd: OwnedFd, by: Cause) {
         if !sys::is_pidfd(pidfd.as_fd()) {
             return self.reply(to, Reply::error("not a pidfd"));
         }
@@ -832,11 +930,16 @@ impl Supervisor {
             return self.reply(to, Reply::error(format!("cannot watch the pidfd: {e}")));
         }
         debug!("monitoring {id}: pid {pid}");
+        if let Some(event) = self.table.get(id).map(|p| p.start_event(by)) {
+            self.emit(event);
+        }
         self.reply(to, Reply::started(id, pid));
     }
 
     /// Sends `sig` to a live process, or to the process group it leads.
-    fn signal(&mut self, id: Id, sig: i32, group: bool) -> Result<(), String> {
+    /// Sends `sig` to a live process, or to the process group it leads, for `by`; a signal
+    /// other than 0 (which only checks that the process exists) is an event.
+    fn signal(&mut self, id: Id, sig: i32, group: bool, by: Cause) -> Result<(), String> {
         let p = self
             .table
             .get(id)
@@ -857,13 +960,35 @@ impl Supervisor {
         } else {
             sys::pidfd_send_signal(pidfd.as_fd(), sig, 0)
         };
-        result.map_err(|e| format!("cannot signal process {id}: {e}"))
+        result.map_err(|e| format!("cannot signal process {id}: {e}"))?;
+        if sig != 0 {
+            let mut why = archon_proto::signal::name(sig).unwrap_or_else(|| sig.to_string());
+            if group {
+                why.push_str(" to its process group");
+            }
+            let state = p.row.state;
+            let event = p.event(EventKind::Signal, Some(state), why, by, now_ms());
+            self.emit(event);
+        }
+        Ok(())
     }
 
-    /// Starts stopping `id`: SIGTERM (and SIGCONT, so a stopped process can act on it) to its group
-    /// when it leads one, else to it; SIGKILL when `grace` is over. `to` gets the reply when it ends.
-    fn stop(&mut self, id: Id, grace: Duration, to: Option<ReplyTo>) -> Result<(), String> {
+    /// Starts stopping `id` for `by`: SIGTERM (and SIGCONT, so a stopped process can act on it)
+    /// to its group when it leads one, else to it; SIGKILL when `grace` is over. `to` gets the
+    /// reply when it ends.
+    fn stop(
+        &mut self,
+        id: Id,
+        grace: Duration,
+        to: Option<ReplyTo>,
+        by: Cause,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + grace;
+        let why = if self.shutdown.is_some() {
+            "archon is shutting down"
+        } else {
+            ""
+        };
         let p = self
             .table
             .get_mut(id)
@@ -882,7 +1007,7 @@ impl Supervisor {
             }
             return Ok(());
         }
-        p.row.state = ProcState::Stopping;
+        let event = p.begin_stop(by, why, now_ms());
         p.kill_timer = Some(self.timers.arm(deadline, TimerEvent::Kill(id)));
         if let Some(pidfd) = p.pidfd.as_ref() {
             for sig in [libc::SIGTERM, libc::SIGCONT] {
@@ -896,6 +1021,7 @@ impl Supervisor {
             p.row.pid,
             grace.as_millis()
         );
+        self.emit(event);
         Ok(())
     }
 
@@ -957,8 +1083,8 @@ impl Supervisor {
                 continue;
             }
             match sig {
-                SIGTERM | SIGINT => self.begin_shutdown(Cause::Signal(sig)),
-                SIGHUP => match self.reload() {
+                SIGTERM | SIGINT => self.begin_shutdown(ShutdownCause::Signal(sig)),
+                SIGHUP => match self.reload(Cause::Archon) {
                     Ok(c) => info!(
                         "SIGHUP: reloaded: {} started, {} stopped, {} restarted, {} unchanged",
                         c.started, c.stopped, c.restarted, c.unchanged
@@ -1036,7 +1162,7 @@ impl Supervisor {
     }
 
     fn monitor_ended(&mut self, id: Id, status: Status) {
-        let ended = self.table.end(id, status);
+        let ended = self.table.end(id, status, now_ms());
         self.settle(ended);
         if status != Status::Unknown {
             self.forget_pidfd(id);
@@ -1063,7 +1189,7 @@ impl Supervisor {
             // No group left to signal after a stop: the pidfd can go now.
             p.pidfd = None;
         }
-        let ended = self.table.end(id, status);
+        let ended = self.table.end(id, status, now_ms());
         self.settle(ended);
         if self.is_main(id) {
             self.main_ended(status);
@@ -1071,6 +1197,9 @@ impl Supervisor {
     }
 
     fn settle(&mut self, ended: crate::table::Ended) {
+        if let Some(event) = ended.event {
+            self.emit(event);
+        }
         for (to, reply) in ended.replies {
             self.reply(to, reply);
         }
@@ -1091,7 +1220,7 @@ impl Supervisor {
 
     /// Reads the configuration file again and applies it: what is new starts, what is gone
     /// stops, what changed restarts. A broken file changes nothing.
-    fn reload(&mut self) -> Result<archon_proto::ReloadCounts, String> {
+    fn reload(&mut self, by: Cause) -> Result<archon_proto::ReloadCounts, String> {
         let Some(path) = self.config_path.clone() else {
             return Err("archon runs without a configuration file (--config)".to_string());
         };
@@ -1104,7 +1233,7 @@ impl Supervisor {
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();
         }
-        let counts = self.services.reload(config, now_ms());
+        let counts = self.services.reload(config, by, now_ms());
         self.run_actions();
         Ok(counts)
     }
@@ -1113,15 +1242,15 @@ impl Supervisor {
 
     /// Stops everything: SIGTERM/SIGINT, a critical unit that failed, or the main command that
     /// ended. A second signal kills what is left at once.
-    fn begin_shutdown(&mut self, cause: Cause) {
+    fn begin_shutdown(&mut self, cause: ShutdownCause) {
         let why = match cause {
-            Cause::Signal(sig) => archon_proto::signal::name(sig).unwrap_or_default(),
-            Cause::Critical => "a critical service failed".to_string(),
-            Cause::MainEnded => "the main command ended".to_string(),
+            ShutdownCause::Signal(sig) => archon_proto::signal::name(sig).unwrap_or_default(),
+            ShutdownCause::Critical => "a critical service failed".to_string(),
+            ShutdownCause::MainEnded => "the main command ended".to_string(),
         };
         let now = Instant::now();
         if let Some(s) = self.shutdown.as_mut() {
-            if !s.forced && matches!(cause, Cause::Signal(_)) {
+            if !s.forced && matches!(cause, ShutdownCause::Signal(_)) {
                 warn!("{why} again: killing everything now");
                 s.forced = true;
                 s.leftovers.kill_now(now);
@@ -1134,7 +1263,7 @@ impl Supervisor {
             }
             return;
         }
-        if let Cause::Signal(_) = cause {
+        if let ShutdownCause::Signal(_) = cause {
             self.outcome.get_or_insert(Outcome::Stopped);
         }
         let live = self.table.live_children();
@@ -1145,7 +1274,8 @@ impl Supervisor {
         );
         // What the main command left behind may be ending on the signal that ended it: it is
         // given the grace before it is asked (tini#180). Other orphans are asked at once.
-        let leftovers = Leftovers::new(cause == Cause::MainEnded, self.opts.stop_grace, now);
+        let leftovers =
+            Leftovers::new(cause == ShutdownCause::MainEnded, self.opts.stop_grace, now);
         let leftovers_timer = self.timers.arm(leftovers.deadline(), TimerEvent::Leftovers);
         self.shutdown = Some(Shutdown {
             forced: false,
@@ -1156,7 +1286,7 @@ impl Supervisor {
             self.reply(run.to, Reply::error("shutting down"));
         }
         for id in live {
-            let _ = self.stop(id, self.opts.stop_grace, None);
+            let _ = self.stop(id, self.opts.stop_grace, None, Cause::Archon);
         }
         self.services.shut_down(now_ms());
         self.run_actions();

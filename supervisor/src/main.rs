@@ -12,6 +12,7 @@ mod cgroup;
 mod control;
 mod entry;
 mod event_loop;
+mod events;
 mod health;
 mod leftovers;
 mod listen;

@@ -2,13 +2,17 @@
 //! pool and its queue, and the ring of recently ended processes.
 //!
 //! This is bookkeeping only: it never makes a system call, so every rule here is tested without
-//! forking. The event loop does the kernel's side and tells the table what happened.
+//! forking. The event loop does the kernel's side and tells the table what happened; the table
+//! answers with the replies now due and the event of each change ([`Proc::event`],
+//! [`Ended::event`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 
 use archon_proto::record::Fields;
-use archon_proto::{Command, Id, Kind, ProcState, ProcessRow, Reply, Status};
+use archon_proto::{
+    Cause, Command, Event, EventKind, Id, Kind, ProcState, ProcessRow, Reply, ServiceState, Status,
+};
 
 use crate::timers::TimerKey;
 
@@ -45,6 +49,9 @@ pub struct Proc {
     pub waiters: Vec<Waiter>,
     /// The pending SIGKILL of a stop in progress.
     pub kill_timer: Option<TimerKey>,
+    /// Who asked for the stop in progress: its end is theirs. Archon otherwise (a process that
+    /// ends unasked).
+    pub stop_by: Cause,
 }
 
 impl Proc {
@@ -63,7 +70,54 @@ impl Proc {
             pidfd: None,
             waiters: Vec::new(),
             kill_timer: None,
+            stop_by: Cause::Archon,
         }
+    }
+
+    /// The event of a change of this process: `what` happened, from `old` to the state it is
+    /// in now, `why`, caused by `by`, at `now_ms`.
+    pub fn event(
+        &self,
+        what: EventKind,
+        old: Option<ProcState>,
+        why: String,
+        by: Cause,
+        now_ms: u64,
+    ) -> Event {
+        Event {
+            seq: 0,
+            time_ms: now_ms,
+            subject: self.row.id.to_string().into_bytes(),
+            kind: self.row.kind.into(),
+            what,
+            old: old.map(ServiceState::from),
+            new: Some(self.row.state.into()),
+            pid: Some(self.row.pid),
+            status: if what == EventKind::Exit {
+                self.row.status
+            } else {
+                None
+            },
+            reason: why.into_bytes(),
+            cause: by,
+        }
+    }
+
+    /// The event of its start (`spawn`) or of archon beginning to watch it (`watch`).
+    pub fn start_event(&self, by: Cause) -> Event {
+        let what = match self.row.kind {
+            Kind::Monitor => EventKind::Watch,
+            Kind::Run | Kind::Daemon => EventKind::Spawn,
+        };
+        self.event(what, None, String::new(), by, self.row.started_ms)
+    }
+
+    /// A stop asked by `by` begins: `stopping`, and its event (`why` for people).
+    pub fn begin_stop(&mut self, by: Cause, why: &str, now_ms: u64) -> Event {
+        let old = self.row.state;
+        self.row.state = ProcState::Stopping;
+        self.stop_by = by;
+        self.event(EventKind::Stop, Some(old), why.to_string(), by, now_ms)
     }
 
     /// True until it has ended.
@@ -86,6 +140,8 @@ pub struct PendingRun {
     pub cmd: Command,
     /// The fds sent with the request.
     pub fds: Vec<OwnedFd>,
+    /// Who asked.
+    pub by: Cause,
 }
 
 /// What became of a new `Run`.
@@ -108,6 +164,8 @@ pub struct Ended {
     pub freed_run_slot: bool,
     /// Records pushed out of the ended ring: drop them (their fds close).
     pub evicted: Vec<Proc>,
+    /// The event of its end: the stop's asker's when it was stopped, else archon's.
+    pub event: Option<Event>,
 }
 
 /// The table.
@@ -244,13 +302,14 @@ impl Table {
         Some(proc)
     }
 
-    /// Records that `id` has ended with `status`: its waiters' replies become due, a `Run` frees
-    /// its slot, and the record joins the ended ring.
-    pub fn end(&mut self, id: Id, status: Status) -> Ended {
+    /// Records that `id` has ended with `status` at `now_ms`: its waiters' replies become due,
+    /// a `Run` frees its slot, and the record joins the ended ring.
+    pub fn end(&mut self, id: Id, status: Status, now_ms: u64) -> Ended {
         let mut out = Ended {
             replies: Vec::new(),
             freed_run_slot: false,
             evicted: Vec::new(),
+            event: None,
         };
         let Some(proc) = self.procs.get_mut(&id) else {
             return out;
@@ -262,8 +321,16 @@ impl Table {
             }
             return out;
         }
+        let old = proc.row.state;
         proc.row.state = ProcState::Exited;
         proc.row.status = Some(status);
+        // The status says how it ended; the reason, for people, only when it was not asked to.
+        let why = if old == ProcState::Stopping {
+            String::new()
+        } else {
+            status.to_string()
+        };
+        out.event = Some(proc.event(EventKind::Exit, Some(old), why, proc.stop_by, now_ms));
         for waiter in proc.waiters.drain(..) {
             out.replies.push(match waiter {
                 Waiter::Run(to) => (to, Reply::ExitStatus(status)),
@@ -305,6 +372,7 @@ mod tests {
             to: to(seq),
             cmd: Command::new(["x"]),
             fds: Vec::new(),
+            by: Cause::Archon,
         }
     }
 
@@ -334,7 +402,7 @@ mod tests {
         p.waiters = vec![Waiter::Run(to(1)), Waiter::Stop(to(2))];
         let id = t.insert(p);
         assert_eq!(t.child_by_pid(100), Some(id));
-        let ended = t.end(id, Status::Signaled(9));
+        let ended = t.end(id, Status::Signaled(9), 0);
         assert_eq!(
             ended.replies,
             vec![
@@ -351,7 +419,7 @@ mod tests {
             (ProcState::Exited, Some(Status::Signaled(9)))
         );
         // Ending twice changes nothing and pays nobody twice.
-        assert!(t.end(id, Status::Exited(0)).replies.is_empty());
+        assert!(t.end(id, Status::Exited(0), 0).replies.is_empty());
         assert_eq!(
             t.get(id).and_then(|p| p.row.status),
             Some(Status::Signaled(9))
@@ -363,14 +431,14 @@ mod tests {
         let mut t = Table::new(1, 1, 8);
         let id = t.insert(Proc::new(Kind::Monitor, 9, 0, vec![]));
         assert_eq!(t.monitor_by_pid(9), Some(id));
-        t.end(id, Status::Unknown);
+        t.end(id, Status::Unknown, 0);
         assert_eq!(t.monitor_by_pid(9), None);
-        t.end(id, Status::Exited(3));
+        t.end(id, Status::Exited(3), 0);
         assert_eq!(
             t.get(id).and_then(|p| p.row.status),
             Some(Status::Exited(3))
         );
-        t.end(id, Status::Exited(4));
+        t.end(id, Status::Exited(4), 0);
         assert_eq!(
             t.get(id).and_then(|p| p.row.status),
             Some(Status::Exited(3))
@@ -387,7 +455,7 @@ mod tests {
         let mut evicted = Vec::new();
         for &id in &ids {
             evicted.extend(
-                t.end(id, Status::Exited(0))
+                t.end(id, Status::Exited(0), 0)
                     .evicted
                     .into_iter()
                     .map(|p| p.row.id),
@@ -411,5 +479,59 @@ mod tests {
         let b = t.insert(Proc::new(Kind::Daemon, 1, 0, vec![]));
         assert!(b > a);
         assert_eq!(t.child_by_pid(1), Some(b));
+    }
+    #[test]
+    fn changes_are_events_of_whoever_caused_them() {
+        let alice = Cause::Client { uid: 1000, pid: 42 };
+        let mut t = Table::new(1, 1, 8);
+        let d = t.insert(Proc::new(Kind::Daemon, 10, 5, vec![b"sleep".to_vec()]));
+        let m = t.insert(Proc::new(Kind::Monitor, 11, 6, vec![]));
+        let start = t.get(d).map(|p| p.start_event(alice));
+        assert_eq!(
+            start.map(|e| (
+                e.subject, e.kind, e.what, e.old, e.new, e.pid, e.time_ms, e.cause
+            )),
+            Some((
+                d.to_string().into_bytes(),
+                archon_proto::ServiceKind::Daemon,
+                EventKind::Spawn,
+                None,
+                Some(ServiceState::Running),
+                Some(10),
+                5,
+                alice
+            ))
+        );
+        assert_eq!(
+            t.get(m).map(|p| p.start_event(alice).what),
+            Some(EventKind::Watch)
+        );
+        // Stopped by alice: the stop and the end are hers.
+        let stop = t.get_mut(d).map(|p| p.begin_stop(alice, "", 7));
+        assert_eq!(
+            stop.map(|e| (e.what, e.old, e.new, e.cause)),
+            Some((
+                EventKind::Stop,
+                Some(ServiceState::Running),
+                Some(ServiceState::Stopping),
+                alice
+            ))
+        );
+        let end = t.end(d, Status::Signaled(15), 8).event;
+        assert_eq!(
+            end.map(|e| (e.what, e.old, e.new, e.status, e.cause, e.time_ms)),
+            Some((
+                EventKind::Exit,
+                Some(ServiceState::Stopping),
+                Some(ServiceState::Exited),
+                Some(Status::Signaled(15)),
+                alice,
+                8
+            ))
+        );
+        // Ended unasked: archon's. Ending twice is no second event.
+        let end = t.end(m, Status::Exited(0), 9).event;
+        assert_eq!(end.map(|e| e.cause), Some(Cause::Archon));
+        assert!(t.end(m, Status::Exited(0), 9).event.is_none());
     }
 }

@@ -1685,3 +1685,87 @@ pub fn wait_cmdline(pid: i32, argv: &[&str]) -> Result {
         cmdline(pid).is_some_and(|v| v == argv)
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Events: the history and subscriptions
+// ---------------------------------------------------------------------------------------------
+
+use archon_proto::{Cause, Event, StreamItem};
+
+impl Conn {
+    /// `History[,<arg>...]`, parsed.
+    pub fn history(&mut self, args: &[&str]) -> Result<Vec<Event>> {
+        let mut fields = vec!["History"];
+        fields.extend_from_slice(args);
+        self.send(&line(&fields))?;
+        match self.reply()? {
+            (Reply::History(events), _) => Ok(events),
+            (_, lines) => fail(format!("{fields:?} got {lines:?}")),
+        }
+    }
+
+    /// `Subscribe[,<arg>...]`: the number of the first event the stream can bring. The
+    /// connection is a stream of events from now on ([`Conn::stream_item`]).
+    pub fn subscribe(&mut self, args: &[&str]) -> Result<u64> {
+        let mut fields = vec!["Subscribe"];
+        fields.extend_from_slice(args);
+        self.send(&line(&fields))?;
+        match self.reply()? {
+            (Reply::Ok(f), lines) => f
+                .first()
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+                .context(format!("{fields:?} got {lines:?}: no event number")),
+            (_, lines) => fail(format!("{fields:?} got {lines:?}")),
+        }
+    }
+
+    /// The next item of a subscription's stream, and its record's text.
+    pub fn stream_item(&mut self) -> Result<(StreamItem, String)> {
+        let rec = self.record()?;
+        let item = StreamItem::from_fields(&rec.fields)
+            .context(format!("a stream item: {:?}", rec.line))?;
+        Ok((item, rec.line))
+    }
+
+    /// The next event of a subscription's stream; fails on a `Dropped` mark.
+    pub fn stream_event(&mut self) -> Result<Event> {
+        match self.stream_item()? {
+            (StreamItem::Event(e), _) => Ok(e),
+            (_, line) => fail(format!("expected an event, got {line:?}")),
+        }
+    }
+
+    /// Bytes archon has sent that this side has not read yet (FIONREAD).
+    pub fn unread_here(&self) -> Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer.
+        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+        Errno::result(r).context("ioctl(FIONREAD)")?;
+        Ok(usize::try_from(n).unwrap_or(0) + self.buf.len())
+    }
+}
+
+/// The cause archon records for a request of this test process: its effective uid and pid
+/// (`SO_PEERCRED` of the connecting process).
+pub fn this_client() -> Cause {
+    Cause::Client {
+        uid: nix::unistd::geteuid().as_raw(),
+        pid: std::process::id() as i32,
+    }
+}
+
+/// An event as `(subject, event, old, new)` text, to compare lists of them.
+pub fn change(e: &Event) -> (String, String, String, String) {
+    let state = |s: Option<archon_proto::ServiceState>| s.map_or(String::new(), |s| s.to_string());
+    (
+        String::from_utf8_lossy(&e.subject).into_owned(),
+        e.what.to_string(),
+        state(e.old),
+        state(e.new),
+    )
+}
+
+/// An event as one line of text, for failure messages.
+pub fn show_event(e: &Event) -> String {
+    String::from_utf8_lossy(&e.encode()).trim_end().to_string()
+}

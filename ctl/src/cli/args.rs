@@ -4,8 +4,9 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 
-use archon_proto::limits::MAX_STOP_GRACE_MS;
-use archon_proto::{Command, EnvEntry, Target, name, signal};
+use archon_proto::event::check_pattern;
+use archon_proto::limits::{MAX_HISTORY, MAX_STOP_GRACE_MS};
+use archon_proto::{Command, EnvEntry, Filter, KindSet, Target, name, signal};
 
 /// How a table is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,17 @@ pub enum Action {
     },
     /// `reload`.
     Reload,
+    /// `events [--subject GLOB] [--kind KIND] [--max N] [--follow] [--table|--csv]`.
+    Events {
+        /// Which events.
+        filter: Filter,
+        /// At most this many from the history (the newest).
+        max: Option<usize>,
+        /// Then go on with the events as they happen.
+        follow: bool,
+        /// How to print them.
+        format: Format,
+    },
     /// `monitor PID [--pidfd]`.
     Monitor {
         /// The process.
@@ -164,6 +176,7 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
         b"tree" => tree(rest)?,
         b"config" => config(rest)?,
         b"reload" => none(rest, Action::Reload)?,
+        b"events" => events(rest)?,
         b"monitor" => monitor(rest)?,
         b"ping" => none(rest, Action::Ping)?,
         b"version" => none(rest, Action::ArchonVersion)?,
@@ -294,12 +307,17 @@ fn split_flags<'a>(
 }
 
 /// Every sub-command flag, and whether it takes a value.
-const KNOWN_FLAGS: [(&str, bool); 5] = [
+const KNOWN_FLAGS: [(&str, bool); 10] = [
     ("--grace", true),
     ("--group", false),
     ("--pidfd", false),
     ("--csv", false),
     ("--table", false),
+    ("--subject", true),
+    ("--kind", true),
+    ("--max", true),
+    ("--follow", false),
+    ("-f", false),
 ];
 
 fn exact<'a>(positionals: &[&'a OsStr], names: &[&str]) -> Result<Vec<&'a OsStr>, UsageError> {
@@ -436,6 +454,59 @@ fn config(args: &[OsString]) -> Result<Action, UsageError> {
     };
     exact(&pos, &[])?;
     Ok(Action::Config {
+        format: format(&flags),
+    })
+}
+
+fn events(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(
+        args,
+        &[
+            "--subject",
+            "--kind",
+            "--max",
+            "--follow",
+            "-f",
+            "--csv",
+            "--table",
+        ],
+    )?
+    else {
+        return Ok(Action::Help);
+    };
+    exact(&pos, &[])?;
+    let (mut filter, mut max, mut follow) = (Filter::any(), None, false);
+    for (flag, value) in &flags {
+        let value = value.unwrap_or_default();
+        match *flag {
+            "--subject" => {
+                check_pattern(value.as_bytes()).map_err(|why| {
+                    usage(format!("not a subject pattern: {} ({why})", show(value)))
+                })?;
+                filter.subject = value.as_bytes().to_vec();
+            }
+            "--kind" => {
+                filter.kinds = KindSet::from_field(value.as_bytes())
+                    .map_err(|why| usage(format!("not a kind: {} ({why})", show(value))))?;
+            }
+            "--max" => {
+                let n = number(value, "--max")?;
+                if n == 0 || n > MAX_HISTORY as u64 {
+                    return Err(usage(format!("--max is 1 to {MAX_HISTORY}")));
+                }
+                max = Some(n as usize);
+            }
+            "--follow" | "-f" => follow = true,
+            _ => {}
+        }
+    }
+    Ok(Action::Events {
+        filter,
+        max,
+        follow,
         format: format(&flags),
     })
 }
@@ -714,6 +785,28 @@ mod tests {
         );
         assert_eq!(action(&["reload"]), Action::Reload);
         assert_eq!(action(&["status", "-h"]), Action::Help);
+        let events = |subject: &str, kinds: KindSet, max, follow, format| Action::Events {
+            filter: Filter {
+                subject: subject.as_bytes().to_vec(),
+                kinds,
+            },
+            max,
+            follow,
+            format,
+        };
+        assert_eq!(
+            action(&["events"]),
+            events("", KindSet::ANY, None, false, Format::Auto)
+        );
+        let exits = KindSet::ANY.with_event(archon_proto::EventKind::Exit);
+        assert_eq!(
+            action(&["events", "-f", "--subject", "web*", "--kind=exit", "--csv"]),
+            events("web*", exits, None, true, Format::Csv)
+        );
+        assert_eq!(
+            action(&["events", "--follow", "--max", "5", "--table"]),
+            events("", KindSet::ANY, Some(5), true, Format::Table)
+        );
     }
 
     #[test]
@@ -837,6 +930,14 @@ mod tests {
             &["config", "x"],
             &["config", "--group"],
             &["reload", "now"],
+            &["events", "web"],
+            &["events", "--subject", "a/b"],
+            &["events", "--subject"],
+            &["events", "--kind", "nope"],
+            &["events", "--max", "0"],
+            &["events", "--max", "65537"],
+            &["events", "--follow=yes"],
+            &["events", "--grace", "1"],
         ];
         for args in bad {
             assert!(parse_str(args).is_err(), "{args:?}");

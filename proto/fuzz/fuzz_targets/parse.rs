@@ -6,12 +6,15 @@
 //! and every frame must keep the framer's promises. Every record is parsed as a request; one that
 //! parses must encode to one line that parses back to it, and the `Error` reply to one that does
 //! not must read back whole. The records also go through a `ReplyParser`, as a client reads them,
-//! and every reply it completes must encode and read back to itself. A framed record must split
-//! into the fields RFC 4180 gives it.
+//! and every reply it completes must encode and read back to itself; and as an item of a
+//! `Subscribe` stream, which must do the same. A framed record must split into the fields RFC
+//! 4180 gives it.
 #![no_main]
 
 use archon_proto::limits::MAX_REQUEST_LEN;
-use archon_proto::{Frame, FrameError, Framer, Reply, ReplyParser, Request, RequestError, record};
+use archon_proto::{
+    Frame, FrameError, Framer, Reply, ReplyParser, Request, RequestError, StreamItem, record,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// What the framer made of one record.
@@ -175,6 +178,16 @@ fuzz_target!(|data: &[u8]| {
         match Request::from_fields(&fields) {
             Ok(r) => check_request(&r),
             Err(e) => check_reply(&Reply::error(e)),
+        }
+        if let Ok(item) = StreamItem::from_fields(&fields) {
+            let bytes = item.encode();
+            let bodies = records(&bytes);
+            assert_eq!(bodies.len(), 1, "{item:?} encodes as {bytes:?}");
+            assert_eq!(
+                StreamItem::from_fields(&record::split(&bodies[0])).as_ref(),
+                Ok(&item),
+                "{bytes:?}"
+            );
         }
         match replies.push(&fields) {
             Ok(Some(reply)) => check_reply(&reply),

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStringExt;
 
 use archon_proto::{Command, Id, Kind, Status};
 
-use super::{Cause, Outcome, Supervisor, exec_failure};
+use super::{Cause, Outcome, ShutdownCause, Supervisor, exec_failure};
 use crate::entry;
 use crate::spawn::{Exec, SpawnError, Step};
 use crate::sys;
@@ -61,7 +61,7 @@ impl Supervisor {
         match started {
             Ok(child) => {
                 let pid = child.pid;
-                let id = self.track(Kind::Daemon, child, &cmd.argv);
+                let id = self.track(Kind::Daemon, child, &cmd.argv, Cause::Archon);
                 if let Some(m) = self.main.as_mut() {
                     m.id = Some(id);
                 }
@@ -89,7 +89,7 @@ impl Supervisor {
             Err((outcome, reason)) => {
                 error!("main command: {reason}");
                 self.outcome.get_or_insert(outcome);
-                self.begin_shutdown(Cause::MainEnded);
+                self.begin_shutdown(ShutdownCause::MainEnded);
             }
         }
     }
@@ -109,7 +109,7 @@ impl Supervisor {
             m.id = None;
         }
         self.outcome.get_or_insert(Outcome::MainEnded(status));
-        self.begin_shutdown(Cause::MainEnded);
+        self.begin_shutdown(ShutdownCause::MainEnded);
     }
 
     /// Forwards `sig`, sent by `sender` (when the kernel says), to the main command while it

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use archon_lua::{Check, Ready, Service, UnitKind};
 use archon_proto::limits::MAX_TREE_NODES;
 use archon_proto::{
-    Command, EnvEntry, Health as ProtoHealth, Reply, ServiceKind, ServiceRow, ServiceState,
-    Setting, Status, TreeNode,
+    Command, EnvEntry, Health as ProtoHealth, Reply, ServiceKind, ServiceRow, Setting, Status,
+    TreeNode,
 };
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
@@ -26,7 +26,7 @@ use crate::cgroup::ServiceCgroup;
 use crate::health::{self, TcpProbe};
 use crate::notify::{Notice, NotifySocket, ReadyOutcome, ReadyPipe};
 use crate::procstat;
-use crate::service::{Action, Health, Manager, State, TimerKind, UnitId};
+use crate::service::{Action, Health, Manager, TimerKind, UnitId};
 use crate::spawn::{Creds, Exec, SpawnError, SpawnOptions, Step};
 use crate::sys;
 use crate::timers::{TimerEvent, TimerKey};
@@ -117,8 +117,9 @@ impl Supervisor {
             Action::Forget(unit) => self.forget_unit(unit),
             Action::Exit(code) => {
                 self.outcome.get_or_insert(super::Outcome::Critical(code));
-                self.begin_shutdown(super::Cause::Critical);
+                self.begin_shutdown(super::ShutdownCause::Critical);
             }
+            Action::Emit(event) => self.emit(event),
         }
     }
 
@@ -674,17 +675,7 @@ impl Supervisor {
                 UnitKind::Service => ServiceKind::Service,
                 UnitKind::Task => ServiceKind::Task,
             },
-            state: match v.state {
-                State::Stopped => ServiceState::Stopped,
-                State::Starting => ServiceState::Starting,
-                State::Running => ServiceState::Running,
-                State::Ready => ServiceState::Ready,
-                State::Stopping => ServiceState::Stopping,
-                State::Backoff => ServiceState::Backoff,
-                State::Failed => ServiceState::Failed,
-                State::Done => ServiceState::Done,
-                State::Paused => ServiceState::Paused,
-            },
+            state: v.state.into(),
             pid: v.pid,
             since_ms: v.since_ms,
             restarts: v.restarts,

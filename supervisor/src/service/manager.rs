@@ -6,12 +6,19 @@
 //! stops once every unit ordered after it that is going down has stopped. Both rules are checked
 //! by [`Manager::settle`] for the units whose neighbours changed, so starting or stopping
 //! everything costs time in proportion to the number of units and edges, not its square.
+//!
+//! Every change of a unit's state comes out as an [`Action::Emit`] of an [`Event`], with who
+//! caused it: a request's client, from the request until the unit gets where it was asked to go
+//! (ready, done, stopped, failed, paused), and archon for what it does on its own (a process
+//! that ends unasked, a timer, a restart policy, boot, shutdown).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use archon_lua::{Config, Ready, Service, UnitKind};
-use archon_proto::{ReloadCounts, Reply, Status};
+use archon_proto::{
+    Cause, Event, EventKind, ReloadCounts, Reply, ServiceKind, ServiceState, Status, signal,
+};
 
 use super::policy;
 use crate::table::ReplyTo;
@@ -57,6 +64,33 @@ impl State {
             State::Done => "done",
             State::Paused => "paused",
         }
+    }
+}
+
+impl From<State> for ServiceState {
+    fn from(state: State) -> Self {
+        match state {
+            State::Stopped => ServiceState::Stopped,
+            State::Starting => ServiceState::Starting,
+            State::Running => ServiceState::Running,
+            State::Ready => ServiceState::Ready,
+            State::Stopping => ServiceState::Stopping,
+            State::Backoff => ServiceState::Backoff,
+            State::Failed => ServiceState::Failed,
+            State::Done => ServiceState::Done,
+            State::Paused => ServiceState::Paused,
+        }
+    }
+}
+
+impl State {
+    /// Where a request that moves a unit is done with it: from here on, what happens to the
+    /// unit is archon's doing until the next request.
+    fn settles(self) -> bool {
+        matches!(
+            self,
+            State::Ready | State::Done | State::Stopped | State::Failed | State::Paused
+        )
     }
 }
 
@@ -154,6 +188,8 @@ pub enum Action {
     Forget(UnitId),
     /// A critical unit has failed: stop everything and exit with this code.
     Exit(u8),
+    /// A unit changed: record the event (its `seq` is given by the loop's events).
+    Emit(Event),
 }
 
 /// A reply owed when a unit gets somewhere.
@@ -200,6 +236,17 @@ struct Unit {
     waiters: Vec<Waiter>,
     /// The last STATUS= it sent.
     status_text: String,
+    /// The pid of its last process, for the event of its end.
+    last_pid: Option<i32>,
+    /// Who caused what it is doing now: the client of the request that moved it, until it gets
+    /// where it was asked to go; archon otherwise.
+    by: Cause,
+    /// What the next stop is, and why, for its event: set by the request or the rule that asks
+    /// for it, used when the stop happens (the stop itself may wait for dependents).
+    stop_what: EventKind,
+    stop_why: String,
+    /// Who removed it from the configuration (the reload's client, or archon for SIGHUP).
+    removed_by: Cause,
 }
 
 impl Unit {
@@ -227,6 +274,11 @@ impl Unit {
             restart_pending: false,
             waiters: Vec::new(),
             status_text: String::new(),
+            last_pid: None,
+            by: Cause::Archon,
+            stop_what: EventKind::Stop,
+            stop_why: String::new(),
+            removed_by: Cause::Archon,
         }
     }
 
@@ -314,7 +366,7 @@ impl Manager {
             .map(|(&id, _)| id)
             .collect();
         for id in boot {
-            m.want_up(id, false, now_ms);
+            m.want_up(id, false, Cause::Archon, EventKind::Start, now_ms);
         }
         m.settle(now_ms);
         m
@@ -400,16 +452,58 @@ impl Manager {
         })
     }
 
-    fn set_state(&mut self, id: UnitId, state: State, now_ms: u64) {
+    /// Moves `id` to `state`, and emits the event of the change: `what` happened, `why`.
+    fn set_state(&mut self, id: UnitId, state: State, what: EventKind, why: &str, now_ms: u64) {
         let Some(u) = self.units.get_mut(&id) else {
             return;
         };
         if u.state == state {
             return;
         }
+        let old = u.state;
         u.state = state;
         u.since_ms = now_ms;
+        let by = u.by;
+        if state.settles() || matches!(what, EventKind::Pause | EventKind::Resume) {
+            u.by = Cause::Archon;
+        }
+        self.emit(id, what, Some(old), Some(state), why, by, now_ms);
         self.touch(id);
+    }
+
+    /// Emits an event of `id`: `what` happened (from `old` to `new`), `why`, caused by `by`.
+    /// The pid is its process's, or for an exit the one that ended; the status, for an exit.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        id: UnitId,
+        what: EventKind,
+        old: Option<State>,
+        new: Option<State>,
+        why: &str,
+        by: Cause,
+        now_ms: u64,
+    ) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        let exit = what == EventKind::Exit;
+        self.actions.push(Action::Emit(Event {
+            seq: 0,
+            time_ms: now_ms,
+            subject: u.spec.name.clone().into_bytes(),
+            kind: match u.spec.kind {
+                UnitKind::Service => ServiceKind::Service,
+                UnitKind::Task => ServiceKind::Task,
+            },
+            what,
+            old: old.map(ServiceState::from),
+            new: new.map(ServiceState::from),
+            pid: if exit { u.last_pid } else { u.pid },
+            status: if exit { u.last } else { None },
+            reason: why.as_bytes().to_vec(),
+            cause: by,
+        }));
     }
 
     /// Marks a unit and its neighbours for the next settle.
@@ -491,12 +585,13 @@ impl Manager {
 
     // ----- requests -----
 
-    /// Asks `id` (and, first, everything it requires) to come up. `explicit`: asked by name, so
-    /// a done task runs again and a failed unit is given a fresh start.
-    fn want_up(&mut self, id: UnitId, explicit: bool, now_ms: u64) {
-        let mut stack = vec![(id, explicit)];
+    /// Asks `id` (and, first, everything it requires) to come up, on behalf of `by`; its event
+    /// is `what` (a start or a restart), those of what it requires are starts. `explicit`: asked
+    /// by name, so a done task runs again and a failed unit is given a fresh start.
+    fn want_up(&mut self, id: UnitId, explicit: bool, by: Cause, what: EventKind, now_ms: u64) {
+        let mut stack: Vec<(UnitId, bool, Option<String>)> = vec![(id, explicit, None)];
         let mut seen = BTreeSet::new();
-        while let Some((id, explicit)) = stack.pop() {
+        while let Some((id, explicit, required_by)) = stack.pop() {
             if !seen.insert(id) {
                 continue;
             }
@@ -507,20 +602,27 @@ impl Manager {
                 continue;
             }
             u.want = Want::Up;
+            let (what, why) = match &required_by {
+                None => (what, String::new()),
+                Some(name) => (EventKind::Start, format!("required by {name}")),
+            };
             let state = u.state;
             match state {
                 State::Stopped | State::Failed => {
                     u.reason.clear();
                     u.consecutive = 0;
                     u.recent.clear();
-                    self.set_state(id, State::Starting, now_ms);
+                    u.by = by;
+                    self.set_state(id, State::Starting, what, &why, now_ms);
                 }
                 State::Done if explicit => {
                     u.reason.clear();
-                    self.set_state(id, State::Starting, now_ms);
+                    u.by = by;
+                    self.set_state(id, State::Starting, what, &why, now_ms);
                 }
                 State::Stopping if u.after_stop == AfterStop::Rest => {
                     u.after_stop = AfterStop::Start;
+                    u.by = by;
                 }
                 _ => {}
             }
@@ -528,15 +630,21 @@ impl Manager {
             if let Some(u) = self.units.get(&id) {
                 for name in &u.spec.requires {
                     if let Some(&dep) = self.by_name.get(name) {
-                        stack.push((dep, false));
+                        stack.push((dep, false, Some(u.spec.name.clone())));
                     }
                 }
             }
         }
     }
 
-    /// `Start,<name>`: replies once it is ready (or done), or has failed to get there.
-    pub fn start(&mut self, name: &str, to: Option<ReplyTo>, now_ms: u64) -> Result<(), String> {
+    /// `Start,<name>` from `by`: replies once it is ready (or done), or has failed to get there.
+    pub fn start(
+        &mut self,
+        name: &str,
+        to: Option<ReplyTo>,
+        by: Cause,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let id = self.known(name)?;
         if self.shutting_down {
             return Err("shutting down".into());
@@ -549,7 +657,7 @@ impl Manager {
             return Err(format!("{name} is paused (resume it)"));
         }
         let already = u.satisfies() && !(u.spec.kind == UnitKind::Task);
-        self.want_up(id, true, now_ms);
+        self.want_up(id, true, by, EventKind::Start, now_ms);
         match to {
             Some(to) if already => self.reply(to, Reply::Ok(vec![name.as_bytes().to_vec()])),
             Some(to) => {
@@ -563,17 +671,18 @@ impl Manager {
         Ok(())
     }
 
-    /// `Stop,<name>[,<grace-ms>]`: stops the units that require it, then it; replies once it has
-    /// stopped.
+    /// `Stop,<name>[,<grace-ms>]` from `by`: stops the units that require it, then it; replies
+    /// once it has stopped.
     pub fn stop(
         &mut self,
         name: &str,
         timeout_ms: Option<u64>,
         to: Option<ReplyTo>,
+        by: Cause,
         now_ms: u64,
     ) -> Result<(), String> {
         let id = self.known(name)?;
-        self.want_down(id, timeout_ms, now_ms);
+        self.want_down(id, timeout_ms, by, EventKind::Stop, now_ms);
         if let Some(to) = to {
             let has_process = self.units.get(&id).is_some_and(|u| u.has_process());
             if has_process {
@@ -588,15 +697,29 @@ impl Manager {
         Ok(())
     }
 
-    /// Asks `id` and everything that requires it to go down.
-    fn want_down(&mut self, id: UnitId, timeout_ms: Option<u64>, now_ms: u64) {
+    /// Asks `id` and everything that requires it to go down, on behalf of `by`; the event of
+    /// its stop is `what` (a stop or a restart), those of the units that require it are stops.
+    fn want_down(
+        &mut self,
+        id: UnitId,
+        timeout_ms: Option<u64>,
+        by: Cause,
+        what: EventKind,
+        now_ms: u64,
+    ) {
+        let root = self.units.get(&id).map(|u| u.spec.name.clone());
+        let doing = if what == EventKind::Restart {
+            "restarting"
+        } else {
+            "stopping"
+        };
         let mut stack = vec![id];
         let mut seen = BTreeSet::new();
-        while let Some(id) = stack.pop() {
-            if !seen.insert(id) {
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
                 continue;
             }
-            let Some(u) = self.units.get_mut(&id) else {
+            let Some(u) = self.units.get_mut(&x) else {
                 continue;
             };
             u.want = Want::Down;
@@ -606,8 +729,19 @@ impl Manager {
             if u.state == State::Stopping && u.after_stop == AfterStop::Start {
                 u.after_stop = AfterStop::Rest;
             }
-            self.touch(id);
-            if let Some(rs) = self.requirers.get(&id) {
+            if u.has_process() || matches!(u.state, State::Starting | State::Backoff) {
+                // Something is going to change on this request's behalf.
+                u.by = by;
+                if x == id {
+                    u.stop_what = what;
+                    u.stop_why.clear();
+                } else if let Some(root) = &root {
+                    u.stop_what = EventKind::Stop;
+                    u.stop_why = format!("requires {root}, which is {doing}");
+                }
+            }
+            self.touch(x);
+            if let Some(rs) = self.requirers.get(&x) {
                 stack.extend(rs.iter().copied());
             }
         }
@@ -616,7 +750,13 @@ impl Manager {
 
     /// `Restart,<name>`: stops what requires it, then it, and starts them again (it first);
     /// replies once it is ready again.
-    pub fn restart(&mut self, name: &str, to: Option<ReplyTo>, now_ms: u64) -> Result<(), String> {
+    pub fn restart(
+        &mut self,
+        name: &str,
+        to: Option<ReplyTo>,
+        by: Cause,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let id = self.known(name)?;
         if self.shutting_down {
             return Err("shutting down".into());
@@ -646,23 +786,24 @@ impl Manager {
                     stack.extend(rs.iter().copied());
                 }
             }
-            self.want_down(id, None, now_ms);
+            self.want_down(id, None, by, EventKind::Restart, now_ms);
         } else {
-            self.want_up(id, true, now_ms);
+            self.want_up(id, true, by, EventKind::Restart, now_ms);
         }
         self.settle(now_ms);
         Ok(())
     }
 
-    /// `Pause,<name>` / `Resume,<name>`.
-    pub fn pause(&mut self, name: &str, pause: bool, now_ms: u64) -> Result<(), String> {
+    /// `Pause,<name>` / `Resume,<name>` from `by`.
+    pub fn pause(&mut self, name: &str, pause: bool, by: Cause, now_ms: u64) -> Result<(), String> {
         let id = self.known(name)?;
         let u = self.units.get_mut(&id).ok_or("no such service")?;
         let state = u.state;
         match (pause, state) {
             (true, State::Running | State::Ready) => {
                 u.paused_from = state;
-                self.set_state(id, State::Paused, now_ms);
+                u.by = by;
+                self.set_state(id, State::Paused, EventKind::Pause, "", now_ms);
                 for t in [
                     TimerKind::ReadyTimeout,
                     TimerKind::Watchdog,
@@ -679,11 +820,12 @@ impl Manager {
             (true, State::Paused) => Ok(()),
             (false, State::Paused) => {
                 let back = u.paused_from;
+                u.by = by;
                 self.actions.push(Action::Freeze {
                     unit: id,
                     frozen: false,
                 });
-                self.set_state(id, back, now_ms);
+                self.set_state(id, back, EventKind::Resume, "", now_ms);
                 self.arm_running_timers(id, now_ms);
                 Ok(())
             }
@@ -692,18 +834,42 @@ impl Manager {
         }
     }
 
-    /// `Signal,<name>,<sig>[,group]`.
-    pub fn signal(&mut self, name: &str, sig: i32, tree: bool) -> Result<(), String> {
+    /// `Signal,<name>,<sig>[,group]` from `by`. A signal other than 0 (which only checks that
+    /// the process exists) is an event.
+    pub fn signal(
+        &mut self,
+        name: &str,
+        sig: i32,
+        tree: bool,
+        by: Cause,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let id = self.known(name)?;
         let u = self.units.get(&id).ok_or("no such service")?;
         if u.pid.is_none() {
             return Err(format!("{name} is {}, not running", u.state.name()));
         }
+        let state = u.state;
         self.actions.push(Action::Signal {
             unit: id,
             sig,
             tree,
         });
+        if sig != 0 {
+            let mut why = signal::name(sig).unwrap_or_else(|| sig.to_string());
+            if tree {
+                why.push_str(" to its whole tree");
+            }
+            self.emit(
+                id,
+                EventKind::Signal,
+                Some(state),
+                Some(state),
+                &why,
+                by,
+                now_ms,
+            );
+        }
         Ok(())
     }
 
@@ -714,6 +880,9 @@ impl Manager {
         for id in ids {
             if let Some(u) = self.units.get_mut(&id) {
                 u.want = Want::Down;
+                u.by = Cause::Archon;
+                u.stop_what = EventKind::Stop;
+                u.stop_why = "archon is shutting down".to_string();
                 if u.state == State::Stopping && u.after_stop == AfterStop::Start {
                     u.after_stop = AfterStop::Rest;
                 }
@@ -750,6 +919,7 @@ impl Manager {
         };
         u.spawning = false;
         u.pid = Some(pid);
+        u.last_pid = Some(pid);
         u.started_ms = now_ms;
         u.ready = false;
         u.after_stop = AfterStop::Rest;
@@ -760,7 +930,7 @@ impl Manager {
         u.status_text.clear();
         let (kind, ready) = (u.spec.kind, u.spec.ready);
         info!("{}: started, pid {pid}", u.spec.name);
-        self.set_state(id, State::Running, now_ms);
+        self.set_state(id, State::Running, EventKind::Spawn, "", now_ms);
         if kind == UnitKind::Service && ready == Ready::Exec {
             self.mark_ready(id, now_ms);
         } else {
@@ -802,7 +972,7 @@ impl Manager {
         };
         u.spawning = false;
         warn!("{}: {reason}", u.spec.name);
-        self.fail(id, reason, now_ms);
+        self.fail(id, reason, EventKind::Fail, now_ms);
         self.settle(now_ms);
     }
 
@@ -830,7 +1000,7 @@ impl Manager {
         info!("{}: ready", u.spec.name);
         self.disarm(id, TimerKind::ReadyTimeout);
         if state == State::Running {
-            self.set_state(id, State::Ready, now_ms);
+            self.set_state(id, State::Ready, EventKind::Ready, "", now_ms);
         } else {
             self.touch(id);
         }
@@ -873,6 +1043,12 @@ impl Manager {
             u.consecutive = 0;
         }
         let stopping = u.state == State::Stopping;
+        // A stop ends on behalf of whoever asked for it; a process that ends unasked is
+        // archon's business from here on.
+        let by = u.by;
+        if !stopping {
+            u.by = Cause::Archon;
+        }
         let after = std::mem::replace(&mut u.after_stop, AfterStop::Rest);
         let (kind, policy, name, want) = (u.spec.kind, u.spec.restart, u.spec.name.clone(), u.want);
         for t in [
@@ -900,12 +1076,12 @@ impl Manager {
                         again = std::mem::take(&mut u.restart_pending) && !self.shutting_down;
                     }
                     if want == Want::Up {
-                        self.set_state(id, State::Starting, now_ms);
+                        self.set_state(id, State::Starting, EventKind::Exit, "", now_ms);
                     } else if again {
-                        self.set_state(id, State::Stopped, now_ms);
-                        self.restart_again(id, now_ms);
+                        self.set_state(id, State::Stopped, EventKind::Exit, "", now_ms);
+                        self.restart_again(id, by, now_ms);
                     } else {
-                        self.set_state(id, State::Stopped, now_ms);
+                        self.set_state(id, State::Stopped, EventKind::Exit, "", now_ms);
                         self.pay_up(id, Err("stopped".into()));
                     }
                 }
@@ -915,13 +1091,13 @@ impl Manager {
             if let Some(u) = self.units.get_mut(&id) {
                 u.reason.clear();
             }
-            self.set_state(id, State::Done, now_ms);
+            self.set_state(id, State::Done, EventKind::Exit, "", now_ms);
             self.pay_up(id, Ok(()));
         } else if want == Want::Up && policy::restarts(policy, failed) {
             warn!("{name}: {what}");
             self.fault(id, what, now_ms);
         } else if failed {
-            self.fail(id, what, now_ms);
+            self.fail(id, what, EventKind::Exit, now_ms);
         } else {
             // Ended cleanly, and its policy does not bring it back.
             info!("{name}: {what}");
@@ -929,16 +1105,17 @@ impl Manager {
                 u.want = Want::Down;
                 u.reason = what.clone();
             }
-            self.set_state(id, State::Stopped, now_ms);
+            self.set_state(id, State::Stopped, EventKind::Exit, &what, now_ms);
             self.pay_up(id, Err(what));
         }
         self.after_down(id, now_ms);
         self.settle(now_ms);
     }
 
-    /// A unit being restarted has stopped: it starts again, and so does what requires it and
-    /// stopped with it. One that requires a unit still on its way down waits for that one.
-    fn restart_again(&mut self, id: UnitId, now_ms: u64) {
+    /// A unit being restarted (on behalf of `by`) has stopped: it starts again, and so does what
+    /// requires it and stopped with it. One that requires a unit still on its way down waits for
+    /// that one.
+    fn restart_again(&mut self, id: UnitId, by: Cause, now_ms: u64) {
         let waits_for_requirement = self.units.get(&id).is_some_and(|u| {
             u.spec.requires.iter().any(|r| {
                 self.by_name
@@ -968,7 +1145,7 @@ impl Manager {
                 }
                 u.restart_pending = false;
             }
-            self.want_up(x, false, now_ms);
+            self.want_up(x, false, by, EventKind::Start, now_ms);
             if let Some(rs) = self.requirers.get(&x) {
                 stack.extend(rs.iter().copied());
             }
@@ -976,16 +1153,21 @@ impl Manager {
     }
 
     /// A unit that was removed by a reload and is down now is forgotten.
-    fn after_down(&mut self, id: UnitId, _now_ms: u64) {
+    fn after_down(&mut self, id: UnitId, now_ms: u64) {
         let Some(u) = self.units.get(&id) else {
             return;
         };
         if u.removing && !u.has_process() {
-            self.forget(id);
+            self.forget(id, now_ms);
         }
     }
 
-    fn forget(&mut self, id: UnitId) {
+    fn forget(&mut self, id: UnitId, now_ms: u64) {
+        if let Some(u) = self.units.get(&id) {
+            let (state, by) = (u.state, u.removed_by);
+            let why = "removed from the configuration";
+            self.emit(id, EventKind::Remove, Some(state), None, why, by, now_ms);
+        }
         if let Some(u) = self.units.remove(&id) {
             for t in [
                 TimerKind::Backoff,
@@ -1011,7 +1193,8 @@ impl Manager {
         }
     }
 
-    /// A failure while `id` should be up: restarts per its policy and backoff, or fails.
+    /// Its process ended in failure while `id` should be up: restarts per its policy and
+    /// backoff, or fails.
     fn fault(&mut self, id: UnitId, reason: String, now_ms: u64) {
         let Some(u) = self.units.get_mut(&id) else {
             return;
@@ -1021,7 +1204,7 @@ impl Manager {
         }
         let restart = u.want == Want::Up && policy::restarts(u.spec.restart, true);
         if !restart {
-            self.fail(id, reason, now_ms);
+            self.fail(id, reason, EventKind::Exit, now_ms);
             return;
         }
         if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
@@ -1031,7 +1214,7 @@ impl Manager {
                 flap.restarts,
                 ms_text(flap.within_ms)
             );
-            self.fail(id, why, now_ms);
+            self.fail(id, why, EventKind::Exit, now_ms);
             return;
         }
         let delay = policy::backoff_delay(&u.spec.backoff, u.consecutive);
@@ -1039,22 +1222,23 @@ impl Manager {
         u.restarts = u.restarts.saturating_add(1);
         u.reason = reason.clone();
         let name = u.spec.name.clone();
-        self.pay_up(id, Err(reason));
+        self.pay_up(id, Err(reason.clone()));
         if delay.is_zero() {
             info!("{name}: restarting");
-            self.set_state(id, State::Starting, now_ms);
+            self.set_state(id, State::Starting, EventKind::Exit, &reason, now_ms);
         } else {
             info!(
                 "{name}: restarting in {}",
                 ms_text(delay.as_millis() as u64)
             );
-            self.set_state(id, State::Backoff, now_ms);
+            self.set_state(id, State::Backoff, EventKind::Exit, &reason, now_ms);
             self.arm(id, TimerKind::Backoff, delay.as_millis() as u64);
         }
     }
 
-    /// `id` has failed for good (until started again by hand).
-    fn fail(&mut self, id: UnitId, reason: String, now_ms: u64) {
+    /// `id` has failed for good (until started again by hand); `what` says how (its process
+    /// ended, or it could not get one).
+    fn fail(&mut self, id: UnitId, reason: String, what: EventKind, now_ms: u64) {
         let Some(u) = self.units.get_mut(&id) else {
             return;
         };
@@ -1062,7 +1246,7 @@ impl Manager {
         u.want = Want::Down;
         let (name, critical) = (u.spec.name.clone(), u.spec.critical);
         warn!("{name}: failed: {reason}");
-        self.set_state(id, State::Failed, now_ms);
+        self.set_state(id, State::Failed, what, &reason, now_ms);
         self.pay_up(id, Err(reason.clone()));
         self.pay_down(id, None);
         if critical && !self.shutting_down {
@@ -1079,7 +1263,8 @@ impl Manager {
         let (state, name) = (u.state, u.spec.name.clone());
         match timer {
             TimerKind::Backoff if state == State::Backoff => {
-                self.set_state(id, State::Starting, now_ms);
+                let why = "its backoff is over";
+                self.set_state(id, State::Starting, EventKind::Start, why, now_ms);
             }
             TimerKind::ReadyTimeout if state == State::Running && !u.ready => {
                 let why = format!("not ready within {}", ms_text(u.spec.ready_timeout_ms));
@@ -1151,6 +1336,15 @@ impl Manager {
             return;
         }
         let was_paused = u.state == State::Paused;
+        let (what, why) = match &after {
+            // archon stops it for a failure of its own accord.
+            AfterStop::Failure(why) => {
+                u.by = Cause::Archon;
+                (EventKind::Stop, why.clone())
+            }
+            _ => (u.stop_what, std::mem::take(&mut u.stop_why)),
+        };
+        u.stop_what = EventKind::Stop;
         u.after_stop = after;
         let sig = u.spec.stop_signal;
         let timeout = u.stop_timeout_ms.unwrap_or(u.spec.stop_timeout_ms);
@@ -1160,7 +1354,7 @@ impl Manager {
             u.pid.unwrap_or(0),
             ms_text(timeout)
         );
-        self.set_state(id, State::Stopping, now_ms);
+        self.set_state(id, State::Stopping, what, &why, now_ms);
         for t in [
             TimerKind::ReadyTimeout,
             TimerKind::Watchdog,
@@ -1212,14 +1406,19 @@ impl Manager {
                     self.actions.push(Action::Spawn(id));
                 }
                 Gate::Wait => {}
-                Gate::Never(why) => self.fail(id, why, now_ms),
+                Gate::Never(why) => self.fail(id, why, EventKind::Fail, now_ms),
             },
             (Want::Down, State::Running | State::Ready | State::Paused) if self.may_stop(id) => {
                 self.begin_stop(id, AfterStop::Rest, now_ms);
             }
             (Want::Down, State::Starting | State::Backoff) if !u.has_process() => {
+                let (what, why) = (u.stop_what, u.stop_why.clone());
+                if let Some(u) = self.units.get_mut(&id) {
+                    u.stop_what = EventKind::Stop;
+                    u.stop_why.clear();
+                }
                 self.disarm(id, TimerKind::Backoff);
-                self.set_state(id, State::Stopped, now_ms);
+                self.set_state(id, State::Stopped, what, &why, now_ms);
                 self.pay_up(id, Err("stopped".into()));
                 self.pay_down(id, None);
                 self.after_down(id, now_ms);
@@ -1278,7 +1477,8 @@ impl Manager {
 
     /// Applies a new configuration: starts what is new, stops what is gone, restarts what changed
     /// (if it ran), leaves the rest alone.
-    pub fn reload(&mut self, config: Config, now_ms: u64) -> ReloadCounts {
+    /// The events of what changes are `by`'s (the `Reload`'s client, or archon for SIGHUP).
+    pub fn reload(&mut self, config: Config, by: Cause, now_ms: u64) -> ReloadCounts {
         let mut counts = ReloadCounts::default();
         let mut declared = BTreeSet::new();
         let mut fresh = Vec::new();
@@ -1317,7 +1517,11 @@ impl Manager {
         for &id in &gone {
             if let Some(u) = self.units.get_mut(&id) {
                 u.removing = true;
+                u.removed_by = by;
                 u.want = Want::Down;
+                u.by = by;
+                u.stop_what = EventKind::Stop;
+                u.stop_why = "removed from the configuration".to_string();
             }
             self.touch(id);
         }
@@ -1331,21 +1535,30 @@ impl Manager {
                 u.pid.is_some() && u.state != State::Stopping,
             );
             if !enabled {
-                self.want_down(id, None, now_ms);
+                self.want_down(id, None, by, EventKind::Stop, now_ms);
+                if let Some(u) = self.units.get_mut(&id) {
+                    u.stop_why = "disabled by a reload".to_string();
+                }
             } else if running {
+                if let Some(u) = self.units.get_mut(&id) {
+                    u.by = by;
+                    u.stop_what = EventKind::Stop;
+                    u.stop_why = "its settings changed".to_string();
+                }
                 self.begin_stop(id, AfterStop::Start, now_ms);
             } else if auto && u.want == Want::Down && u.state == State::Stopped {
-                self.want_up(id, false, now_ms);
+                self.want_up(id, false, by, EventKind::Start, now_ms);
             }
             self.touch(id);
         }
         for id in fresh {
-            let start = self
-                .units
-                .get(&id)
-                .is_some_and(|u| u.spec.enabled && u.spec.autostart);
+            let Some(u) = self.units.get(&id) else {
+                continue;
+            };
+            let (start, state) = (u.spec.enabled && u.spec.autostart, u.state);
+            self.emit(id, EventKind::Add, None, Some(state), "", by, now_ms);
             if start && !self.shutting_down {
-                self.want_up(id, false, now_ms);
+                self.want_up(id, false, by, EventKind::Start, now_ms);
             }
         }
         self.settle(now_ms);

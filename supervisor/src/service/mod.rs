@@ -10,4 +10,6 @@ pub mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use manager::{Action, Health, Manager, State, TimerKind, UnitId};
+#[cfg(test)]
+pub use manager::State;
+pub use manager::{Action, Health, Manager, TimerKind, UnitId};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use archon_lua::{Backoff, Config, Flap, Ready, Restart, Service, UnitKind};
-use archon_proto::{ReloadCounts, Reply, Status};
+use archon_proto::{Cause, Event, EventKind, ReloadCounts, Reply, ServiceState, Status};
 
 use super::*;
 use crate::table::ReplyTo;
@@ -68,6 +68,9 @@ fn after(mut s: Service, deps: &[&str]) -> Service {
 
 const CLIENT: ReplyTo = ReplyTo { client: 1, seq: 0 };
 
+/// Requests made where who made them does not matter.
+const ARCHON: Cause = Cause::Archon;
+
 /// A fake loop: spawns succeed at once with made-up pids (unless told to fail); everything else
 /// the manager asks for is recorded.
 struct World {
@@ -82,6 +85,7 @@ struct World {
     replies: Vec<(ReplyTo, Reply)>,
     exits: Vec<u8>,
     checks: Vec<String>,
+    events: Vec<Event>,
 }
 
 impl World {
@@ -98,6 +102,7 @@ impl World {
             replies: Vec::new(),
             exits: Vec::new(),
             checks: Vec::new(),
+            events: Vec::new(),
         };
         w.run();
         w
@@ -147,6 +152,7 @@ impl World {
                     Action::Check(unit) => self.checks.push(self.name(unit)),
                     Action::Reply(to, r) => self.replies.push((to, r)),
                     Action::Exit(code) => self.exits.push(code),
+                    Action::Emit(e) => self.events.push(e),
                 }
             }
         }
@@ -373,7 +379,7 @@ fn stopping_a_required_service_stops_its_dependents_first_and_replies() {
     let web = requires(svc("web"), &["db"]);
     let mut w = World::new(vec![svc("db"), web, svc("other")]);
     w.take_spawned();
-    w.m.stop("db", None, Some(CLIENT), w.now)
+    w.m.stop("db", None, Some(CLIENT), ARCHON, w.now)
         .unwrap_or_default();
     w.run();
     assert_eq!(w.take_signals(), ["web"]);
@@ -385,12 +391,13 @@ fn stopping_a_required_service_stops_its_dependents_first_and_replies() {
     assert_eq!(w.state("web"), State::Stopped);
     assert_eq!(w.state("other"), State::Ready);
     // Stopping what is stopped answers at once.
-    w.m.stop("db", None, Some(CLIENT), w.now)
+    w.m.stop("db", None, Some(CLIENT), ARCHON, w.now)
         .unwrap_or_default();
     w.run();
     assert_eq!(w.replies_text(), ["Ok,db,-"]);
     // Starting web pulls db in again.
-    w.m.start("web", Some(CLIENT), w.now).unwrap_or_default();
+    w.m.start("web", Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.take_spawned(), ["db", "web"]);
     assert_eq!(w.replies_text(), ["Ok,web"]);
@@ -401,7 +408,8 @@ fn stop_timeout_kills() {
     let mut s = svc("stubborn");
     s.stop_timeout_ms = 500;
     let mut w = World::new(vec![s]);
-    w.m.stop("stubborn", None, None, w.now).unwrap_or_default();
+    w.m.stop("stubborn", None, None, ARCHON, w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.armed("stubborn", TimerKind::StopTimeout), Some(500));
     w.fire("stubborn", TimerKind::StopTimeout);
@@ -428,7 +436,8 @@ fn not_ready_in_time_is_a_failed_start() {
     s.ready = Ready::Notify;
     s.ready_timeout_ms = 2000;
     let mut w = World::new(vec![s]);
-    w.m.start("slow", Some(CLIENT), w.now).unwrap_or_default();
+    w.m.start("slow", Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.armed("slow", TimerKind::ReadyTimeout), Some(2000));
     w.fire("slow", TimerKind::ReadyTimeout);
@@ -534,7 +543,8 @@ fn autostart_false_waits_to_be_pulled_in() {
     let mut w = World::new(vec![db, web, lazy]);
     assert_eq!(w.take_spawned(), ["db", "web"]);
     assert_eq!(w.state("lazy"), State::Stopped);
-    w.m.start("lazy", Some(CLIENT), w.now).unwrap_or_default();
+    w.m.start("lazy", Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.take_spawned(), ["lazy"]);
     assert_eq!(w.replies_text(), ["Ok,lazy"]);
@@ -544,7 +554,8 @@ fn autostart_false_waits_to_be_pulled_in() {
 fn restart_replies_once_ready_again() {
     let mut w = World::new(vec![svc("s")]);
     w.take_spawned();
-    w.m.restart("s", Some(CLIENT), w.now).unwrap_or_default();
+    w.m.restart("s", Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.take_signals(), ["s"]);
     assert!(w.replies.is_empty());
@@ -559,7 +570,8 @@ fn restart_takes_what_requires_it_along() {
     let web = requires(svc("web"), &["db"]);
     let mut w = World::new(vec![svc("db"), web, svc("other")]);
     w.take_spawned();
-    w.m.restart("db", Some(CLIENT), w.now).unwrap_or_default();
+    w.m.restart("db", Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
     w.run();
     assert_eq!(w.take_signals(), ["web"], "what requires db stops first");
     w.exit("web", Status::Signaled(libc::SIGTERM));
@@ -575,15 +587,15 @@ fn restart_takes_what_requires_it_along() {
 #[test]
 fn pause_and_resume() {
     let mut w = World::new(vec![svc("s"), task("t")]);
-    assert!(w.m.pause("s", true, w.now).is_ok());
+    assert!(w.m.pause("s", true, ARCHON, w.now).is_ok());
     assert_eq!(w.state("s"), State::Paused);
-    assert!(w.m.pause("s", false, w.now).is_ok());
+    assert!(w.m.pause("s", false, ARCHON, w.now).is_ok());
     assert_eq!(w.state("s"), State::Ready);
     w.exit("t", Status::Exited(0));
-    let err = w.m.pause("t", true, w.now);
+    let err = w.m.pause("t", true, ARCHON, w.now);
     assert_eq!(err, Err("t is done, not running".to_string()));
     assert_eq!(
-        w.m.pause("nope", true, w.now),
+        w.m.pause("nope", true, ARCHON, w.now),
         Err("no such service: nope".to_string())
     );
 }
@@ -600,6 +612,7 @@ fn reload_starts_new_stops_gone_restarts_changed_and_leaves_the_rest() {
         Config {
             services: vec![moved, changed, svc("new")],
         },
+        ARCHON,
         w.now,
     );
     w.run();
@@ -631,4 +644,216 @@ fn ten_thousand_units_start_in_one_settle() {
     w.m.shut_down(w.now);
     w.run();
     assert_eq!(w.take_signals().len(), 10_000);
+}
+
+// ----- events -----
+
+const ALICE: Cause = Cause::Client { uid: 1000, pid: 42 };
+
+impl World {
+    /// The events so far as `(subject, event, old, new, cause)`, and forgets them.
+    fn take_events(&mut self) -> Vec<(String, EventKind, String, String, Cause)> {
+        let word = |s: Option<ServiceState>| s.map_or(String::new(), |s| s.to_string());
+        std::mem::take(&mut self.events)
+            .into_iter()
+            .map(|e| {
+                (
+                    String::from_utf8_lossy(&e.subject).into_owned(),
+                    e.what,
+                    word(e.old),
+                    word(e.new),
+                    e.cause,
+                )
+            })
+            .collect()
+    }
+}
+
+fn ev(
+    subject: &str,
+    what: EventKind,
+    old: &str,
+    new: &str,
+    cause: Cause,
+) -> (String, EventKind, String, String, Cause) {
+    (subject.into(), what, old.into(), new.into(), cause)
+}
+
+#[test]
+fn boot_is_archons_and_every_change_is_an_event() {
+    let mut db = svc("db");
+    db.ready = archon_lua::Ready::Notify;
+    let mut w = World::new(vec![db]);
+    w.ready("db");
+    use EventKind::*;
+    assert_eq!(
+        w.take_events(),
+        [
+            ev("db", Start, "stopped", "starting", ARCHON),
+            ev("db", Spawn, "starting", "running", ARCHON),
+            ev("db", Ready, "running", "ready", ARCHON),
+        ]
+    );
+    assert_eq!(w.events.len(), 0);
+}
+
+#[test]
+fn a_clients_start_stop_and_restart_are_its_until_done() {
+    let mut web = requires(svc("web"), &["db"]);
+    web.autostart = false;
+    let mut db = svc("db");
+    db.autostart = false;
+    let mut w = World::new(vec![db, web]);
+    assert!(w.take_events().is_empty(), "nothing starts on its own");
+    w.m.start("web", Some(CLIENT), ALICE, w.now)
+        .unwrap_or_default();
+    w.run();
+    use EventKind::*;
+    let events = w.take_events();
+    assert_eq!(
+        events,
+        [
+            ev("web", Start, "stopped", "starting", ALICE),
+            ev("db", Start, "stopped", "starting", ALICE),
+            ev("db", Spawn, "starting", "running", ALICE),
+            ev("db", Ready, "running", "ready", ALICE),
+            ev("web", Spawn, "starting", "running", ALICE),
+            ev("web", Ready, "running", "ready", ALICE),
+        ]
+    );
+    w.m.restart("db", Some(CLIENT), ALICE, w.now)
+        .unwrap_or_default();
+    w.run();
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    w.exit("db", Status::Signaled(libc::SIGTERM));
+    assert_eq!(
+        w.take_events(),
+        [
+            ev("web", Stop, "ready", "stopping", ALICE),
+            ev("web", Exit, "stopping", "stopped", ALICE),
+            ev("db", Restart, "ready", "stopping", ALICE),
+            ev("db", Exit, "stopping", "stopped", ALICE),
+            ev("db", Start, "stopped", "starting", ALICE),
+            ev("web", Start, "stopped", "starting", ALICE),
+            ev("db", Spawn, "starting", "running", ALICE),
+            ev("db", Ready, "running", "ready", ALICE),
+            ev("web", Spawn, "starting", "running", ALICE),
+            ev("web", Ready, "running", "ready", ALICE),
+        ]
+    );
+    // Once it is where it was asked to be, a crash is archon's business, and so is the restart
+    // (at once the first time, after a backoff the next).
+    w.exit("web", Status::Signaled(libc::SIGKILL));
+    let crash = w.events.first().cloned();
+    assert_eq!(
+        w.take_events(),
+        [
+            ev("web", Exit, "ready", "starting", ARCHON),
+            ev("web", Spawn, "starting", "running", ARCHON),
+            ev("web", Ready, "running", "ready", ARCHON),
+        ]
+    );
+    assert_eq!(
+        crash.map(|e| (e.pid, e.status, e.reason)),
+        Some((
+            Some(104),
+            Some(Status::Signaled(libc::SIGKILL)),
+            b"killed by SIGKILL".to_vec()
+        ))
+    );
+    w.exit("web", Status::Exited(1));
+    assert_eq!(
+        w.take_events(),
+        [ev("web", Exit, "ready", "backoff", ARCHON)]
+    );
+    w.fire("web", TimerKind::Backoff);
+    assert_eq!(
+        w.take_events()[0],
+        ev("web", Start, "backoff", "starting", ARCHON)
+    );
+}
+
+#[test]
+fn stop_events_say_why_and_a_failure_is_archons() {
+    let mut slow = svc("slow");
+    slow.ready = Ready::Notify;
+    let web = requires(svc("web"), &["db"]);
+    let mut w = World::new(vec![svc("db"), web, slow]);
+    w.take_events();
+    w.m.stop("db", None, Some(CLIENT), ALICE, w.now)
+        .unwrap_or_default();
+    w.run();
+    w.exit("web", Status::Exited(0));
+    let events = std::mem::take(&mut w.events);
+    let stop = &events[0];
+    assert_eq!(
+        (&stop.subject[..], stop.what, stop.cause),
+        (&b"web"[..], EventKind::Stop, ALICE)
+    );
+    assert_eq!(stop.reason, b"requires db, which is stopping");
+    // archon stops slow for not being ready in time: archon's, with the reason.
+    w.fire("slow", TimerKind::ReadyTimeout);
+    let stop = w.events.first().cloned();
+    assert_eq!(
+        stop.map(|e| (e.what, e.cause, e.reason)),
+        Some((EventKind::Stop, ARCHON, b"not ready within 60s".to_vec()))
+    );
+}
+
+#[test]
+fn a_failure_to_spawn_and_a_failed_requirement_are_fail_events() {
+    let web = requires(svc("web"), &["broken"]);
+    let mut w = World {
+        failing: vec!["broken".into()],
+        ..World::new(Vec::new())
+    };
+    w.m = Manager::new(
+        Config {
+            services: vec![svc("broken"), web],
+        },
+        w.now,
+    );
+    w.run();
+    use EventKind::*;
+    let events = w.take_events();
+    assert!(events.contains(&ev("broken", Fail, "starting", "failed", ARCHON)));
+    assert!(events.contains(&ev("web", Fail, "starting", "failed", ARCHON)));
+}
+
+#[test]
+fn pause_resume_signal_and_reload_are_events() {
+    let mut w = World::new(vec![svc("s"), svc("old")]);
+    w.take_events();
+    use EventKind::*;
+    w.m.pause("s", true, ALICE, w.now).unwrap_or_default();
+    w.m.pause("s", false, ALICE, w.now).unwrap_or_default();
+    w.m.signal("s", libc::SIGHUP, true, ALICE, w.now)
+        .unwrap_or_default();
+    w.m.signal("s", 0, false, ALICE, w.now).unwrap_or_default();
+    w.run();
+    let signal = w.events.get(2).map(|e| e.reason.clone());
+    assert_eq!(
+        w.take_events(),
+        [
+            ev("s", Pause, "ready", "paused", ALICE),
+            ev("s", Resume, "paused", "ready", ALICE),
+            ev("s", Signal, "ready", "ready", ALICE),
+        ],
+        "signal 0 changes nothing and is no event"
+    );
+    assert_eq!(signal, Some(b"SIGHUP to its whole tree".to_vec()));
+    w.m.reload(
+        Config {
+            services: vec![svc("s"), svc("new")],
+        },
+        ALICE,
+        w.now,
+    );
+    w.run();
+    w.exit("old", Status::Signaled(libc::SIGTERM));
+    let events = w.take_events();
+    assert!(events.contains(&ev("new", Add, "", "stopped", ALICE)));
+    assert!(events.contains(&ev("new", Start, "stopped", "starting", ALICE)));
+    assert!(events.contains(&ev("old", Stop, "ready", "stopping", ALICE)));
+    assert!(events.contains(&ev("old", Remove, "stopped", "", ALICE)));
 }
