@@ -68,9 +68,6 @@
 //! is neither forgotten nor freed) leaks its record and stack rather than free what the child may
 //! still read.
 
-// The loop does not start anything pipelined yet: only the tests use that mode.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::cell::Cell;
 use std::ffi::CString;
 use std::fmt;
