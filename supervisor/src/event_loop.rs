@@ -163,6 +163,8 @@ pub struct Supervisor {
     units: HashMap<UnitId, Box<units::UnitRt>>,
     /// Units' processes by pid: main processes and health checks.
     pids: HashMap<i32, units::PidOwner>,
+    /// Units whose main process's exec is pending (at most [`crate::spawn::MAX_PIPELINED`]).
+    execs_pending: Vec<UnitId>,
     /// archon's cgroup subtree, when a writable cgroup v2 hierarchy exists.
     cgroups: Option<Cgroups>,
     /// The configuration file, read again by `Reload` and SIGHUP.
@@ -306,6 +308,7 @@ impl Supervisor {
             services,
             units: HashMap::new(),
             pids: HashMap::new(),
+            execs_pending: Vec::new(),
             cgroups,
             config_path,
             outcome: None,
@@ -1107,6 +1110,9 @@ impl Supervisor {
                     units::PidOwner::Main(u) => (u, true),
                     units::PidOwner::Probe(u) => (u, false),
                 };
+                if main && self.settle_exec_of_ended(unit) {
+                    continue;
+                }
                 let Some(status) = sys::reap_pid(pid) else {
                     break;
                 };
@@ -1298,6 +1304,7 @@ impl Supervisor {
             self.kill(id);
         }
         self.services.kill_all();
+        self.kill_pending_execs();
         self.run_actions();
     }
 

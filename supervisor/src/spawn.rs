@@ -1,12 +1,23 @@
 //! Starting a child the way `posix_spawn` does: prepare everything in archon, then
-//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` on a stack of its own, and exec.
+//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` on a stack of its own, and exec; or, for
+//! configured services, the same clone without `CLONE_VFORK`, so that archon goes on with the next
+//! while the kernel loads this one's program ("pipelined").
 //!
-//! The child shares archon's memory until it execs, and archon is suspended until then, so a
-//! child costs no copy of archon's page tables and no copy-on-write faults afterwards (fork
-//! semantics made a `Run` of /bin/true twice as slow as `posix_spawn`), and the exec's outcome is
-//! known when the clone returns: the child writes which step failed and its errno into archon's
-//! memory if it cannot exec, then exits 127. The price is posix_spawn's: archon waits while the
-//! kernel loads the program, which a program on a hung network file system would stretch.
+//! The child shares archon's memory until it execs, so a child costs no copy of archon's page
+//! tables and no copy-on-write faults afterwards (fork semantics made a `Run` of /bin/true twice
+//! as slow as `posix_spawn`).
+//!
+//! - **vfork** ([`Spawner::spawn_with`]): archon is suspended until the child has exec'd, so the
+//!   exec's outcome is known when the clone returns: the child writes which step failed and its
+//!   errno into archon's memory if it cannot exec, then exits 127. The price is posix_spawn's:
+//!   archon waits while the kernel loads the program, one child after the other. `Run` and
+//!   `StartDaemon` use it, since their replies say whether the program runs.
+//! - **pipelined** ([`Spawner::spawn_pipelined`]): the child runs on a stack from a small pool
+//!   ([`MAX_PIPELINED`] at most) while archon carries on, and reports over a close-on-exec pipe,
+//!   the classic way: a failure record (step, errno) then `_exit(127)`; on success the kernel
+//!   closes the write end at the exec and archon reads EOF with no data. Everything the child
+//!   reads stays in a [`PendingExec`] (a heap block archon does not touch, and the stack) until
+//!   that EOF. With every stack in use, or off x86_64, it is a vfork spawn.
 //!
 //! All allocation happens before the clone ([`Exec::prepare`], [`SpawnOptions`]); between clone
 //! and exec the child makes only plain system calls ([`child_side`]): it resets every signal to
@@ -25,13 +36,51 @@
 //! in a cgroup as it is created, `CLONE_INTO_CGROUP`); elsewhere, or where a seccomp filter
 //! refuses clone3, it is glibc's `clone`, and the child writes itself into the cgroup's
 //! `cgroup.procs` first thing.
+//!
+//! # Why a pipelined child may run beside archon in archon's memory
+//!
+//! A `CLONE_VM` child without `CLONE_VFORK` is, to the memory, a second thread of archon's that
+//! archon does not know about. It is sound because of what the child touches and what it shares:
+//!
+//! - **Memory it writes**: its own stack, which is the pool's and which archon leaves alone until
+//!   the pipe's EOF. Nothing else: it reports over the pipe, not into archon's memory, and it
+//!   makes every system call with the `syscall` instruction ([`raw_syscall`]), never through
+//!   glibc. The child runs with archon's thread pointer (no `CLONE_SETTLS`), so glibc's wrappers
+//!   would set *archon's* errno, concurrently with archon (an exec that fails along `PATH` sets
+//!   ENOENT a few times), and might touch other thread-local state. Off x86_64
+//!   [`raw_syscall`] is glibc's `syscall()`, which is why only x86_64 pipelines.
+//! - **Memory it reads**: the [`PendingExec`]'s heap block (the [`Exec`]'s C strings and pointer
+//!   arrays, the [`SpawnOptions`] with its directory, groups, limits and extra fds, and the plan
+//!   over them), written before the clone and not written again, and freed, like the stack
+//!   reused, only once the pipe is at EOF. EOF means the child no longer uses archon's memory:
+//!   the kernel closes close-on-exec fds after it has switched the child to the new program's
+//!   memory (`begin_new_exec`: `exec_mmap`, then `do_close_on_exec`), and a child that exits
+//!   drops archon's memory before its fds (`do_exit`: `exit_mm`, then `exit_files`). The write
+//!   end is the child's alone: archon closes its copy right after the clone, before it clones
+//!   anything else, and a child that could not exec may be killed but never forks.
+//! - **What it does not share**: its fd table (no `CLONE_FILES`: a copy, so archon may close its
+//!   copies of the fds it passes), its signal handlers (no `CLONE_SIGHAND`: a copy of archon's,
+//!   which it resets to the defaults before it unblocks signals; its mask is inherited with
+//!   everything blocked, so no handler of archon's ever runs on its stack), its directory, umask
+//!   and credentials (no `CLONE_FS`, no `CLONE_THREAD`). The kernel gives it no rseq area, robust
+//!   futex list, alternate signal stack or tid to clear of archon's (`rseq_fork` and
+//!   `copy_process` for `CLONE_VM` without `CLONE_VFORK`; no `CLONE_CHILD_CLEARTID`), so the
+//!   kernel writes none of archon's memory on its behalf either.
+//! - **Ordering**: archon writes the record before `clone3`, and the child starts after it; the
+//!   outcome is read from the pipe, not from memory.
+//!
+//! A [`PendingExec`] dropped before its EOF (which the loop avoids: a unit whose exec is pending
+//! is neither forgotten nor freed) leaks its record and stack rather than free what the child may
+//! still read.
 
 use std::cell::Cell;
 use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use archon_proto::Command;
@@ -55,6 +104,14 @@ const CHILD_STACK_SIZE: usize = 64 * 1024;
 /// The page below the child's stack, left inaccessible so an overflow faults.
 const GUARD_SIZE: usize = 4096;
 
+/// Most pipelined children between clone and exec at once, each on a stack of its own (64 KiB
+/// of address space each, of which a child touches a page or two). A spawn that finds every
+/// stack in use is a vfork spawn.
+pub const MAX_PIPELINED: usize = 64;
+
+/// Whether this build can pipeline: [`raw_syscall`] is the `syscall` instruction only on x86_64.
+const CAN_PIPELINE: bool = cfg!(target_arch = "x86_64");
+
 /// `CLONE_PIDFD`, from `linux/sched.h`.
 const CLONE_PIDFD: u64 = 0x1000;
 
@@ -62,8 +119,11 @@ const CLONE_PIDFD: u64 = 0x1000;
 /// gnu targets has the wrong value.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// The flags of every clone: share memory and wait for the exec, like vfork.
+/// The flags of a vfork clone: share memory and wait for the exec.
 const CLONE_VM_VFORK: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+
+/// The flags of a pipelined clone: share memory, and go on.
+const CLONE_VM: u64 = libc::CLONE_VM as u64;
 
 /// `struct clone_args` (`CLONE_ARGS_SIZE_VER2`, Linux 5.7). Older kernels accept the larger size
 /// as long as the fields they do not know are zero.
@@ -91,11 +151,23 @@ static NO_CLONE3: AtomicBool = AtomicBool::new(false);
 /// goes into a cgroup is started with glibc's clone and joins the cgroup itself.
 static NO_CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(false);
 
-/// A command made ready to exec: C strings and the pointer arrays over them.
+/// A command made ready to exec: C strings and the pointer arrays over them. The arrays point
+/// into the strings' own heap buffers, which stay put when an `Exec` moves (as in std's
+/// `Command`); nothing changes the strings once the arrays are made.
 pub struct Exec {
+    /// Owns what `candidate_ptrs` points to (read through the pointers).
+    #[cfg_attr(not(test), allow(dead_code))]
     candidates: Vec<CString>,
     argv: Vec<CString>,
+    /// Owns what `envp_ptrs` points to (read through the pointers).
+    #[cfg_attr(not(test), allow(dead_code))]
     envp: Vec<CString>,
+    /// One pointer per candidate path (no terminator: the child counts them).
+    candidate_ptrs: Vec<*const libc::c_char>,
+    /// `argv` for execve, null-terminated.
+    argv_ptrs: Vec<*const libc::c_char>,
+    /// `envp` for execve, null-terminated.
+    envp_ptrs: Vec<*const libc::c_char>,
 }
 
 /// Why a command cannot be prepared.
@@ -130,22 +202,36 @@ impl Exec {
             search_candidates(path, program)
         };
         let cstr = |b: Vec<u8>| CString::new(b).map_err(|_| PrepareError);
-        Ok(Exec {
-            candidates: candidates.into_iter().map(cstr).collect::<Result<_, _>>()?,
-            argv: cmd
-                .argv
+        let candidates: Vec<CString> =
+            candidates.into_iter().map(cstr).collect::<Result<_, _>>()?;
+        let argv: Vec<CString> = cmd
+            .argv
+            .iter()
+            .cloned()
+            .map(cstr)
+            .collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env
+            .into_iter()
+            .map(|(mut n, v)| {
+                n.push(b'=');
+                n.extend(v);
+                cstr(n)
+            })
+            .collect::<Result<_, _>>()?;
+        let terminated = |strings: &[CString]| -> Vec<*const libc::c_char> {
+            strings
                 .iter()
-                .cloned()
-                .map(cstr)
-                .collect::<Result<_, _>>()?,
-            envp: env
-                .into_iter()
-                .map(|(mut n, v)| {
-                    n.push(b'=');
-                    n.extend(v);
-                    cstr(n)
-                })
-                .collect::<Result<_, _>>()?,
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        Ok(Exec {
+            candidate_ptrs: candidates.iter().map(|c| c.as_ptr()).collect(),
+            argv_ptrs: terminated(&argv),
+            envp_ptrs: terminated(&envp),
+            candidates,
+            argv,
+            envp,
         })
     }
 
@@ -189,7 +275,7 @@ pub struct Creds {
 /// How a child is set up besides its command and stdio, all prepared before the clone. The
 /// default changes nothing: the child inherits archon's directory, user, umask, limits and nice
 /// value, and is placed in archon's cgroup.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SpawnOptions {
     /// Directory to change to (after the user changes, so it is reached with the user's rights).
     pub cwd: Option<CString>,
@@ -360,21 +446,30 @@ enum CloneFailure {
     Other(io::Error),
 }
 
-/// The stack children run on until they exec: mapped once, with a guard page below it. One
-/// stack serves every child, since archon is suspended until the child is done with it.
-pub struct Spawner {
-    base: *mut libc::c_void,
-    /// False: always glibc's clone (tests use it to exercise the fallback).
-    clone3: bool,
-    /// archon's pid, which a child checks its parent against once it has asked for the
-    /// parent-death signal.
-    parent: libc::pid_t,
+impl CloneFailure {
+    fn into_spawn_error(self, opts: &SpawnOptions) -> SpawnError {
+        match self {
+            CloneFailure::Cgroup(errno) => SpawnError::Setup {
+                step: Step::Cgroup(opts.cgroup.map(fd_path).unwrap_or_default()),
+                errno,
+            },
+            CloneFailure::Other(e) => SpawnError::Clone(e),
+        }
+    }
 }
 
-impl Spawner {
-    /// Maps the child stack.
-    pub fn new() -> io::Result<Spawner> {
-        // SAFETY: an anonymous private mapping, owned by the Spawner and unmapped in Drop.
+/// A stack a child runs on until it execs, with an inaccessible guard page below it; unmapped
+/// when dropped.
+struct Stack {
+    base: NonNull<libc::c_void>,
+    /// The count of mapped stacks this one belongs to.
+    mapped: Rc<Cell<usize>>,
+}
+
+impl Stack {
+    /// Maps a stack, counted in `mapped`.
+    fn map(mapped: &Rc<Cell<usize>>) -> io::Result<Stack> {
+        // SAFETY: an anonymous private mapping, owned by the Stack and unmapped in Drop.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -385,25 +480,180 @@ impl Spawner {
                 0,
             )
         };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let spawner = Spawner {
+        let base = match NonNull::new(base) {
+            Some(b) if base != libc::MAP_FAILED => b,
+            _ => return Err(io::Error::last_os_error()),
+        };
+        mapped.set(mapped.get() + 1);
+        let stack = Stack {
             base,
-            clone3: true,
-            // SAFETY: getpid has no memory effects.
-            parent: unsafe { libc::getpid() },
+            mapped: Rc::clone(mapped),
         };
         // SAFETY: the first page of our own mapping.
-        if unsafe { libc::mprotect(base, GUARD_SIZE, libc::PROT_NONE) } != 0 {
+        if unsafe { libc::mprotect(base.as_ptr(), GUARD_SIZE, libc::PROT_NONE) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(spawner)
+        Ok(stack)
     }
 
     /// The lowest usable address of the stack.
-    fn stack_low(&self) -> *mut libc::c_void {
-        self.base.wrapping_byte_add(GUARD_SIZE)
+    fn low(&self) -> *mut libc::c_void {
+        self.base.as_ptr().wrapping_byte_add(GUARD_SIZE)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; its owner drops it only when no child runs on it (a vfork
+        // child has exec'd or exited, a pipelined one's pipe is at EOF).
+        unsafe { libc::munmap(self.base.as_ptr(), GUARD_SIZE + CHILD_STACK_SIZE) };
+        self.mapped.set(self.mapped.get().saturating_sub(1));
+    }
+}
+
+/// Starts children: the stack vfork children run on (one serves them all, since archon is
+/// suspended until its child is done with it), and the pool of pipelined children's stacks.
+pub struct Spawner {
+    stack: Stack,
+    /// Pipelined children's stacks that no child uses, for the next.
+    free: Vec<Stack>,
+    /// How many pipelined children's stacks are mapped, free or in a [`PendingExec`].
+    mapped: Rc<Cell<usize>>,
+    /// At most this many of them: [`MAX_PIPELINED`] (tests lower it).
+    limit: usize,
+    /// False: always glibc's clone (tests use it to exercise the fallback).
+    clone3: bool,
+    /// archon's pid, which a child checks its parent against once it has asked for the
+    /// parent-death signal.
+    parent: libc::pid_t,
+}
+
+/// A child started by [`Spawner::spawn_pipelined`].
+pub enum Spawned {
+    /// Its program runs: no stack was free, so it was a vfork spawn and the outcome is known.
+    Running(Child),
+    /// It may still be on its way to the exec: [`Spawner::poll_exec`] tells the outcome.
+    Pending(Child, PendingExec),
+}
+
+/// What a pipelined child reads until it execs: one heap block at a fixed address, written
+/// before the clone and never again (see the module's notes).
+struct Prepared {
+    exec: Exec,
+    opts: SpawnOptions,
+    plan: ChildPlan,
+}
+
+/// A pipelined child whose exec's outcome is not known yet: what it reads (its [`Prepared`]
+/// block and its stack), and the read end of the pipe it reports on. Register the pipe with the
+/// poll ([`AsFd`]); when it turns readable, [`Spawner::poll_exec`] reads it.
+pub struct PendingExec {
+    /// The read end: non-blocking, close-on-exec.
+    pipe: OwnedFd,
+    /// What the child may still be using: taken at EOF.
+    held: Option<(NonNull<Prepared>, Stack)>,
+    /// The failure record as read so far, and how many bytes came.
+    record: [u8; REPORT_SIZE],
+    got: usize,
+    /// The cgroup's path when the child joins it itself, for a message (its fd is archon's only
+    /// until the clone).
+    cgroup_path: String,
+}
+
+/// The size of the failure record a pipelined child writes: a [`Report`].
+const REPORT_SIZE: usize = std::mem::size_of::<Report>();
+
+impl AsFd for PendingExec {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+}
+
+impl PendingExec {
+    /// Reads the pipe until it is empty: true at EOF, when the child no longer uses anything of
+    /// archon's. A read error other than EINTR or EAGAIN (none is expected on a pipe) counts as
+    /// "not yet": freeing too early is the one thing that must not happen.
+    fn drain(&mut self) -> bool {
+        let mut buf = [0u8; REPORT_SIZE];
+        loop {
+            // SAFETY: reading into a buffer of buf.len() bytes.
+            let n =
+                unsafe { libc::read(self.pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return false;
+            }
+            if n == 0 {
+                return true;
+            }
+            for &b in buf.iter().take(n as usize) {
+                if let Some(slot) = self.record.get_mut(self.got) {
+                    *slot = b;
+                }
+                self.got = self.got.saturating_add(1);
+            }
+        }
+    }
+
+    /// The outcome once the pipe is at EOF: nothing read, the exec succeeded; a whole record, the
+    /// step that failed. Anything else (a write of 12 bytes to a pipe is atomic, so nothing else
+    /// is expected) is an exec that failed with EIO.
+    fn outcome(&self, prepared: &Prepared) -> Result<(), SpawnError> {
+        if self.got == 0 {
+            return Ok(());
+        }
+        let [s0, s1, s2, s3, i0, i1, i2, i3, e0, e1, e2, e3] = self.record;
+        let report = if self.got == REPORT_SIZE {
+            Report {
+                stage: u32::from_ne_bytes([s0, s1, s2, s3]),
+                index: u32::from_ne_bytes([i0, i1, i2, i3]),
+                errno: i32::from_ne_bytes([e0, e1, e2, e3]),
+            }
+        } else {
+            Report {
+                stage: Stage::Exec as u32,
+                index: 0,
+                errno: libc::EIO,
+            }
+        };
+        Err(SpawnError::Setup {
+            step: report.step(&prepared.exec, &prepared.opts, || self.cgroup_path.clone()),
+            errno: report.errno,
+        })
+    }
+}
+
+impl Drop for PendingExec {
+    /// Frees what the child used if the pipe is at EOF; otherwise leaks it, since the child may
+    /// still read it.
+    fn drop(&mut self) {
+        let Some((prepared, stack)) = self.held.take() else {
+            return;
+        };
+        if self.drain() {
+            // SAFETY: made by Box::leak in spawn_pipelined; the child is done with it (EOF).
+            drop(unsafe { Box::from_raw(prepared.as_ptr()) });
+            drop(stack);
+        } else {
+            std::mem::forget(stack);
+        }
+    }
+}
+
+impl Spawner {
+    /// Maps the vfork children's stack; the pool's stacks are mapped as they are first needed.
+    pub fn new() -> io::Result<Spawner> {
+        Ok(Spawner {
+            stack: Stack::map(&Rc::new(Cell::new(0)))?,
+            free: Vec::new(),
+            mapped: Rc::new(Cell::new(0)),
+            limit: MAX_PIPELINED,
+            clone3: true,
+            // SAFETY: getpid has no memory effects.
+            parent: unsafe { libc::getpid() },
+        })
     }
 
     /// Starts `exec` with `stdio` as its fds 0, 1 and 2 (borrowed: archon keeps its own copies).
@@ -421,58 +671,147 @@ impl Spawner {
         opts: &SpawnOptions,
     ) -> Result<Child, SpawnError> {
         let fd_base = check_extra_fds(&opts.extra_fds)?;
-        let argv: Vec<*const libc::c_char> = exec
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = exec
-            .envp
-            .iter()
-            .map(|e| e.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let paths: Vec<*const libc::c_char> = exec.candidates.iter().map(|c| c.as_ptr()).collect();
         let mut report = Report::default();
-        let plan = ChildPlan {
-            paths: &paths,
-            argv: argv.as_ptr(),
-            envp: envp.as_ptr(),
+        let report_ptr: *mut Report = &mut report;
+        let plan = ChildPlan::new(
+            exec,
             stdio,
             opts,
             fd_base,
-            parent: self.parent,
-            join_cgroup: Cell::new(-1),
-            report: &mut report,
-        };
+            self.parent,
+            Reporter::Memory(report_ptr),
+        );
 
         let old_mask = block_all_signals();
-        let result = self.clone_child(&plan);
+        let result = self.clone_child(&plan, &self.stack, true);
         restore_signals(&old_mask);
-        let (pid, pidfd) = result.map_err(|e| match e {
-            CloneFailure::Cgroup(errno) => SpawnError::Setup {
-                step: Step::Cgroup(opts.cgroup.map(fd_path).unwrap_or_default()),
-                errno,
-            },
-            CloneFailure::Other(e) => SpawnError::Clone(e),
-        })?;
+        let (pid, pidfd) = result.map_err(|e| e.into_spawn_error(opts))?;
         // SAFETY: CLONE_VFORK: the child has exec'd or exited, and no longer touches this memory.
-        let report = unsafe { std::ptr::read_volatile(plan.report) };
+        let report = unsafe { std::ptr::read_volatile(report_ptr) };
         if report.errno != 0 {
             return Err(SpawnError::Setup {
-                step: report.step(exec, opts),
+                step: report.step(exec, opts, || opts.cgroup.map(fd_path).unwrap_or_default()),
                 errno: report.errno,
             });
         }
         Ok(Child { pid, pidfd })
     }
 
-    fn clone_child(&mut self, plan: &ChildPlan<'_>) -> Result<(i32, OwnedFd), CloneFailure> {
-        let arg = (plan as *const ChildPlan<'_>)
-            .cast_mut()
-            .cast::<libc::c_void>();
-        let cgroup = plan.opts.cgroup;
+    /// True when the next [`Spawner::spawn_pipelined`] can pipeline: a stack is free or may be
+    /// mapped. When not, settling the pending execs that are over frees theirs.
+    pub fn can_pipeline(&self) -> bool {
+        CAN_PIPELINE && (!self.free.is_empty() || self.mapped.get() < self.limit)
+    }
+
+    /// Starts `exec` as [`Spawner::spawn_with`] does, but without waiting for the exec when a
+    /// stack is free: `exec` and `opts` move into the [`PendingExec`], which holds them, and the
+    /// stack, until [`Spawner::poll_exec`] has the outcome. Borrowed fds in `opts` (extra fds, the
+    /// cgroup) may be closed once this returns: the child has its own copies. When no stack is
+    /// free, the child is started the vfork way and the outcome is known at once.
+    pub fn spawn_pipelined(
+        &mut self,
+        exec: Exec,
+        stdio: [RawFd; 3],
+        opts: SpawnOptions,
+    ) -> Result<Spawned, SpawnError> {
+        let fd_base = check_extra_fds(&opts.extra_fds)?;
+        let Some(stack) = self.take_stack() else {
+            return self.spawn_with(&exec, stdio, &opts).map(Spawned::Running);
+        };
+        let (read, write) = match outcome_pipe(fd_base) {
+            Ok(ends) => ends,
+            Err(_) => {
+                self.free.push(stack);
+                return self.spawn_with(&exec, stdio, &opts).map(Spawned::Running);
+            }
+        };
+        let plan = ChildPlan::new(
+            &exec,
+            stdio,
+            &opts,
+            fd_base,
+            self.parent,
+            Reporter::Pipe(write.as_raw_fd()),
+        );
+        let prepared = NonNull::from(Box::leak(Box::new(Prepared { exec, opts, plan })));
+        let ptr = prepared.as_ptr();
+        // SAFETY: the block was just made and nothing else points into it: the plan's options
+        // pointer is set to the options where they now live, before any child exists.
+        unsafe { (*ptr).plan.opts = &raw const (*ptr).opts };
+        // SAFETY: from here on the block is only read, by archon and the child alike (but for
+        // the plan's join_cgroup, a Cell that clone_child sets before the child exists).
+        let prepared_ref: &Prepared = unsafe { &*ptr };
+
+        let old_mask = block_all_signals();
+        let result = self.clone_child(&prepared_ref.plan, &stack, false);
+        restore_signals(&old_mask);
+        // The child has its copy; archon's goes now, so that EOF means the child's is gone.
+        drop(write);
+        match result {
+            Ok((pid, pidfd)) => {
+                let cgroup_path = match prepared_ref.opts.cgroup {
+                    Some(fd) if prepared_ref.plan.join_cgroup.get() >= 0 => fd_path(fd),
+                    _ => String::new(),
+                };
+                Ok(Spawned::Pending(
+                    Child { pid, pidfd },
+                    PendingExec {
+                        pipe: read,
+                        held: Some((prepared, stack)),
+                        record: [0; REPORT_SIZE],
+                        got: 0,
+                        cgroup_path,
+                    },
+                ))
+            }
+            Err(e) => {
+                // No child was made: nothing else reads the block.
+                // SAFETY: made by Box::leak above, and no longer referenced.
+                let prepared = unsafe { Box::from_raw(ptr) };
+                self.free.push(stack);
+                Err(e.into_spawn_error(&prepared.opts))
+            }
+        }
+    }
+
+    /// Reads what a pipelined child has reported, without blocking: `None` while its pipe is
+    /// open (it is on its way to the exec), or once told before. At EOF, the outcome: `Ok` when
+    /// the program runs, the failed step otherwise (that child has exited 127, or is about to;
+    /// it is reaped as any other child); its stack goes back to the pool and its block is freed.
+    pub fn poll_exec(&mut self, pending: &mut PendingExec) -> Option<Result<(), SpawnError>> {
+        pending.held.as_ref()?;
+        if !pending.drain() {
+            return None;
+        }
+        let (prepared, stack) = pending.held.take()?;
+        // SAFETY: made by Box::leak in spawn_pipelined; the child is done with it (EOF).
+        let prepared = unsafe { Box::from_raw(prepared.as_ptr()) };
+        let outcome = pending.outcome(&prepared);
+        self.free.push(stack);
+        Some(outcome)
+    }
+
+    /// A stack for a pipelined child: a free one, or a new one while fewer than the limit are
+    /// mapped. `None` when archon cannot pipeline.
+    fn take_stack(&mut self) -> Option<Stack> {
+        if !self.can_pipeline() {
+            return None;
+        }
+        self.free.pop().or_else(|| Stack::map(&self.mapped).ok())
+    }
+
+    /// Clones a child that runs `plan` on `stack`: as vfork does (archon waits for its exec or
+    /// exit), or pipelined.
+    fn clone_child(
+        &self,
+        plan: &ChildPlan,
+        stack: &Stack,
+        vfork: bool,
+    ) -> Result<(i32, OwnedFd), CloneFailure> {
+        let arg = (plan as *const ChildPlan).cast_mut().cast::<libc::c_void>();
+        let share = if vfork { CLONE_VM_VFORK } else { CLONE_VM };
+        // SAFETY: opts points to the options the plan was made for, alive for this call.
+        let (cgroup, cgroup_procs) = unsafe { ((*plan.opts).cgroup, (*plan.opts).cgroup_procs) };
         #[cfg(target_arch = "x86_64")]
         if self.clone3
             && !NO_CLONE3.load(Ordering::Relaxed)
@@ -480,10 +819,10 @@ impl Spawner {
         {
             let mut pidfd: RawFd = -1;
             let mut args = CloneArgs {
-                flags: CLONE_PIDFD | CLONE_VM_VFORK,
+                flags: CLONE_PIDFD | share,
                 pidfd: &mut pidfd as *mut RawFd as u64,
                 exit_signal: libc::SIGCHLD as u64,
-                stack: self.stack_low() as u64,
+                stack: stack.low() as u64,
                 stack_size: CHILD_STACK_SIZE as u64,
                 ..CloneArgs::default()
             };
@@ -491,8 +830,9 @@ impl Spawner {
                 args.flags |= CLONE_INTO_CGROUP;
                 args.cgroup = fd as u64;
             }
-            // SAFETY: the child runs child_entry on its own stack, in archon's memory, while
-            // archon is suspended (CLONE_VFORK); child_entry never returns.
+            // SAFETY: the child runs child_entry on its own stack, in archon's memory, reading
+            // the plan (which outlives its use: see spawn_with and spawn_pipelined);
+            // child_entry never returns.
             let ret = unsafe { clone3_trampoline(&args, child_entry, arg) };
             if ret > 0 {
                 // SAFETY: CLONE_PIDFD stored a new close-on-exec pidfd that we now own.
@@ -520,8 +860,9 @@ impl Spawner {
                 errno => return Err(CloneFailure::Other(io::Error::from_raw_os_error(errno))),
             }
         }
-        // glibc's clone cannot place the child: it writes itself into cgroup.procs.
-        let _opened: Option<OwnedFd> = match (cgroup, plan.opts.cgroup_procs) {
+        // glibc's clone cannot place the child: it writes itself into cgroup.procs. (An fd
+        // opened here may close when this returns: the child has its own copy.)
+        let _opened: Option<OwnedFd> = match (cgroup, cgroup_procs) {
             (None, _) => None,
             (Some(_), Some(procs)) => {
                 plan.join_cgroup.set(procs);
@@ -529,20 +870,19 @@ impl Spawner {
             }
             (Some(dir), None) => {
                 let procs = open_procs(dir).map_err(CloneFailure::Cgroup)?;
-                plan.join_cgroup
-                    .set(std::os::fd::AsRawFd::as_raw_fd(&procs));
+                plan.join_cgroup.set(procs.as_raw_fd());
                 Some(procs)
             }
         };
         let mut pidfd: libc::c_int = -1;
-        let top = self.stack_low().wrapping_byte_add(CHILD_STACK_SIZE);
+        let top = stack.low().wrapping_byte_add(CHILD_STACK_SIZE);
         // SAFETY: as above; glibc's clone runs child_entry on `top` and stores the pidfd through
         // the parent_tid argument (CLONE_PIDFD).
         let pid = unsafe {
             libc::clone(
                 child_entry,
                 top,
-                (CLONE_VM_VFORK | CLONE_PIDFD) as libc::c_int | libc::SIGCHLD,
+                (share | CLONE_PIDFD) as libc::c_int | libc::SIGCHLD,
                 arg,
                 &mut pidfd as *mut libc::c_int,
             )
@@ -555,11 +895,27 @@ impl Spawner {
     }
 }
 
-impl Drop for Spawner {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, no longer used by any child (they have all exec'd or exited).
-        unsafe { libc::munmap(self.base, GUARD_SIZE + CHILD_STACK_SIZE) };
+/// The pipe a pipelined child reports on: (read end, write end), both close-on-exec and
+/// non-blocking, the write end at `fd_base` or above, where no extra fd the child puts in place
+/// can land on it (see [`check_extra_fds`]).
+fn outcome_pipe(fd_base: RawFd) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid [c_int; 2].
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: pipe2 just returned these fds; nobody else owns them.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    if write.as_raw_fd() >= fd_base {
+        return Ok((read, write));
+    }
+    // SAFETY: fcntl on our own fd; returns a new fd or -1.
+    let moved = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_DUPFD_CLOEXEC, fd_base) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just returned this fd; nobody else owns it.
+    Ok((read, unsafe { OwnedFd::from_raw_fd(moved) }))
 }
 
 /// Opens `cgroup.procs` of the cgroup directory `dir` for writing; the errno on failure.
@@ -666,14 +1022,12 @@ struct Report {
 }
 
 impl Report {
-    /// The step a report names, with what the message shows of it.
-    fn step(&self, exec: &Exec, opts: &SpawnOptions) -> Step {
+    /// The step a report names, with what the message shows of it (`cgroup`: the cgroup's path).
+    fn step(&self, exec: &Exec, opts: &SpawnOptions, cgroup: impl FnOnce() -> String) -> Step {
         let index = self.index as usize;
         let creds = opts.creds.as_ref();
         match self.stage {
-            s if s == Stage::Cgroup as u32 => {
-                Step::Cgroup(opts.cgroup.map(fd_path).unwrap_or_default())
-            }
+            s if s == Stage::Cgroup as u32 => Step::Cgroup(cgroup()),
             s if s == Stage::Session as u32 => Step::Session,
             s if s == Stage::Stdio as u32 => Step::Stdio(index as RawFd),
             s if s == Stage::Fd as u32 => Step::Fd(opts.extra_fds.get(index).map_or(-1, |p| p.1)),
@@ -696,13 +1050,27 @@ impl Report {
     }
 }
 
-/// What the child needs, all prepared before the clone.
-struct ChildPlan<'a> {
-    paths: &'a [*const libc::c_char],
+/// Where a child reports a failed step.
+#[derive(Clone, Copy)]
+enum Reporter {
+    /// Into archon's memory: a vfork child, while archon is suspended.
+    Memory(*mut Report),
+    /// Into the write end of a close-on-exec pipe, in the child's fd table: a pipelined child,
+    /// which must write nothing of archon's.
+    Pipe(RawFd),
+}
+
+/// What the child needs, all prepared before the clone: plain values, and pointers into an
+/// [`Exec`] and a [`SpawnOptions`] that outlive the child's use of them (the caller's, for a
+/// vfork child; the [`PendingExec`]'s, for a pipelined one).
+struct ChildPlan {
+    /// The candidate paths, `n_paths` of them.
+    paths: *const *const libc::c_char,
+    n_paths: usize,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     stdio: [RawFd; 3],
-    opts: &'a SpawnOptions,
+    opts: *const SpawnOptions,
     /// Above every extra fd's source and target (see [`check_extra_fds`]).
     fd_base: RawFd,
     /// archon's pid.
@@ -710,27 +1078,122 @@ struct ChildPlan<'a> {
     /// An fd of `cgroup.procs` the child writes itself into, or -1: set only on the glibc clone
     /// path, since clone3 places the child as it creates it.
     join_cgroup: Cell<RawFd>,
-    /// Where the child reports a failed step, in archon's memory.
-    report: *mut Report,
+    report: Reporter,
+}
+
+impl ChildPlan {
+    fn new(
+        exec: &Exec,
+        stdio: [RawFd; 3],
+        opts: &SpawnOptions,
+        fd_base: RawFd,
+        parent: libc::pid_t,
+        report: Reporter,
+    ) -> ChildPlan {
+        ChildPlan {
+            paths: exec.candidate_ptrs.as_ptr(),
+            n_paths: exec.candidate_ptrs.len(),
+            argv: exec.argv_ptrs.as_ptr(),
+            envp: exec.envp_ptrs.as_ptr(),
+            stdio,
+            opts,
+            fd_base,
+            parent,
+            join_cgroup: Cell::new(-1),
+            report,
+        }
+    }
+}
+
+/// `syscall(nr, args...)` that returns the result or `-errno` and writes no memory of archon's
+/// (see [`raw_syscall`]). Up to four arguments, each cast to `usize`.
+macro_rules! sys {
+    ($nr:expr) => {
+        raw_syscall($nr, [0; 6])
+    };
+    ($nr:expr, $a:expr) => {
+        raw_syscall($nr, [$a as usize, 0, 0, 0, 0, 0])
+    };
+    ($nr:expr, $a:expr, $b:expr) => {
+        raw_syscall($nr, [$a as usize, $b as usize, 0, 0, 0, 0])
+    };
+    ($nr:expr, $a:expr, $b:expr, $c:expr) => {
+        raw_syscall($nr, [$a as usize, $b as usize, $c as usize, 0, 0, 0])
+    };
+    ($nr:expr, $a:expr, $b:expr, $c:expr, $d:expr) => {
+        raw_syscall(
+            $nr,
+            [$a as usize, $b as usize, $c as usize, $d as usize, 0, 0],
+        )
+    };
+}
+
+/// A system call by the `syscall` instruction: its result, or `-errno`. Unlike glibc's
+/// wrappers it sets no errno: a pipelined child runs with archon's thread pointer, so glibc's
+/// errno would be archon's.
+///
+/// # Safety
+/// The arguments must be what system call `nr` expects; memory it writes must be the caller's.
+#[cfg(target_arch = "x86_64")]
+unsafe fn raw_syscall(nr: libc::c_long, a: [usize; 6]) -> isize {
+    let ret: isize;
+    // SAFETY: the kernel preserves every register but rax, rcx and r11; what memory the call
+    // reads and writes is the caller's to vouch for.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Elsewhere, glibc's `syscall()`, which sets errno: only vfork children run it (archon is
+/// suspended meanwhile; [`CAN_PIPELINE`] is false), as every child did before pipelining.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn raw_syscall(nr: libc::c_long, a: [usize; 6]) -> isize {
+    // SAFETY: as the caller vouches.
+    unsafe {
+        let ret = libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        if ret < 0 {
+            -(*libc::__errno_location() as isize)
+        } else {
+            ret as isize
+        }
+    }
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: arg is the ChildPlan that spawn keeps alive until the child has exec'd or exited.
-    child_side(unsafe { &*arg.cast::<ChildPlan<'_>>() })
+    // SAFETY: arg is the ChildPlan that spawn_with or spawn_pipelined keeps alive until the
+    // child has exec'd or exited.
+    child_side(unsafe { &*arg.cast::<ChildPlan>() })
 }
 
-/// The child, between clone and exec: plain system calls only, no allocation, no locks. It
-/// shares archon's memory, and writes to none of it but `plan.report` (and errno itself, in the
-/// thread archon is suspended in).
+/// The child, between clone and exec: plain system calls only ([`raw_syscall`]), no allocation, no
+/// locks. It shares archon's memory, and writes none of it but its own stack (and, a vfork
+/// child, the report).
 ///
 /// The user changes through the raw system calls: glibc's setuid family signals every thread of
 /// the process to change them all ("setxid broadcast"), and this child shares archon's memory
 /// (and so glibc's idea of its threads) but not archon's threads.
-fn child_side(plan: &ChildPlan<'_>) -> ! {
-    let opts = plan.opts;
+fn child_side(plan: &ChildPlan) -> ! {
     // SAFETY: each call below is async-signal-safe and touches only memory prepared before the
-    // clone (or the child's own stack); the process ends in execve or _exit.
+    // clone (or the child's own stack); the process ends in execve or exit_group. opts points to
+    // the options the plan was made for, alive until the child has exec'd or exited.
     unsafe {
+        let opts = &*plan.opts;
         // The raw system calls: glibc's wrappers refuse signals 32 and 33 (its own), which a
         // parent's posix_spawn may have left ignored, and ignored dispositions survive exec.
         // An all-zero kernel sigaction is SIG_DFL with no flags and an empty mask.
@@ -738,67 +1201,74 @@ fn child_side(plan: &ChildPlan<'_>) -> ! {
         let none = 0u64;
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
+                sys!(
                     libc::SYS_rt_sigaction,
                     sig,
                     dfl.as_ptr(),
                     std::ptr::null_mut::<u64>(),
-                    8usize,
+                    8usize
                 );
             }
         }
-        libc::syscall(
+        sys!(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
             &none as *const u64,
             std::ptr::null_mut::<u64>(),
-            8usize,
+            8usize
         );
 
         // First, so that everything the child does is accounted to its cgroup. "0" is the
         // writing process.
         let procs = plan.join_cgroup.get();
-        if procs >= 0 && libc::write(procs, b"0\n".as_ptr().cast(), 2) != 2 {
-            fail(plan, Stage::Cgroup, 0);
+        if procs >= 0 {
+            let r = sys!(libc::SYS_write, procs, b"0\n".as_ptr(), 2usize);
+            if r != 2 {
+                fail(plan, Stage::Cgroup, 0, r);
+            }
         }
 
-        if libc::setsid() < 0 {
-            fail(plan, Stage::Session, 0);
+        let r = sys!(libc::SYS_setsid);
+        if r < 0 {
+            fail(plan, Stage::Session, 0, r);
         }
         // Sources are fds >= 3 or archon's own fd 2, and targets are filled 0, 1, 2 in order, so
-        // no dup2 overwrites a source still needed.
+        // no dup overwrites a source still needed.
         for (target, &src) in plan.stdio.iter().enumerate() {
-            let ok = if src == target as RawFd {
-                libc::fcntl(src, libc::F_SETFD, 0) == 0
+            let r = if src == target as RawFd {
+                sys!(libc::SYS_fcntl, src, libc::F_SETFD, 0)
             } else {
-                libc::dup2(src, target as RawFd) == target as RawFd
+                sys!(libc::SYS_dup3, src, target, 0)
             };
-            if !ok {
-                fail(plan, Stage::Stdio, target);
+            if r < 0 {
+                fail(plan, Stage::Stdio, target, r);
             }
         }
         // Extra fds: a copy of each source above every source and target first (close-on-exec),
         // so that filling one target cannot overwrite a source still needed; then each copy to
-        // its number, which dup2 leaves open across exec.
+        // its number, which dup3 leaves open across exec.
         let mut copies = [-1 as RawFd; MAX_EXTRA_FDS];
         for (i, &(src, _)) in opts.extra_fds.iter().enumerate().take(MAX_EXTRA_FDS) {
-            copies[i] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, plan.fd_base);
-            if copies[i] < 0 {
-                fail(plan, Stage::Fd, i);
+            let r = sys!(libc::SYS_fcntl, src, libc::F_DUPFD_CLOEXEC, plan.fd_base);
+            if r < 0 {
+                fail(plan, Stage::Fd, i, r);
             }
+            copies[i] = r as RawFd;
         }
         // Everything archon opens is already close-on-exec; this makes sure of it for fds that
         // came from elsewhere. (The fd table is the child's own: CLONE_FILES is not set.) Old
         // kernels lack close_range, which the close-on-exec rule covers.
-        libc::syscall(
+        sys!(
             libc::SYS_close_range,
             3u32,
             u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
+            libc::CLOSE_RANGE_CLOEXEC
         );
         for (i, &(_, target)) in opts.extra_fds.iter().enumerate().take(MAX_EXTRA_FDS) {
-            if libc::dup2(copies[i], target) != target {
-                fail(plan, Stage::Fd, i);
+            // A copy is never its target (copies are at fd_base or above, targets below).
+            let r = sys!(libc::SYS_dup3, copies[i], target, 0);
+            if r != target as isize {
+                fail(plan, Stage::Fd, i, r);
             }
         }
 
@@ -809,50 +1279,49 @@ fn child_side(plan: &ChildPlan<'_>) -> ! {
                 rlim_cur: soft,
                 rlim_max: hard,
             };
-            if libc::syscall(
+            let r = sys!(
                 libc::SYS_prlimit64,
-                0 as libc::c_long,
-                resource as libc::c_long,
+                0,
+                resource,
                 &lim as *const libc::rlimit64,
-                std::ptr::null_mut::<libc::rlimit64>(),
-            ) != 0
-            {
-                fail(plan, Stage::Rlimit, i);
+                std::ptr::null_mut::<libc::rlimit64>()
+            );
+            if r != 0 {
+                fail(plan, Stage::Rlimit, i, r);
             }
         }
         if let Some(nice) = opts.nice {
-            if libc::syscall(
+            let r = sys!(
                 libc::SYS_setpriority,
-                libc::PRIO_PROCESS as libc::c_long,
-                0 as libc::c_long,
-                nice as libc::c_long,
-            ) != 0
-            {
-                fail(plan, Stage::Nice, 0);
+                libc::PRIO_PROCESS,
+                0,
+                nice as libc::c_long
+            );
+            if r != 0 {
+                fail(plan, Stage::Nice, 0, r);
             }
         }
         if let Some(mask) = opts.umask {
-            libc::umask(mask as libc::mode_t);
+            sys!(libc::SYS_umask, mask);
         }
         if let Some(c) = &opts.creds {
-            if libc::syscall(
-                libc::SYS_setgroups,
-                c.groups.len() as libc::c_long,
-                c.groups.as_ptr(),
-            ) != 0
-            {
-                fail(plan, Stage::Groups, 0);
+            let r = sys!(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr());
+            if r != 0 {
+                fail(plan, Stage::Groups, 0, r);
             }
-            if libc::syscall(libc::SYS_setresgid, id(c.gid), id(c.gid), id(c.gid)) != 0 {
-                fail(plan, Stage::Gid, 0);
+            let r = sys!(libc::SYS_setresgid, c.gid, c.gid, c.gid);
+            if r != 0 {
+                fail(plan, Stage::Gid, 0, r);
             }
-            if libc::syscall(libc::SYS_setresuid, id(c.uid), id(c.uid), id(c.uid)) != 0 {
-                fail(plan, Stage::Uid, 0);
+            let r = sys!(libc::SYS_setresuid, c.uid, c.uid, c.uid);
+            if r != 0 {
+                fail(plan, Stage::Uid, 0, r);
             }
         }
         if let Some(dir) = &opts.cwd {
-            if libc::chdir(dir.as_ptr()) != 0 {
-                fail(plan, Stage::Chdir, 0);
+            let r = sys!(libc::SYS_chdir, dir.as_ptr());
+            if r != 0 {
+                fail(plan, Stage::Chdir, 0, r);
             }
         }
 
@@ -860,23 +1329,19 @@ fn child_side(plan: &ChildPlan<'_>) -> ! {
         // a set-user-ID program or one with file capabilities: such a child does not die with
         // archon). archon may have been killed since the clone (a vfork parent can be), and
         // then no signal will ever come: the parent is no longer archon, and the child goes.
-        if libc::syscall(
-            libc::SYS_prctl,
-            libc::PR_SET_PDEATHSIG as libc::c_long,
-            PARENT_DEATH_SIGNAL as libc::c_long,
-        ) != 0
-        {
-            fail(plan, Stage::ParentDeath, 0);
+        let r = sys!(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL);
+        if r != 0 {
+            fail(plan, Stage::ParentDeath, 0, r);
         }
-        if libc::syscall(libc::SYS_getppid) != libc::c_long::from(plan.parent) {
-            libc::_exit(127);
+        if sys!(libc::SYS_getppid) != plan.parent as isize {
+            sys!(libc::SYS_exit_group, 127);
         }
 
         let mut saw_eacces = false;
         let mut last = libc::ENOENT;
-        for &path in plan.paths {
-            libc::execve(path, plan.argv, plan.envp);
-            last = *libc::__errno_location();
+        for i in 0..plan.n_paths {
+            let path = *plan.paths.add(i);
+            last = -sys!(libc::SYS_execve, path, plan.argv, plan.envp) as i32;
             match last {
                 libc::EACCES => saw_eacces = true,
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
@@ -886,29 +1351,37 @@ fn child_side(plan: &ChildPlan<'_>) -> ! {
         if saw_eacces && matches!(last, libc::ENOENT | libc::ENOTDIR) {
             last = libc::EACCES;
         }
-        *libc::__errno_location() = last;
-        fail(plan, Stage::Exec, 0)
+        fail(plan, Stage::Exec, 0, -(last as isize))
     }
 }
 
-/// A user or group id as a system call argument: zero-extended, as the kernel reads it.
-fn id(v: u32) -> libc::c_long {
-    libc::c_long::from(v)
-}
-
-/// Reports the failed stage and errno to archon and exits 127 (the shell's "command not found").
-unsafe fn fail(plan: &ChildPlan<'_>, stage: Stage, index: usize) -> ! {
-    // SAFETY: archon is suspended until this child exits, so the write does not race; errno's
-    // location and _exit are async-signal-safe.
+/// Reports the failed stage and its errno (`ret`: the failed call's result, `-errno`, or a short
+/// count) and exits 127 (the shell's "command not found").
+unsafe fn fail(plan: &ChildPlan, stage: Stage, index: usize, ret: isize) -> ! {
+    let errno = if ret < 0 { -ret as i32 } else { libc::EIO };
+    let report = Report {
+        stage: stage as u32,
+        index: index as u32,
+        errno: if errno == 0 { libc::EIO } else { errno },
+    };
+    // SAFETY: a vfork child writes archon's memory while archon is suspended, so the write does
+    // not race; a pipelined child writes its stack's copy to its pipe (at most PIPE_BUF bytes:
+    // one atomic write). exit_group is async-signal-safe.
     unsafe {
-        let err = *libc::__errno_location();
-        let report = Report {
-            stage: stage as u32,
-            index: index as u32,
-            errno: if err == 0 { libc::EIO } else { err },
-        };
-        std::ptr::write_volatile(plan.report, report);
-        libc::_exit(127)
+        match plan.report {
+            Reporter::Memory(to) => std::ptr::write_volatile(to, report),
+            Reporter::Pipe(fd) => {
+                sys!(
+                    libc::SYS_write,
+                    fd,
+                    &report as *const Report,
+                    std::mem::size_of::<Report>()
+                );
+            }
+        }
+        sys!(libc::SYS_exit_group, 127);
+        // exit_group does not return.
+        std::hint::unreachable_unchecked()
     }
 }
 
@@ -1051,15 +1524,70 @@ mod tests {
         std::fs::read_to_string(format!("/proc/self/fd/{}", r.as_raw_fd())).unwrap_or_default()
     }
 
+    /// How a test starts its child.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Vfork,
+        Pipelined,
+    }
+
+    /// The modes this build has: pipelining only on x86_64.
+    const MODES: &[Mode] = if CAN_PIPELINE {
+        &[Mode::Vfork, Mode::Pipelined]
+    } else {
+        &[Mode::Vfork]
+    };
+
+    /// Blocks until `fd` is readable (or at EOF).
+    fn wait_readable(fd: BorrowedFd<'_>) {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no timeout.
+        while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+    }
+
+    /// Waits for a pending exec's outcome, as the loop does: readable, then poll_exec.
+    fn settle(spawner: &mut Spawner, pending: &mut PendingExec) -> Result<(), SpawnError> {
+        loop {
+            wait_readable(pending.as_fd());
+            if let Some(outcome) = spawner.poll_exec(pending) {
+                return outcome;
+            }
+        }
+    }
+
+    /// Starts `exec` in `mode`: the child once its program runs, or why it does not.
+    fn start(
+        spawner: &mut Spawner,
+        mode: Mode,
+        exec: Exec,
+        stdio: [RawFd; 3],
+        opts: &SpawnOptions,
+    ) -> Result<Child, SpawnError> {
+        match mode {
+            Mode::Vfork => spawner.spawn_with(&exec, stdio, opts),
+            Mode::Pipelined => match spawner.spawn_pipelined(exec, stdio, opts.clone())? {
+                Spawned::Pending(child, mut pending) => {
+                    settle(spawner, &mut pending).map(|()| child)
+                }
+                Spawned::Running(_) => unreachable!("a stack was free: it should pipeline"),
+            },
+        }
+    }
+
     /// Runs a shell script with `opts`, its stdout on a pipe: its exit status and output.
     fn run(
         spawner: &mut Spawner,
+        mode: Mode,
         script: &str,
         opts: &SpawnOptions,
     ) -> Result<(Status, String), SpawnError> {
         let exec = sh(script).map_err(SpawnError::Clone)?;
         let (r, w) = pipe().map_err(SpawnError::Clone)?;
-        let child = spawner.spawn_with(&exec, [0, w.as_raw_fd(), 2], opts)?;
+        let child = start(spawner, mode, exec, [0, w.as_raw_fd(), 2], opts)?;
         drop(w);
         assert!(child.pid > 0);
         let out = read_all(&r);
@@ -1074,10 +1602,12 @@ mod tests {
     #[test]
     fn spawns_through_clone3_and_through_glibc_clone() -> Result<(), SpawnError> {
         let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
-        for clone3 in [true, false] {
-            spawner.clone3 = clone3;
-            let got = run(&mut spawner, "exit 7", &SpawnOptions::default())?;
-            assert_eq!(got.0, Status::Exited(7), "clone3: {clone3}");
+        for &mode in MODES {
+            for clone3 in [true, false] {
+                spawner.clone3 = clone3;
+                let got = run(&mut spawner, mode, "exit 7", &SpawnOptions::default())?;
+                assert_eq!(got.0, Status::Exited(7), "{mode:?}, clone3: {clone3}");
+            }
         }
         Ok(())
     }
@@ -1117,21 +1647,27 @@ mod tests {
         // of its status that list ignored and blocked signals, as it inherited them. (The shell
         // must not read its own status: dash blocks every signal for a moment while it waits
         // for a child.)
-        let (status, out) = run(
-            &mut spawner,
-            "echo $(cut -d' ' -f6 /proc/$$/stat) $$; exec grep -E '^Sig(Ign|Blk)' /proc/self/status",
-            &SpawnOptions::default(),
-        )?;
-        assert_eq!(status, Status::Exited(0));
-        let mut lines = out.lines();
-        let ids: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
-        assert_eq!(ids.len(), 2, "{out}");
-        assert_eq!(ids[0], ids[1], "the child leads its own session: {out}");
-        for line in lines {
-            assert!(
-                line.ends_with("0000000000000000"),
-                "no signal ignored or blocked: {line}"
+        for &mode in MODES {
+            let (status, out) = run(
+                &mut spawner,
+                mode,
+                "echo $(cut -d' ' -f6 /proc/$$/stat) $$; exec grep -E '^Sig(Ign|Blk)' /proc/self/status",
+                &SpawnOptions::default(),
+            )?;
+            assert_eq!(status, Status::Exited(0));
+            let mut lines = out.lines();
+            let ids: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+            assert_eq!(ids.len(), 2, "{out}");
+            assert_eq!(
+                ids[0], ids[1],
+                "{mode:?}: the child leads its own session: {out}"
             );
+            for line in lines {
+                assert!(
+                    line.ends_with("0000000000000000"),
+                    "{mode:?}: no signal ignored or blocked: {line}"
+                );
+            }
         }
         Ok(())
     }
@@ -1193,21 +1729,23 @@ mod tests {
         };
         let script = "pwd; id -u; id -g; id -G; umask; ulimit -n; ulimit -Hn; nice; \
                       grep -E '^(Uid|Gid):' /proc/$$/status";
-        for clone3 in [true, false] {
-            spawner.clone3 = clone3;
-            let (status, out) = run(&mut spawner, script, &opts)?;
-            assert_eq!(status, Status::Exited(0), "{out}");
-            assert_eq!(
-                out,
-                "/usr\n1234\n2345\n2345 5 20 3456\n0027\n123\n456\n5\n\
-                 Uid:\t1234\t1234\t1234\t1234\nGid:\t2345\t2345\t2345\t2345\n",
-                "clone3: {clone3}"
-            );
+        for &mode in MODES {
+            for clone3 in [true, false] {
+                spawner.clone3 = clone3;
+                let (status, out) = run(&mut spawner, mode, script, &opts)?;
+                assert_eq!(status, Status::Exited(0), "{out}");
+                assert_eq!(
+                    out,
+                    "/usr\n1234\n2345\n2345 5 20 3456\n0027\n123\n456\n5\n\
+                     Uid:\t1234\t1234\t1234\t1234\nGid:\t2345\t2345\t2345\t2345\n",
+                    "{mode:?}, clone3: {clone3}"
+                );
+            }
+            // No options: archon's own directory and user, and the groups left alone.
+            let (_, out) = run(&mut spawner, mode, "pwd; id -u", &SpawnOptions::default())?;
+            let cwd = std::env::current_dir().map_err(SpawnError::Clone)?;
+            assert_eq!(out, format!("{}\n0\n", cwd.display()), "{mode:?}");
         }
-        // No options: archon's own directory and user, and the groups left alone.
-        let (_, out) = run(&mut spawner, "pwd; id -u", &SpawnOptions::default())?;
-        let cwd = std::env::current_dir().map_err(SpawnError::Clone)?;
-        assert_eq!(out, format!("{}\n0\n", cwd.display()));
         Ok(())
     }
 
@@ -1227,54 +1765,69 @@ mod tests {
              test -e /proc/self/fd/{r} && echo leaked",
             r = r1.as_raw_fd().max(r2.as_raw_fd())
         );
-        for clone3 in [true, false] {
-            spawner.clone3 = clone3;
-            let (status, out) = run(&mut spawner, &script, &opts)?;
-            assert_eq!(status, Status::Exited(1), "the test finds no leak: {out}");
-            assert_eq!(out, "");
+        for &mode in MODES {
+            for clone3 in [true, false] {
+                spawner.clone3 = clone3;
+                let (status, out) = run(&mut spawner, mode, &script, &opts)?;
+                assert_eq!(status, Status::Exited(1), "the test finds no leak: {out}");
+                assert_eq!(out, "");
+            }
         }
         drop((w1, w2));
-        assert_eq!(read_all(&r1), "one\nthree\none\nthree\n");
-        assert_eq!(read_all(&r2), "two\ntwo\n");
+        let runs = MODES.len() * 2;
+        assert_eq!(read_all(&r1), "one\nthree\n".repeat(runs));
+        assert_eq!(read_all(&r2), "two\n".repeat(runs));
         Ok(())
     }
 
     #[test]
     fn bad_extra_fds_are_refused_before_any_clone() -> io::Result<()> {
         let mut spawner = Spawner::new()?;
-        let exec = sh("exit 0")?;
-        let try_fds = |spawner: &mut Spawner, extra_fds| {
-            let opts = SpawnOptions {
-                extra_fds,
-                ..SpawnOptions::default()
+        for &mode in MODES {
+            let try_fds = |spawner: &mut Spawner, extra_fds| -> io::Result<Option<SpawnError>> {
+                let opts = SpawnOptions {
+                    extra_fds,
+                    ..SpawnOptions::default()
+                };
+                Ok(start(spawner, mode, sh("exit 0")?, [0, 1, 2], &opts).err())
             };
-            spawner.spawn_with(&exec, [0, 1, 2], &opts).err()
-        };
-        let err = try_fds(&mut spawner, vec![(2, 1)]);
-        assert!(matches!(
-            err,
-            Some(SpawnError::Setup {
-                step: Step::Fd(1),
-                errno: libc::EINVAL
-            })
-        ));
-        let err = try_fds(&mut spawner, vec![(5, 3); MAX_EXTRA_FDS + 1]);
-        assert!(matches!(
-            err,
-            Some(SpawnError::Setup {
-                step: Step::Fd(3),
-                errno: libc::EINVAL
-            })
-        ));
-        // An fd that is not open fails in the child, at its step.
-        let err = try_fds(&mut spawner, vec![(i32::MAX - 1, 9)]);
-        assert!(matches!(
-            err,
-            Some(SpawnError::Setup {
-                step: Step::Fd(9),
-                errno: libc::EBADF
-            })
-        ));
+            let err = try_fds(&mut spawner, vec![(2, 1)])?;
+            assert!(
+                matches!(
+                    err,
+                    Some(SpawnError::Setup {
+                        step: Step::Fd(1),
+                        errno: libc::EINVAL
+                    })
+                ),
+                "{mode:?}: {err:?}"
+            );
+            let err = try_fds(&mut spawner, vec![(5, 3); MAX_EXTRA_FDS + 1])?;
+            assert!(
+                matches!(
+                    err,
+                    Some(SpawnError::Setup {
+                        step: Step::Fd(3),
+                        errno: libc::EINVAL
+                    })
+                ),
+                "{mode:?}: {err:?}"
+            );
+            // Refused before a stack is taken, too.
+            assert_eq!(spawner.mapped.get(), 0, "{mode:?}");
+            // An fd that is not open fails in the child, at its step.
+            let err = try_fds(&mut spawner, vec![(i32::MAX - 1, 9)])?;
+            assert!(
+                matches!(
+                    err,
+                    Some(SpawnError::Setup {
+                        step: Step::Fd(9),
+                        errno: libc::EBADF
+                    })
+                ),
+                "{mode:?}: {err:?}"
+            );
+        }
         Ok(())
     }
 
@@ -1319,59 +1872,65 @@ mod tests {
     #[test]
     fn a_failed_step_is_named() -> io::Result<()> {
         let mut spawner = Spawner::new()?;
-        let exec = sh("exit 0")?;
-        let mut fails = |opts: &SpawnOptions| match spawner.spawn_with(&exec, [0, 1, 2], opts) {
-            Err(SpawnError::Setup { step, errno }) => Some((step, errno)),
-            Err(SpawnError::Clone(_)) | Ok(_) => None,
-        };
-        let opts = SpawnOptions {
-            cwd: Some(c"/nonexistent/dir".into()),
-            ..SpawnOptions::default()
-        };
-        assert_eq!(
-            fails(&opts),
-            Some((Step::Chdir("/nonexistent/dir".into()), libc::ENOENT))
-        );
-        let opts = SpawnOptions {
-            rlimits: vec![
-                (libc::RLIMIT_CORE as i32, 0, 0),
-                (libc::RLIMIT_NOFILE as i32, 10, 5),
-            ],
-            ..SpawnOptions::default()
-        };
-        assert_eq!(
-            fails(&opts),
-            Some((Step::Rlimit(libc::RLIMIT_NOFILE as i32), libc::EINVAL))
-        );
-        if !is_root() {
-            eprintln!("skipped: the user and group steps need root");
-            return Ok(());
+        for &mode in MODES {
+            let mut fails = |opts: &SpawnOptions| {
+                let exec = sh("exit 0").ok()?;
+                match start(&mut spawner, mode, exec, [0, 1, 2], opts) {
+                    Err(SpawnError::Setup { step, errno }) => Some((step, errno)),
+                    Err(SpawnError::Clone(_)) | Ok(_) => None,
+                }
+            };
+            let opts = SpawnOptions {
+                cwd: Some(c"/nonexistent/dir".into()),
+                ..SpawnOptions::default()
+            };
+            assert_eq!(
+                fails(&opts),
+                Some((Step::Chdir("/nonexistent/dir".into()), libc::ENOENT)),
+                "{mode:?}"
+            );
+            let opts = SpawnOptions {
+                rlimits: vec![
+                    (libc::RLIMIT_CORE as i32, 0, 0),
+                    (libc::RLIMIT_NOFILE as i32, 10, 5),
+                ],
+                ..SpawnOptions::default()
+            };
+            assert_eq!(
+                fails(&opts),
+                Some((Step::Rlimit(libc::RLIMIT_NOFILE as i32), libc::EINVAL)),
+                "{mode:?}"
+            );
+            if !is_root() {
+                eprintln!("skipped: the user and group steps need root");
+                continue;
+            }
+            // More supplementary groups than the kernel takes (NGROUPS_MAX = 65536).
+            let opts = SpawnOptions {
+                creds: Some(Creds {
+                    uid: 1000,
+                    gid: 1000,
+                    groups: vec![1000; 65537],
+                }),
+                ..SpawnOptions::default()
+            };
+            assert_eq!(fails(&opts), Some((Step::Groups, libc::EINVAL)), "{mode:?}");
+            // Without CAP_SETUID the groups and the group change, the user does not.
+            let opts = SpawnOptions {
+                creds: Some(Creds {
+                    uid: 1000,
+                    gid: 1000,
+                    groups: vec![],
+                }),
+                ..SpawnOptions::default()
+            };
+            let got = without_capability(7, || fails(&opts))?; // CAP_SETUID
+            assert_eq!(got, Some((Step::Uid(1000), libc::EPERM)), "{mode:?}");
+            let got = without_capability(6, || fails(&opts))?; // CAP_SETGID
+            assert_eq!(got, Some((Step::Groups, libc::EPERM)), "{mode:?}");
+            // And archon's own thread is unchanged.
+            assert_eq!(fails(&opts), None, "{mode:?}");
         }
-        // More supplementary groups than the kernel takes (NGROUPS_MAX = 65536).
-        let opts = SpawnOptions {
-            creds: Some(Creds {
-                uid: 1000,
-                gid: 1000,
-                groups: vec![1000; 65537],
-            }),
-            ..SpawnOptions::default()
-        };
-        assert_eq!(fails(&opts), Some((Step::Groups, libc::EINVAL)));
-        // Without CAP_SETUID the groups and the group change, the user does not.
-        let opts = SpawnOptions {
-            creds: Some(Creds {
-                uid: 1000,
-                gid: 1000,
-                groups: vec![],
-            }),
-            ..SpawnOptions::default()
-        };
-        let got = without_capability(7, || fails(&opts))?; // CAP_SETUID
-        assert_eq!(got, Some((Step::Uid(1000), libc::EPERM)));
-        let got = without_capability(6, || fails(&opts))?; // CAP_SETGID
-        assert_eq!(got, Some((Step::Groups, libc::EPERM)));
-        // And archon's own thread is unchanged.
-        assert_eq!(fails(&opts), None);
         Ok(())
     }
 
@@ -1392,36 +1951,42 @@ mod tests {
         let leaf = t.0.path().file_name().ok_or("no name")?.to_string_lossy();
         let want = format!("0::{}/{leaf}/placed.svc\n", own.trim_end_matches('/'));
         let mut spawner = Spawner::new().map_err(|e| e.to_string())?;
-        for (clone3, procs) in [
-            (true, None),
-            (false, None),
-            (false, Some(procs.as_raw_fd())),
-        ] {
-            spawner.clone3 = clone3;
-            let opts = SpawnOptions {
-                cgroup: Some(dir.as_raw_fd()),
-                cgroup_procs: procs,
-                ..SpawnOptions::default()
-            };
-            let (status, out) = run(&mut spawner, "exec grep '^0::' /proc/self/cgroup", &opts)
-                .map_err(|e| e.to_string())?;
-            assert_eq!(status, Status::Exited(0));
-            assert_eq!(out, want, "clone3: {clone3}, procs fd: {procs:?}");
-            if clone3
-                && (NO_CLONE3.load(Ordering::Relaxed)
-                    || NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed))
-            {
-                eprintln!("clone3 cannot place a child here: only glibc's clone path was tested");
+        for &mode in MODES {
+            for (clone3, procs) in [
+                (true, None),
+                (false, None),
+                (false, Some(procs.as_raw_fd())),
+            ] {
+                spawner.clone3 = clone3;
+                let opts = SpawnOptions {
+                    cgroup: Some(dir.as_raw_fd()),
+                    cgroup_procs: procs,
+                    ..SpawnOptions::default()
+                };
+                let script = "exec grep '^0::' /proc/self/cgroup";
+                let (status, out) =
+                    run(&mut spawner, mode, script, &opts).map_err(|e| e.to_string())?;
+                assert_eq!(status, Status::Exited(0));
+                assert_eq!(out, want, "{mode:?}, clone3: {clone3}, procs fd: {procs:?}");
+                if clone3
+                    && (NO_CLONE3.load(Ordering::Relaxed)
+                        || NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed))
+                {
+                    eprintln!(
+                        "clone3 cannot place a child here: only glibc's clone path was tested"
+                    );
+                }
             }
+            // Without the option the child stays in archon's cgroup.
+            let (_, out) = run(
+                &mut spawner,
+                mode,
+                "exec grep '^0::' /proc/self/cgroup",
+                &SpawnOptions::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(out, format!("0::{own}\n"), "{mode:?}");
         }
-        // Without the option the child stays in archon's cgroup.
-        let (_, out) = run(
-            &mut spawner,
-            "exec grep '^0::' /proc/self/cgroup",
-            &SpawnOptions::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        assert_eq!(out, format!("0::{own}\n"));
         Ok(())
     }
 
@@ -1437,37 +2002,181 @@ mod tests {
             .open(cg.path().join("cgroup.procs"))
             .map_err(|e| e.to_string())?;
         cg.remove().map_err(|e| e.to_string())?;
-        let exec = sh("exit 0").map_err(|e| e.to_string())?;
         let mut spawner = Spawner::new().map_err(|e| e.to_string())?;
-        for (clone3, procs) in [
-            (true, None),
-            (false, None),
-            (false, Some(procs.as_raw_fd())),
-        ] {
-            spawner.clone3 = clone3;
-            let opts = SpawnOptions {
-                cgroup: Some(dir.as_raw_fd()),
-                cgroup_procs: procs,
-                ..SpawnOptions::default()
-            };
-            match spawner.spawn_with(&exec, [0, 1, 2], &opts) {
-                Err(
-                    e @ SpawnError::Setup {
-                        step: Step::Cgroup(_),
-                        ..
-                    },
-                ) => {
-                    let msg = e.to_string();
-                    eprintln!("clone3: {clone3}, procs fd: {procs:?}: {msg}");
-                    assert!(
-                        msg.starts_with(&format!("cannot enter cgroup {}", cg.path().display())),
-                        "{msg}"
-                    );
+        for &mode in MODES {
+            for (clone3, procs) in [
+                (true, None),
+                (false, None),
+                (false, Some(procs.as_raw_fd())),
+            ] {
+                spawner.clone3 = clone3;
+                let opts = SpawnOptions {
+                    cgroup: Some(dir.as_raw_fd()),
+                    cgroup_procs: procs,
+                    ..SpawnOptions::default()
+                };
+                let exec = sh("exit 0").map_err(|e| e.to_string())?;
+                match start(&mut spawner, mode, exec, [0, 1, 2], &opts) {
+                    Err(
+                        e @ SpawnError::Setup {
+                            step: Step::Cgroup(_),
+                            ..
+                        },
+                    ) => {
+                        let msg = e.to_string();
+                        eprintln!("{mode:?}, clone3: {clone3}, procs fd: {procs:?}: {msg}");
+                        assert!(
+                            msg.starts_with(&format!(
+                                "cannot enter cgroup {}",
+                                cg.path().display()
+                            )),
+                            "{msg}"
+                        );
+                    }
+                    Err(e) => unreachable!("{mode:?}, clone3: {clone3}: {e}"),
+                    Ok(_) => {
+                        unreachable!("{mode:?}, clone3: {clone3}: started in a removed cgroup")
+                    }
                 }
-                Err(e) => unreachable!("clone3: {clone3}: {e}"),
-                Ok(_) => unreachable!("clone3: {clone3}: started in a removed cgroup"),
             }
         }
+        Ok(())
+    }
+
+    /// `exec` started pipelined: the child and its pending exec (a stack must be free).
+    fn pipelined(spawner: &mut Spawner, exec: Exec) -> Result<(Child, PendingExec), SpawnError> {
+        match spawner.spawn_pipelined(exec, [0, 1, 2], SpawnOptions::default())? {
+            Spawned::Pending(child, pending) => Ok((child, pending)),
+            Spawned::Running(_) => unreachable!("a stack was free: it should pipeline"),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_pipelined_exec_that_succeeds_reads_eof_and_gives_its_stack_back() -> Result<(), SpawnError>
+    {
+        let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
+        let (child, mut pending) =
+            pipelined(&mut spawner, sh("exit 7").map_err(SpawnError::Clone)?)?;
+        assert_eq!((spawner.mapped.get(), spawner.free.len()), (1, 0));
+        settle(&mut spawner, &mut pending)?;
+        assert!(pending.held.is_none() && pending.got == 0, "EOF, no data");
+        assert_eq!((spawner.mapped.get(), spawner.free.len()), (1, 1));
+        // Told once.
+        assert!(spawner.poll_exec(&mut pending).is_none());
+        assert_eq!(wait(&child.pidfd), Status::Exited(7));
+        Ok(())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_pipelined_exec_that_fails_reports_the_step_and_errno_then_exits_127() -> io::Result<()> {
+        let mut spawner = Spawner::new()?;
+        let prepare = |argv: &str| {
+            Exec::prepare(&Command::new([argv]), &[]).map_err(|_| io::Error::other("prepare"))
+        };
+        for (argv, errno) in [
+            ("/nonexistent/program", libc::ENOENT),
+            ("/etc/passwd", libc::EACCES),
+        ] {
+            let (child, mut pending) =
+                pipelined(&mut spawner, prepare(argv)?).map_err(io::Error::other)?;
+            match settle(&mut spawner, &mut pending) {
+                Err(SpawnError::Setup { step, errno: e }) => {
+                    assert_eq!((step, e), (Step::Exec(argv.into()), errno));
+                }
+                Ok(()) => unreachable!("{argv} was executed"),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+            assert_eq!(pending.got, REPORT_SIZE);
+            assert_eq!(wait(&child.pidfd), Status::Exited(127), "{argv}");
+        }
+        // A PATH search that finds nothing executable: the reason a vfork spawn gives.
+        let (_, mut pending) = pipelined(&mut spawner, prepare("no-such-program-archon")?)
+            .map_err(io::Error::other)?;
+        let err = settle(&mut spawner, &mut pending)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("cannot execute no-such-program-archon: No such file or directory")
+        );
+        // One stack served them all, one after the other.
+        assert_eq!((spawner.mapped.get(), spawner.free.len()), (1, 1));
+        Ok(())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn pipelined_stacks_are_reused_and_bounded_and_then_it_is_vfork() -> Result<(), SpawnError> {
+        let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
+        spawner.limit = 2;
+        let exec = || sh("exit 0").map_err(SpawnError::Clone);
+        let (a, mut pa) = pipelined(&mut spawner, exec()?)?;
+        let (b, mut pb) = pipelined(&mut spawner, exec()?)?;
+        assert_eq!(spawner.mapped.get(), 2);
+        assert!(
+            !spawner.can_pipeline(),
+            "both stacks are held until their outcome is read"
+        );
+        // A third waits for its exec, as vfork does: its outcome is known, and no stack is mapped.
+        match spawner.spawn_pipelined(exec()?, [0, 1, 2], SpawnOptions::default())? {
+            Spawned::Running(c) => assert_eq!(wait(&c.pidfd), Status::Exited(0)),
+            Spawned::Pending(..) => unreachable!("no stack was free"),
+        }
+        assert_eq!(spawner.mapped.get(), 2);
+        settle(&mut spawner, &mut pa)?;
+        settle(&mut spawner, &mut pb)?;
+        assert_eq!(spawner.free.len(), 2);
+        let low: Vec<usize> = spawner.free.iter().map(|s| s.low() as usize).collect();
+        // The next ones run on those stacks: none is mapped anew.
+        let (c, mut pc) = pipelined(&mut spawner, exec()?)?;
+        let (d, mut pd) = pipelined(&mut spawner, exec()?)?;
+        for p in [&pc, &pd] {
+            let used = p.held.as_ref().map(|(_, s)| s.low() as usize);
+            assert!(
+                used.is_some_and(|u| low.contains(&u)),
+                "{used:?} in {low:?}"
+            );
+        }
+        assert_eq!((spawner.mapped.get(), spawner.free.len()), (2, 0));
+        settle(&mut spawner, &mut pc)?;
+        settle(&mut spawner, &mut pd)?;
+        for child in [a, b, c, d] {
+            assert_eq!(wait(&child.pidfd), Status::Exited(0));
+        }
+        Ok(())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_pending_exec_dropped_after_its_eof_unmaps_its_stack() -> Result<(), SpawnError> {
+        let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
+        let (child, pending) = pipelined(&mut spawner, sh("exit 0").map_err(SpawnError::Clone)?)?;
+        // The child has exited: its pipe is at EOF, so dropping frees its block and stack.
+        assert_eq!(wait(&child.pidfd), Status::Exited(0));
+        assert_eq!(spawner.mapped.get(), 1);
+        drop(pending);
+        assert_eq!((spawner.mapped.get(), spawner.free.len()), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn the_report_pipe_is_above_every_extra_fd() -> io::Result<()> {
+        let (read, write) = outcome_pipe(900)?;
+        assert!(write.as_raw_fd() >= 900, "{}", write.as_raw_fd());
+        // SAFETY: fcntl on our own fds.
+        let flags = unsafe {
+            [
+                libc::fcntl(read.as_raw_fd(), libc::F_GETFD),
+                libc::fcntl(write.as_raw_fd(), libc::F_GETFD),
+                libc::fcntl(read.as_raw_fd(), libc::F_GETFL) & libc::O_NONBLOCK,
+            ]
+        };
+        assert_eq!(
+            flags,
+            [libc::FD_CLOEXEC, libc::FD_CLOEXEC, libc::O_NONBLOCK]
+        );
         Ok(())
     }
 }

@@ -2,9 +2,18 @@
 //! (spawn, signal, kill, freeze, timers, health checks) and tells it what happened (exits,
 //! readiness, watchdog pings, check results).
 //!
-//! Per unit the loop holds a [`UnitRt`]: the pidfd of its main process, its cgroup, its notify
-//! socket or ready pipe, a health check in flight, and its timers. Their tokens carry the unit's
-//! id and which of them woke the loop.
+//! Per unit the loop holds a [`UnitRt`]: the pidfd of its main process, its exec while its
+//! outcome is unknown, its cgroup, its notify socket or ready pipe, a health check in flight, and
+//! its timers. Their tokens carry the unit's id and which of them woke the loop.
+//!
+//! A unit's process is started pipelined
+//! ([`Spawner::spawn_pipelined`](crate::spawn::Spawner::spawn_pipelined)): archon goes on with
+//! the next unit while the kernel loads this one's program, and tells the manager
+//! [`Manager::spawned`] (or `spawn_failed`) once the exec's pipe says how it went. Until then the
+//! manager holds the unit as `spawning`, with no pid: nothing signals it, a stop waits for the
+//! outcome, and the unit is not forgotten. Whatever wakes the loop for a unit, that outcome is
+//! read first (a process that has ended, or written to its ready fd or notify socket, has
+//! exec'd or failed to), so the manager always hears "spawned" before anything the process did.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,13 +30,13 @@ use archon_proto::{
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
-use super::{Supervisor, TAG_UNIT, exec_failure, now_ms, token};
+use super::{Supervisor, TAG_UNIT, now_ms, token};
 use crate::cgroup::ServiceCgroup;
 use crate::health::{self, TcpProbe};
 use crate::notify::{Notice, NotifySocket, ReadyOutcome, ReadyPipe};
 use crate::procstat;
 use crate::service::{Action, Health, Manager, TimerKind, UnitId};
-use crate::spawn::{Creds, Exec, SpawnError, SpawnOptions, Step};
+use crate::spawn::{Creds, Exec, PendingExec, SpawnOptions, Spawned};
 use crate::sys;
 use crate::timers::{TimerEvent, TimerKey};
 use crate::{debug, info, warn};
@@ -37,7 +46,8 @@ const SUB_PIDFD: u64 = 0;
 const SUB_NOTIFY: u64 = 1;
 const SUB_READY: u64 = 2;
 const SUB_PROBE: u64 = 3;
-const SUB_BITS: u32 = 2;
+const SUB_EXEC: u64 = 4;
+const SUB_BITS: u32 = 3;
 
 fn unit_token(id: UnitId, sub: u64) -> Token {
     token(TAG_UNIT, (id << SUB_BITS) | sub)
@@ -57,6 +67,9 @@ pub(super) struct UnitRt {
     /// The main process: pid and pidfd.
     pid: i32,
     pidfd: Option<OwnedFd>,
+    /// The exec of the main process while its outcome is unknown: what the child reads, and the
+    /// pipe it reports on (registered as `SUB_EXEC`).
+    exec: Option<PendingExec>,
     cgroup: Option<ServiceCgroup>,
     /// Boxed, as the probe: most units have none.
     notify: Option<Box<NotifySocket>>,
@@ -139,13 +152,28 @@ impl Supervisor {
         let Some(spec) = self.services.spec(id).cloned() else {
             return;
         };
+        if !self.spawner.can_pipeline() {
+            self.reclaim_stacks();
+        }
         match self.try_spawn_unit(id, &spec) {
-            Ok(pid) => self.services.spawned(id, pid, now_ms()),
+            Ok(Some(pid)) => self.services.spawned(id, pid, now_ms()),
+            // Told once the exec's outcome is known (settle_exec).
+            Ok(None) => {}
             Err(reason) => self.services.spawn_failed(id, reason, now_ms()),
         }
     }
 
-    fn try_spawn_unit(&mut self, id: UnitId, spec: &Service) -> Result<i32, String> {
+    /// Every stack of the spawner is in use: the pending execs that are over give theirs back
+    /// (and the manager hears of them), so that the next spawn need not wait for its exec.
+    fn reclaim_stacks(&mut self) {
+        for id in self.execs_pending.clone() {
+            self.settle_exec(id);
+        }
+    }
+
+    /// Starts the unit's process: its pid when the program runs, `None` when its exec is still
+    /// pending.
+    fn try_spawn_unit(&mut self, id: UnitId, spec: &Service) -> Result<Option<i32>, String> {
         let mut env: Vec<EnvEntry> = spec
             .env
             .iter()
@@ -211,18 +239,22 @@ impl Supervisor {
             extra_fds,
         };
         let stdio = [self.devnull.as_raw_fd(), 2, 2];
-        let child = self
+        let spawned = self
             .spawner
-            .spawn_with(&exec, stdio, &opts)
-            .map_err(|e| match e {
-                SpawnError::Setup {
-                    step: Step::Exec(_),
-                    errno,
-                } => exec_failure(&spec.argv, errno),
-                e => e.to_string(),
-            })?;
+            .spawn_pipelined(exec, stdio, opts)
+            .map_err(|e| e.to_string())?;
         // The child has its copy; archon's must go, or an EOF on the pipe would never come.
         drop(ready_write);
+        let (child, pending) = match spawned {
+            Spawned::Running(child) => {
+                debug!(
+                    "{}: every exec stack in use: started without pipelining",
+                    spec.name
+                );
+                (child, None)
+            }
+            Spawned::Pending(child, pending) => (child, Some(pending)),
+        };
         let raw = child.pidfd.as_raw_fd();
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&raw),
@@ -249,7 +281,68 @@ impl Supervisor {
         let rt = self.units.entry(id).or_default();
         rt.pid = child.pid;
         rt.pidfd = Some(child.pidfd);
-        Ok(child.pid)
+        let Some(pending) = pending else {
+            return Ok(Some(child.pid));
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&pending.as_fd().as_raw_fd()),
+            unit_token(id, SUB_EXEC),
+            Interest::READABLE,
+        ) {
+            // Its end wakes the loop instead (pidfd, SIGCHLD), and settles the exec first.
+            warn!(
+                "{}: cannot watch the exec of {}: {e}; killed",
+                spec.name, child.pid
+            );
+            if let Some(pidfd) = rt.pidfd.as_ref() {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
+            }
+        }
+        rt.exec = Some(pending);
+        self.execs_pending.push(id);
+        Ok(None)
+    }
+
+    /// Tells the manager how the pending exec of `id` went, if its pipe says so yet (without
+    /// blocking): true when it did. A program that runs is `spawned`; one that could not be
+    /// executed fails to spawn, with the reason a vfork spawn gives, and its child (which exits
+    /// 127) is no process of the unit's any more: it is reaped as an orphan, as a vfork child
+    /// that could not exec is, so its exit is no second event.
+    fn settle_exec(&mut self, id: UnitId) -> bool {
+        let Some(rt) = self.units.get_mut(&id) else {
+            return false;
+        };
+        let Some(pending) = rt.exec.as_mut() else {
+            return false;
+        };
+        let Some(outcome) = self.spawner.poll_exec(pending) else {
+            return false;
+        };
+        if let Some(pending) = rt.exec.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pending.as_fd().as_raw_fd()));
+        }
+        self.execs_pending.retain(|&u| u != id);
+        match outcome {
+            Ok(()) => self.services.spawned(id, rt.pid, now_ms()),
+            Err(e) => {
+                if let Some(fd) = rt.pidfd.take() {
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&fd.as_raw_fd()));
+                }
+                self.pids.remove(&rt.pid);
+                rt.pid = 0;
+                if let Some(mut pipe) = rt.ready.take() {
+                    let _ = self.poll.registry().deregister(&mut pipe);
+                }
+                self.services.spawn_failed(id, e.to_string(), now_ms());
+            }
+        }
+        true
     }
 
     /// The unit's notify socket, bound on first use: `<socket>.notify/<id>`.
@@ -361,6 +454,16 @@ impl Supervisor {
         }
     }
 
+    /// SIGKILL to every unit's process whose exec is pending (a forced shutdown: the manager
+    /// signals only processes it knows run).
+    pub(super) fn kill_pending_execs(&self) {
+        for id in &self.execs_pending {
+            if let Some(pidfd) = self.units.get(id).and_then(|rt| rt.pidfd.as_ref()) {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
+            }
+        }
+    }
+
     /// Stops or resumes every process of a unit: SIGSTOP or SIGCONT to its main process, then
     /// to the rest of its cgroup (or its process group).
     fn freeze_unit(&mut self, id: UnitId, frozen: bool) {
@@ -372,6 +475,24 @@ impl Supervisor {
 
     /// A unit's main process has been reaped with `status`.
     pub(super) fn unit_ended(&mut self, id: UnitId, status: Status) {
+        if self.units.get(&id).is_some_and(|rt| rt.exec.is_some()) {
+            // Its callers settle the exec first, and an ended process has closed its pipe; should
+            // the pipe be open still (a copy of the write end elsewhere), the process did run and
+            // end: the manager hears both. Dropping the record frees it only if the pipe has
+            // closed since, and leaks it otherwise.
+            warn!("unit {id}: ended before its exec was settled");
+            if let Some(rt) = self.units.get_mut(&id) {
+                if let Some(pending) = rt.exec.take() {
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&pending.as_fd().as_raw_fd()));
+                    drop(pending);
+                }
+                self.services.spawned(id, rt.pid, now_ms());
+            }
+            self.execs_pending.retain(|&u| u != id);
+        }
         if let Some(rt) = self.units.get_mut(&id) {
             if let Some(fd) = rt.pidfd.take() {
                 let _ = self
@@ -397,7 +518,7 @@ impl Supervisor {
         self.run_actions();
     }
 
-    /// A unit's pidfd is readable: its main process has ended.
+    /// A unit's pidfd is readable: its main process has ended (its exec was settled first).
     fn on_unit_pidfd(&mut self, id: UnitId) {
         let status = self
             .units
@@ -424,6 +545,16 @@ impl Supervisor {
             self.timers.cancel(key);
             self.drop_probe(probe);
         }
+        if let Some(pending) = rt.exec.take() {
+            // The manager forgets no unit whose exec is pending; were it to, dropping the record
+            // frees it only if its pipe is closed, and leaks it otherwise.
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pending.as_fd().as_raw_fd()));
+            self.execs_pending.retain(|&u| u != id);
+            drop(pending);
+        }
         if let Some(cg) = rt.cgroup.take() {
             let _ = cg.kill();
             if let Err(e) = cg.remove() {
@@ -443,9 +574,12 @@ impl Supervisor {
 
     // ----- readiness -----
 
-    /// One of a unit's fds woke the loop.
+    /// One of a unit's fds woke the loop. Whichever it is, the exec's outcome is told first.
     pub(super) fn on_unit(&mut self, token_id: u64) {
         let (id, sub) = (token_id >> SUB_BITS, token_id & ((1 << SUB_BITS) - 1));
+        if self.settle_exec(id) {
+            self.run_actions();
+        }
         match sub {
             SUB_PIDFD => self.on_unit_pidfd(id),
             SUB_NOTIFY => self.on_notify(id),
@@ -453,6 +587,17 @@ impl Supervisor {
             SUB_PROBE => self.on_probe(id),
             _ => {}
         }
+    }
+
+    /// A main process of a unit has ended (SIGCHLD found it): its exec is settled first. True
+    /// when that told the manager something (the caller then looks at the child again: it is
+    /// the unit's if it exec'd, an orphan if it did not).
+    pub(super) fn settle_exec_of_ended(&mut self, id: UnitId) -> bool {
+        let told = self.settle_exec(id);
+        if told {
+            self.run_actions();
+        }
+        told
     }
 
     fn on_notify(&mut self, id: UnitId) {

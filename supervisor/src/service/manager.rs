@@ -208,8 +208,12 @@ struct Unit {
     state: State,
     want: Want,
     pid: Option<i32>,
-    /// A Spawn action is out and its outcome not yet told.
+    /// A Spawn action is out and its outcome not yet told (the loop tells it once the exec has
+    /// succeeded or failed, which may be after other events).
     spawning: bool,
+    /// A reload changed its configuration while it was spawning: once its process runs, it is
+    /// restarted with the new one, as a running unit would have been.
+    respawn: bool,
     /// When it entered its state (Unix ms).
     since_ms: u64,
     /// When its current process started (Unix ms).
@@ -257,6 +261,7 @@ impl Unit {
             want: Want::Down,
             pid: None,
             spawning: false,
+            respawn: false,
             since_ms: now_ms,
             started_ms: 0,
             restarts: 0,
@@ -918,6 +923,7 @@ impl Manager {
             return;
         };
         u.spawning = false;
+        let respawn = std::mem::take(&mut u.respawn) && u.want == Want::Up;
         u.pid = Some(pid);
         u.last_pid = Some(pid);
         u.started_ms = now_ms;
@@ -931,7 +937,9 @@ impl Manager {
         let (kind, ready) = (u.spec.kind, u.spec.ready);
         info!("{}: started, pid {pid}", u.spec.name);
         self.set_state(id, State::Running, EventKind::Spawn, "", now_ms);
-        if kind == UnitKind::Service && ready == Ready::Exec {
+        if respawn {
+            self.begin_stop(id, AfterStop::Start, now_ms);
+        } else if kind == UnitKind::Service && ready == Ready::Exec {
             self.mark_ready(id, now_ms);
         } else {
             self.arm_running_timers(id, now_ms);
@@ -971,6 +979,8 @@ impl Manager {
             return;
         };
         u.spawning = false;
+        // The next spawn runs the configuration as it is now.
+        u.respawn = false;
         warn!("{}: {reason}", u.spec.name);
         self.fail(id, reason, EventKind::Fail, now_ms);
         self.settle(now_ms);
@@ -1529,10 +1539,11 @@ impl Manager {
             let Some(u) = self.units.get(&id) else {
                 continue;
             };
-            let (enabled, auto, running) = (
+            let (enabled, auto, running, spawning) = (
                 u.spec.enabled,
                 u.spec.autostart,
                 u.pid.is_some() && u.state != State::Stopping,
+                u.spawning,
             );
             if !enabled {
                 self.want_down(id, None, by, EventKind::Stop, now_ms);
@@ -1546,6 +1557,10 @@ impl Manager {
                     u.stop_why = "its settings changed".to_string();
                 }
                 self.begin_stop(id, AfterStop::Start, now_ms);
+            } else if spawning {
+                if let Some(u) = self.units.get_mut(&id) {
+                    u.respawn = true;
+                }
             } else if auto && u.want == Want::Down && u.state == State::Stopped {
                 self.want_up(id, false, by, EventKind::Start, now_ms);
             }

@@ -71,13 +71,17 @@ const CLIENT: ReplyTo = ReplyTo { client: 1, seq: 0 };
 /// Requests made where who made them does not matter.
 const ARCHON: Cause = Cause::Archon;
 
-/// A fake loop: spawns succeed at once with made-up pids (unless told to fail); everything else
-/// the manager asks for is recorded.
+/// A fake loop: spawns succeed at once with made-up pids (unless told to fail, or to hold them
+/// as a pipelined exec whose outcome comes later); everything else the manager asks for is
+/// recorded.
 struct World {
     m: Manager,
     now: u64,
     next_pid: i32,
     failing: Vec<String>,
+    /// Spawns are held until `exec_done` says how they went.
+    hold: bool,
+    held: Vec<UnitId>,
     spawned: Vec<String>,
     signals: Vec<(String, i32)>,
     kills: Vec<String>,
@@ -95,6 +99,8 @@ impl World {
             now: 1_000_000,
             next_pid: 100,
             failing: Vec::new(),
+            hold: false,
+            held: Vec::new(),
             spawned: Vec::new(),
             signals: Vec::new(),
             kills: Vec::new(),
@@ -127,7 +133,9 @@ impl World {
                 match a {
                     Action::Spawn(id) => {
                         let name = self.name(id);
-                        if self.failing.contains(&name) {
+                        if self.hold {
+                            self.held.push(id);
+                        } else if self.failing.contains(&name) {
                             self.m
                                 .spawn_failed(id, "cannot execute x: nope".into(), self.now);
                         } else {
@@ -202,6 +210,33 @@ impl World {
 
     fn take_spawned(&mut self) -> Vec<String> {
         std::mem::take(&mut self.spawned)
+    }
+
+    /// The held exec of `name` has succeeded (`Ok`) or failed (with the reason).
+    fn exec_done(&mut self, name: &str, outcome: Result<(), &str>) {
+        let id = self.id(name);
+        assert!(self.held.contains(&id), "{name}: no spawn held");
+        self.held.retain(|&h| h != id);
+        match outcome {
+            Ok(()) => {
+                self.next_pid += 1;
+                self.spawned.push(name.to_string());
+                self.m.spawned(id, self.next_pid, self.now);
+            }
+            Err(reason) => self.m.spawn_failed(id, reason.to_string(), self.now),
+        }
+        self.run();
+    }
+
+    /// A world whose spawns are held, with these units loaded (and their spawns held).
+    fn holding(services: Vec<Service>) -> World {
+        let mut w = World {
+            hold: true,
+            ..World::new(Vec::new())
+        };
+        w.m = Manager::new(Config { services }, w.now);
+        w.run();
+        w
     }
 
     fn take_signals(&mut self) -> Vec<String> {
@@ -856,4 +891,125 @@ fn pause_resume_signal_and_reload_are_events() {
     assert!(events.contains(&ev("new", Start, "stopped", "starting", ALICE)));
     assert!(events.contains(&ev("old", Stop, "ready", "stopping", ALICE)));
     assert!(events.contains(&ev("old", Remove, "stopped", "", ALICE)));
+}
+
+#[test]
+fn a_pending_exec_is_starting_with_no_pid_and_ready_exec_waits_for_it() {
+    let mut w = World::holding(vec![svc("s")]);
+    w.m.start("s", Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
+    w.run();
+    let view = w.m.view(w.id("s"));
+    assert_eq!(
+        view.as_ref().map(|v| (v.state, v.pid)),
+        Some((State::Starting, None))
+    );
+    assert!(
+        w.replies_text().is_empty(),
+        "not ready before its exec succeeded"
+    );
+    assert!(!w.m.all_down(), "a spawning unit has a process");
+    // A signal finds nothing to signal yet.
+    assert_eq!(
+        w.m.signal("s", libc::SIGHUP, false, ARCHON, w.now),
+        Err("s is starting, not running".to_string())
+    );
+    w.exec_done("s", Ok(()));
+    assert_eq!(w.state("s"), State::Ready);
+    assert_eq!(w.replies_text(), ["Ok,s"]);
+}
+
+#[test]
+fn a_stop_while_the_exec_is_pending_stops_it_once_it_runs() {
+    let mut w = World::holding(vec![svc("s")]);
+    w.m.stop("s", None, Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
+    w.run();
+    assert!(w.take_signals().is_empty(), "no process to signal yet");
+    assert!(
+        w.replies_text().is_empty(),
+        "the stop waits for the outcome"
+    );
+    w.exec_done("s", Ok(()));
+    assert_eq!(w.take_signals(), ["s"]);
+    assert_eq!(w.state("s"), State::Stopping);
+    w.exit("s", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.state("s"), State::Stopped);
+    assert_eq!(w.replies_text(), ["Ok,s,SIGTERM"]);
+    assert!(
+        w.held.is_empty() && w.take_spawned() == ["s"],
+        "not started again"
+    );
+}
+
+#[test]
+fn a_stop_while_the_exec_is_pending_answers_when_the_exec_fails() {
+    let mut w = World::holding(vec![svc("s")]);
+    w.m.stop("s", None, Some(CLIENT), ARCHON, w.now)
+        .unwrap_or_default();
+    w.run();
+    w.exec_done("s", Err("cannot execute x: No such file or directory"));
+    assert_eq!(w.state("s"), State::Failed);
+    assert_eq!(w.reason("s"), "cannot execute x: No such file or directory");
+    assert_eq!(w.replies_text(), ["Ok,s,-"]);
+}
+
+#[test]
+fn a_reload_while_the_exec_is_pending_restarts_it_once_it_runs() {
+    let mut w = World::holding(vec![svc("s"), svc("same")]);
+    let mut changed = svc("s");
+    changed.argv = vec![b"/bin/false".to_vec()];
+    let counts = w.m.reload(
+        Config {
+            services: vec![changed, svc("same")],
+        },
+        ARCHON,
+        w.now,
+    );
+    w.run();
+    assert_eq!((counts.restarted, counts.unchanged), (1, 1));
+    assert!(w.take_signals().is_empty());
+    w.exec_done("same", Ok(()));
+    w.exec_done("s", Ok(()));
+    assert_eq!(
+        w.take_signals(),
+        ["s"],
+        "started with the old configuration: restarted"
+    );
+    assert_eq!(w.state("s"), State::Stopping);
+    w.exit("s", Status::Signaled(libc::SIGTERM));
+    assert_eq!(
+        w.held,
+        [w.id("s")],
+        "started again, with the new configuration"
+    );
+    w.exec_done("s", Ok(()));
+    assert!(w.take_signals().is_empty(), "once");
+    assert_eq!(w.state("s"), State::Ready);
+    assert_eq!(w.state("same"), State::Ready);
+}
+
+#[test]
+fn a_reload_while_a_failing_exec_is_pending_does_not_restart_it() {
+    let mut w = World::holding(vec![svc("s")]);
+    let mut changed = svc("s");
+    changed.argv = vec![b"/bin/false".to_vec()];
+    w.m.reload(
+        Config {
+            services: vec![changed],
+        },
+        ARCHON,
+        w.now,
+    );
+    w.run();
+    w.exec_done("s", Err("cannot execute x: nope"));
+    assert_eq!(w.state("s"), State::Failed);
+    w.m.start("s", None, ARCHON, w.now).unwrap_or_default();
+    w.run();
+    w.exec_done("s", Ok(()));
+    assert!(
+        w.take_signals().is_empty(),
+        "the new process is not restarted"
+    );
+    assert_eq!(w.state("s"), State::Ready);
 }
