@@ -63,8 +63,10 @@ pub const MAX_SERVICES: usize = 16_384;
 pub const MAX_TREE_NODES: usize = 65_536;
 
 /// Default number of events archon keeps for `History` (archon's `--history`): the newest ones,
-/// the oldest forgotten first.
-pub const DEFAULT_HISTORY: usize = 4096;
+/// the oldest forgotten first. Each costs about 100 bytes (its line), so the default history is
+/// about 100 KiB: a thousand services starting make three thousand events, and a history that
+/// kept them all would be most of archon's memory.
+pub const DEFAULT_HISTORY: usize = 1024;
 
 /// Most events `--history` may ask archon to keep (65536), and so the most rows of a `History`
 /// reply; a client reading a `History,<n>` header with a larger `n` takes the reply as

@@ -26,7 +26,7 @@ usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--
       --max-runs N      at most N Run commands at once (default 64)
       --run-queue N     at most N Run requests waiting for a slot (default 256)
       --stop-grace MS   milliseconds between SIGTERM and SIGKILL when stopping (default 7000)
-      --history N       keep the last N events for History, 0 to 65536 (default 4096)
+      --history N       keep the last N events for History, 0 to 65536 (default 1024)
       --log-level LEVEL error, warn, info (default; warn with a CMD) or debug
       --forward-to-group
                         forward signals to CMD's process group, not to CMD alone

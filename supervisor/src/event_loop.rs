@@ -178,6 +178,9 @@ pub struct Supervisor {
     rescan_leftovers: bool,
     /// The history of events, and the connections that stream them.
     events: Events,
+    /// A burst of starts is under way (at boot, after a reload): once no exec is pending, the
+    /// memory it left behind is given back ([`crate::memory`]).
+    release_when_settled: bool,
 }
 
 mod entry;
@@ -296,6 +299,7 @@ impl Supervisor {
             next_client: 1,
             table: Table::new(opts.max_runs, opts.run_queue, MAX_ENDED_KEPT),
             events: Events::new(opts.history),
+            release_when_settled: true,
             timers: Timers::default(),
             base_env,
             spawner,
@@ -328,9 +332,15 @@ impl Supervisor {
         self.log_units();
         self.run_actions();
         self.start_main();
-        // Starting thousands of services leaves freed buffers and startup code behind.
-        crate::memory::release();
         loop {
+            if self.release_when_settled && self.execs_pending.is_empty() {
+                // Starting thousands of services leaves freed buffers, children's stacks and
+                // startup code behind: given back before the loop sleeps, once every exec of the
+                // burst has its outcome.
+                self.release_when_settled = false;
+                self.spawner.trim();
+                crate::memory::release();
+            }
             let timeout = if self.more_to_read.is_empty() {
                 self.timers.timeout(Instant::now())
             } else {
@@ -1241,6 +1251,7 @@ impl Supervisor {
         }
         let counts = self.services.reload(config, by, now_ms());
         self.run_actions();
+        self.release_when_settled = true;
         Ok(counts)
     }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use archon_proto::event::clip_reason;
 use archon_proto::limits::MAX_EVENT_BACKLOG;
-use archon_proto::{Event, Filter, StreamItem};
+use archon_proto::{Event, Filter, StreamItem, record};
 
 use crate::table::ClientId;
 
@@ -93,7 +93,9 @@ pub struct Published {
 #[derive(Debug)]
 pub struct Events {
     next_seq: u64,
-    ring: VecDeque<Event>,
+    /// The history, each event as its encoded line: about 80 bytes where the record with its
+    /// strings takes twice that, for a ring that may hold tens of thousands.
+    ring: VecDeque<Box<[u8]>>,
     capacity: usize,
     subscribers: BTreeMap<ClientId, Subscriber>,
     touched: Vec<ClientId>,
@@ -128,16 +130,24 @@ impl Events {
             .filter(|(_, s)| s.filter.matches(&event))
             .map(|(&id, _)| id)
             .collect();
-        let line = if to.is_empty() {
-            Vec::new()
-        } else {
-            event.encode()
-        };
+        if to.is_empty() && self.capacity == 0 {
+            return Published {
+                line: Vec::new(),
+                to,
+            };
+        }
+        let line = event.encode();
         if self.capacity > 0 {
             while self.ring.len() >= self.capacity {
                 self.ring.pop_front();
             }
-            self.ring.push_back(event);
+            self.ring.push_back(line.as_slice().into());
+        }
+        if to.is_empty() {
+            return Published {
+                line: Vec::new(),
+                to,
+            };
         }
         Published { line, to }
     }
@@ -149,9 +159,12 @@ impl Events {
             .ring
             .iter()
             .rev()
+            .filter_map(|line| {
+                let body = line.strip_suffix(b"\n").unwrap_or(line);
+                Event::from_fields(&record::split(body)).ok()
+            })
             .filter(|e| filter.matches(e))
             .take(max.unwrap_or(usize::MAX))
-            .cloned()
             .collect();
         out.reverse();
         out

@@ -153,21 +153,21 @@ static NO_CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(false);
 
 /// A command made ready to exec: C strings and the pointer arrays over them. The arrays point
 /// into the strings' own heap buffers, which stay put when an `Exec` moves (as in std's
-/// `Command`); nothing changes the strings once the arrays are made.
+/// A command made ready to exec: every string the child reads, and the pointer arrays over them.
+///
+/// The strings (the candidate paths, argv, envp) are NUL-terminated one after the other in one
+/// allocation, and the pointers in another: with thousands of services starting at once, each
+/// command in flight is two blocks, not a hundred small strings whose holes scatter the heap
+/// once they are freed.
 pub struct Exec {
-    /// Owns what `candidate_ptrs` points to (read through the pointers).
-    #[cfg_attr(not(test), allow(dead_code))]
-    candidates: Vec<CString>,
-    argv: Vec<CString>,
-    /// Owns what `envp_ptrs` points to (read through the pointers).
-    #[cfg_attr(not(test), allow(dead_code))]
-    envp: Vec<CString>,
-    /// One pointer per candidate path (no terminator: the child counts them).
-    candidate_ptrs: Vec<*const libc::c_char>,
-    /// `argv` for execve, null-terminated.
-    argv_ptrs: Vec<*const libc::c_char>,
-    /// `envp` for execve, null-terminated.
-    envp_ptrs: Vec<*const libc::c_char>,
+    /// Read through `ptrs` only: owned here so that they live as long as the pointers.
+    #[allow(dead_code)]
+    strings: Box<[u8]>,
+    /// Into `strings`: the candidate paths (`n_candidates` of them, no terminator), then argv
+    /// and envp, each null-terminated; envp starts at `envp_at`.
+    ptrs: Box<[*const libc::c_char]>,
+    n_candidates: usize,
+    envp_at: usize,
 }
 
 /// Why a command cannot be prepared.
@@ -184,11 +184,14 @@ impl Exec {
     /// Prepares `cmd` with the base environment `base` (its entries applied in order). A
     /// service's own environment, `NOTIFY_SOCKET` and `WATCHDOG_USEC` are entries of `cmd.env`.
     pub fn prepare(cmd: &Command, base: &[(Vec<u8>, Vec<u8>)]) -> Result<Exec, PrepareError> {
-        let mut env: Vec<(Vec<u8>, Vec<u8>)> = base.to_vec();
+        let mut env: Vec<(&[u8], &[u8])> = base
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
         for entry in &cmd.env {
-            env.retain(|(n, _)| *n != entry.name);
+            env.retain(|(n, _)| *n != entry.name.as_slice());
             if let Some(v) = &entry.value {
-                env.push((entry.name.clone(), v.clone()));
+                env.push((entry.name.as_slice(), v.as_slice()));
             }
         }
         let program = cmd.argv.first().ok_or(PrepareError)?;
@@ -197,49 +200,75 @@ impl Exec {
         } else {
             let path = env
                 .iter()
-                .find(|(n, _)| n == b"PATH")
-                .map_or(DEFAULT_PATH, |(_, v)| v.as_slice());
+                .find(|(n, _)| *n == b"PATH")
+                .map_or(DEFAULT_PATH, |(_, v)| v);
             search_candidates(path, program)
         };
-        let cstr = |b: Vec<u8>| CString::new(b).map_err(|_| PrepareError);
-        let candidates: Vec<CString> =
-            candidates.into_iter().map(cstr).collect::<Result<_, _>>()?;
-        let argv: Vec<CString> = cmd
-            .argv
+        // Each string as its parts (an env entry is name, "=", value), all NUL-free.
+        let parts: Vec<[&[u8]; 3]> = candidates
             .iter()
-            .cloned()
-            .map(cstr)
-            .collect::<Result<_, _>>()?;
-        let envp: Vec<CString> = env
-            .into_iter()
-            .map(|(mut n, v)| {
-                n.push(b'=');
-                n.extend(v);
-                cstr(n)
-            })
-            .collect::<Result<_, _>>()?;
-        let terminated = |strings: &[CString]| -> Vec<*const libc::c_char> {
-            strings
-                .iter()
-                .map(|s| s.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
-                .collect()
-        };
+            .map(|c| [c.as_slice(), b"", b""])
+            .chain(cmd.argv.iter().map(|a| [a.as_slice(), b"", b""]))
+            .chain(env.iter().map(|&(n, v)| [n, b"=", v]))
+            .collect();
+        if parts.iter().flatten().any(|p| p.contains(&0)) {
+            return Err(PrepareError);
+        }
+        let size = parts.iter().flatten().map(|p| p.len()).sum::<usize>() + parts.len();
+        let mut buf = Vec::with_capacity(size);
+        let mut starts = Vec::with_capacity(parts.len());
+        for p in &parts {
+            starts.push(buf.len());
+            for piece in p {
+                buf.extend_from_slice(piece);
+            }
+            buf.push(0);
+        }
+        let strings = buf.into_boxed_slice();
+        let (n_candidates, n_argv) = (candidates.len(), cmd.argv.len());
+        let at = |i: usize| -> *const libc::c_char { strings[starts[i]..].as_ptr().cast() };
+        let mut ptrs = Vec::with_capacity(parts.len() + 2);
+        ptrs.extend((0..n_candidates + n_argv).map(at));
+        ptrs.push(std::ptr::null());
+        let envp_at = ptrs.len();
+        ptrs.extend((n_candidates + n_argv..parts.len()).map(at));
+        ptrs.push(std::ptr::null());
         Ok(Exec {
-            candidate_ptrs: candidates.iter().map(|c| c.as_ptr()).collect(),
-            argv_ptrs: terminated(&argv),
-            envp_ptrs: terminated(&envp),
-            candidates,
-            argv,
-            envp,
+            ptrs: ptrs.into_boxed_slice(),
+            strings,
+            n_candidates,
+            envp_at,
         })
+    }
+
+    /// The strings `ptrs[range]` points to.
+    fn strings_of(&self, range: std::ops::Range<usize>) -> Vec<&[u8]> {
+        self.ptrs[range]
+            .iter()
+            .filter(|p| !p.is_null())
+            // SAFETY: every non-null pointer points at a NUL-terminated string in `strings`,
+            // which lives as long as `self`.
+            .map(|&p| unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes())
+            .collect()
+    }
+
+    /// The candidate paths, in the order the child tries them.
+    #[cfg(test)]
+    fn candidates(&self) -> Vec<&[u8]> {
+        self.strings_of(0..self.n_candidates)
+    }
+
+    /// The environment, as `NAME=value` strings.
+    #[cfg(test)]
+    fn envp(&self) -> Vec<&[u8]> {
+        self.strings_of(self.envp_at..self.ptrs.len())
     }
 
     /// The program as the command names it (`argv[0]`), for messages.
     fn program(&self) -> String {
-        self.argv
+        self.strings_of(self.n_candidates..self.n_candidates + 1)
             .first()
-            .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
             .unwrap_or_default()
     }
 }
@@ -654,6 +683,22 @@ impl Spawner {
             // SAFETY: getpid has no memory effects.
             parent: unsafe { libc::getpid() },
         })
+    }
+
+    /// Gives back the memory of stacks no child runs on: the pool's free stacks are unmapped
+    /// (mapped again when a burst of starts needs them) and the pages the vfork stack touched
+    /// are dropped.
+    pub fn trim(&mut self) {
+        self.free.clear();
+        // SAFETY: the vfork stack's usable part, above its guard page, which no child runs on
+        // while archon runs (a vfork child has exec'd or exited when the clone returns).
+        unsafe {
+            libc::madvise(
+                self.stack.base.as_ptr().cast::<u8>().add(GUARD_SIZE).cast(),
+                CHILD_STACK_SIZE,
+                libc::MADV_DONTNEED,
+            );
+        }
     }
 
     /// Starts `exec` with `stdio` as its fds 0, 1 and 2 (borrowed: archon keeps its own copies).
@@ -1091,10 +1136,11 @@ impl ChildPlan {
         report: Reporter,
     ) -> ChildPlan {
         ChildPlan {
-            paths: exec.candidate_ptrs.as_ptr(),
-            n_paths: exec.candidate_ptrs.len(),
-            argv: exec.argv_ptrs.as_ptr(),
-            envp: exec.envp_ptrs.as_ptr(),
+            paths: exec.ptrs.as_ptr(),
+            n_paths: exec.n_candidates,
+            // SAFETY: both offsets are within `ptrs` (argv's terminator comes before envp).
+            argv: unsafe { exec.ptrs.as_ptr().add(exec.n_candidates) },
+            envp: unsafe { exec.ptrs.as_ptr().add(exec.envp_at) },
             stdio,
             opts,
             fd_base,
@@ -1418,12 +1464,12 @@ mod tests {
             ],
         };
         let e = Exec::prepare(&cmd, &base)?;
-        let envp: Vec<&[u8]> = e.envp.iter().map(|c| c.as_bytes()).collect();
-        assert_eq!(envp, vec![&b"A=1"[..], b"PATH=/x:/y"]);
-        let cands: Vec<&[u8]> = e.candidates.iter().map(|c| c.as_bytes()).collect();
-        assert_eq!(cands, vec![&b"/x/tool"[..], b"/y/tool"]);
+        assert_eq!(e.envp(), vec![&b"A=1"[..], b"PATH=/x:/y"]);
+        assert_eq!(e.candidates(), vec![&b"/x/tool"[..], b"/y/tool"]);
+        assert_eq!(e.program(), "tool");
         let abs = Exec::prepare(&Command::new(["/bin/true"]), &[])?;
-        assert_eq!(abs.candidates.len(), 1);
+        assert_eq!(abs.candidates(), vec![&b"/bin/true"[..]]);
+        assert!(Exec::prepare(&Command::new(["/bin/a\0b"]), &[]).is_err());
         Ok(())
     }
 

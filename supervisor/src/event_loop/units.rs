@@ -68,8 +68,8 @@ pub(super) struct UnitRt {
     pid: i32,
     pidfd: Option<OwnedFd>,
     /// The exec of the main process while its outcome is unknown: what the child reads, and the
-    /// pipe it reports on (registered as `SUB_EXEC`).
-    exec: Option<PendingExec>,
+    /// pipe it reports on (registered as `SUB_EXEC`); boxed, as it is there for a moment.
+    exec: Option<Box<PendingExec>>,
     cgroup: Option<ServiceCgroup>,
     /// Boxed, as the probe: most units have none.
     notify: Option<Box<NotifySocket>>,
@@ -298,7 +298,7 @@ impl Supervisor {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
             }
         }
-        rt.exec = Some(pending);
+        rt.exec = Some(Box::new(pending));
         self.execs_pending.push(id);
         Ok(None)
     }
