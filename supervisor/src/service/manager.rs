@@ -6,6 +6,10 @@
 //! stops once every unit ordered after it that is going down has stopped. Both rules are checked
 //! by [`Manager::settle`] for the units whose neighbours changed, so starting or stopping
 //! everything costs time in proportion to the number of units and edges, not its square.
+//!
+//! Early tasks (`early = true`) are ordered before every unit that is not early, as if each of
+//! those named them all in its `after`; the edge lives here, not in the units' specs, so that a
+//! reload that adds or drops an early task does not count every other unit as changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -287,6 +291,8 @@ pub struct Manager {
     dependents: HashMap<UnitId, Vec<UnitId>>,
     /// For each unit, the units that require it.
     requirers: HashMap<UnitId, Vec<UnitId>>,
+    /// The early tasks: every other unit starts after them.
+    early: Vec<UnitId>,
     next_id: UnitId,
     /// Units whose neighbours or own state changed since the last settle.
     dirty: BTreeSet<UnitId>,
@@ -328,11 +334,23 @@ impl Manager {
         id
     }
 
-    /// Rebuilds the reverse edges from every unit's `after` and `requires`.
+    /// Rebuilds the reverse edges from every unit's `after` and `requires`, and from the early
+    /// tasks to every unit that is not early.
     fn link(&mut self) {
         self.dependents.clear();
         self.requirers.clear();
+        self.early = self
+            .units
+            .iter()
+            .filter(|(_, u)| u.spec.early)
+            .map(|(&id, _)| id)
+            .collect();
         for (&id, u) in &self.units {
+            if !u.spec.early {
+                for &e in &self.early {
+                    self.dependents.entry(e).or_default().push(id);
+                }
+            }
             for name in &u.spec.after {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dependents.entry(dep).or_default().push(id);
@@ -423,6 +441,9 @@ impl Manager {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dirty.insert(dep);
                 }
+            }
+            if !u.spec.early {
+                self.dirty.extend(self.early.iter().copied());
             }
         }
     }
@@ -1260,6 +1281,15 @@ impl Manager {
                     return Gate::Wait;
                 }
             }
+        }
+        if !u.spec.early
+            && self
+                .early
+                .iter()
+                .filter_map(|e| self.units.get(e))
+                .any(|e| e.coming_up())
+        {
+            return Gate::Wait;
         }
         Gate::Go
     }
