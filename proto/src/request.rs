@@ -84,6 +84,47 @@ fn service_name(field: &[u8], what: &'static str) -> Result<Vec<u8>, RequestErro
     Ok(field.to_vec())
 }
 
+/// What `Poweroff`, `Reboot` and `Halt` ask for: how the machine (or the PID namespace archon is
+/// process 1 of) ends once everything has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Power {
+    /// `Poweroff`: stop everything, then turn the machine off.
+    Poweroff,
+    /// `Reboot`: stop everything, then restart the machine.
+    Reboot,
+    /// `Halt`: stop everything, then halt the machine (it stays on, doing nothing).
+    Halt,
+}
+
+impl Power {
+    /// Every kind, in the order the verbs are documented.
+    pub const ALL: [Power; 3] = [Power::Poweroff, Power::Reboot, Power::Halt];
+
+    /// The request's verb: `Poweroff`, `Reboot` or `Halt`.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Power::Poweroff => verb::POWEROFF,
+            Power::Reboot => verb::REBOOT,
+            Power::Halt => verb::HALT,
+        }
+    }
+
+    /// The word for people and for the `Ok` reply: `poweroff`, `reboot` or `halt`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Power::Poweroff => "poweroff",
+            Power::Reboot => "reboot",
+            Power::Halt => "halt",
+        }
+    }
+}
+
+impl fmt::Display for Power {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
 /// A request, one per line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Request {
@@ -168,6 +209,10 @@ pub enum Request {
     /// `Reload`: read the configuration file again and apply what changed; answered
     /// `Ok,<started>,<stopped>,<restarted>,<unchanged>`.
     Reload,
+    /// `Poweroff`, `Reboot` or `Halt` (root only): answered `Ok,<poweroff|reboot|halt>` at once,
+    /// then everything stops and the machine (or archon's PID namespace) goes down; an archon
+    /// that is not process 1 exits instead.
+    Power(Power),
 }
 
 /// The verbs, as spelled on the wire.
@@ -206,6 +251,12 @@ pub mod verb {
     pub const CONFIG: &str = "Config";
     /// [`super::Request::Reload`]
     pub const RELOAD: &str = "Reload";
+    /// [`super::Request::Power`] with [`super::Power::Poweroff`]
+    pub const POWEROFF: &str = "Poweroff";
+    /// [`super::Request::Power`] with [`super::Power::Reboot`]
+    pub const REBOOT: &str = "Reboot";
+    /// [`super::Request::Power`] with [`super::Power::Halt`]
+    pub const HALT: &str = "Halt";
     /// The keyword that makes `Signal` reach the process group.
     pub const GROUP: &str = "group";
 }
@@ -339,6 +390,12 @@ fn name_arg(args: &[Vec<u8>]) -> Result<Vec<u8>, RequestError> {
     service_name(args.first().map_or(&[][..], Vec::as_slice), "name")
 }
 
+/// `Poweroff`, `Reboot` or `Halt`, which take no field.
+fn power_request(args: &[Vec<u8>], power: Power) -> Result<Request, RequestError> {
+    no_more(args, 0, power.verb())?;
+    Ok(Request::Power(power))
+}
+
 fn no_more(fields: &[Vec<u8>], n: usize, verb: &'static str) -> Result<(), RequestError> {
     if fields.len() > n {
         return Err(RequestError::ExtraFields(verb));
@@ -453,6 +510,9 @@ impl Request {
                 no_more(args, 0, verb::RELOAD)?;
                 Request::Reload
             }
+            b"Poweroff" => power_request(args, Power::Poweroff)?,
+            b"Reboot" => power_request(args, Power::Reboot)?,
+            b"Halt" => power_request(args, Power::Halt)?,
             [] if args.is_empty() => return Err(RequestError::Empty),
             other => return Err(RequestError::UnknownVerb(printable(other))),
         };
@@ -484,6 +544,7 @@ impl Request {
             Request::Tree { .. } => verb::TREE,
             Request::Config => verb::CONFIG,
             Request::Reload => verb::RELOAD,
+            Request::Power(p) => p.verb(),
         }
     }
 
@@ -540,7 +601,8 @@ impl Request {
             | Request::Ping
             | Request::Version
             | Request::Config
-            | Request::Reload => {}
+            | Request::Reload
+            | Request::Power(_) => {}
         }
         out
     }
@@ -726,6 +788,9 @@ mod tests {
             ),
             ("Config", Request::Config),
             ("Reload", Request::Reload),
+            ("Poweroff", Request::Power(Power::Poweroff)),
+            ("Reboot", Request::Power(Power::Reboot)),
+            ("Halt", Request::Power(Power::Halt)),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line), Ok(want.clone()), "{line}");
@@ -817,6 +882,9 @@ mod tests {
             ("Tree,a,b", "too many fields for Tree"),
             ("Config,x", "too many fields for Config"),
             ("Reload,now", "too many fields for Reload"),
+            ("Poweroff,now", "too many fields for Poweroff"),
+            ("Reboot,", "too many fields for Reboot"),
+            ("Halt,x", "too many fields for Halt"),
             ("start,db", "unknown request: start"),
         ];
         for (line, reason) in cases {

@@ -13,9 +13,9 @@ use archon_proto::limits::{MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
 use archon_proto::record;
 use archon_proto::signal::MAX_SIGNAL;
 use archon_proto::{
-    Command, EnvEntry, Frame, FrameError, Framer, Health, Kind, ProcState, ProcessRow, Reply,
-    ReplyParser, Request, RequestError, ServiceKind, ServiceRow, ServiceState, Setting, Status,
-    Target, TreeNode, name,
+    Command, EnvEntry, Frame, FrameError, Framer, Health, Kind, Power, ProcState, ProcessRow,
+    Reply, ReplyParser, Request, RequestError, ServiceKind, ServiceRow, ServiceState, Setting,
+    Status, Target, TreeNode, name,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ fn gen_target(rng: &mut Rng) -> Target {
 
 /// A request archon can be sent: every variant, every value in the range the parser accepts.
 fn gen_request(rng: &mut Rng) -> Request {
-    match rng.below(20) {
+    match rng.below(21) {
         0..=2 => Request::Run(gen_command(rng)),
         3 | 4 => Request::StartDaemon(gen_command(rng)),
         5 => Request::MonitorFd,
@@ -371,6 +371,7 @@ fn gen_request(rng: &mut Rng) -> Request {
             name: rng.chance(1, 2).then(|| gen_service_name(rng)),
         },
         18 => Request::Config,
+        19 => Request::Power(rng.pick(&Power::ALL)),
         _ => Request::Reload,
     }
 }
@@ -813,6 +814,9 @@ const REQUEST_VERBS: &[&[u8]] = &[
     b"Tree",
     b"Config",
     b"Reload",
+    b"Poweroff",
+    b"Reboot",
+    b"Halt",
 ];
 
 /// The words that start a reply or a row (`List`, `Status`, `Tree`, `Config` are verbs too).
@@ -1344,4 +1348,31 @@ fn leading_bom_is_part_of_the_verb() {
         Request::parse(b"\xef\xbb\xbf"),
         Err(RequestError::UnknownVerb(_))
     ));
+}
+
+/// `Poweroff`, `Reboot` and `Halt` are their verbs alone, and their `Ok,<word>` replies read back
+/// as themselves; the lower-case words are no verbs.
+#[test]
+fn power_requests_and_replies_round_trip() {
+    for (power, line, reply) in [
+        (Power::Poweroff, &b"Poweroff\n"[..], &b"Ok,poweroff\n"[..]),
+        (Power::Reboot, b"Reboot\n", b"Ok,reboot\n"),
+        (Power::Halt, b"Halt\n", b"Ok,halt\n"),
+    ] {
+        let r = Request::Power(power);
+        assert_eq!(r.encode().as_deref(), Ok(line), "{r:?}");
+        assert!(matches!(request_round_trip(&r), Ok(Some(_))), "{r:?}");
+        let ok = Reply::going_down(power);
+        assert_eq!(ok.encode(), reply, "{power}");
+        let mut parser = ReplyParser::new();
+        assert_eq!(
+            parser.push(&record::split(&reply[..reply.len() - 1])),
+            Ok(Some(ok))
+        );
+        let word = power.word().as_bytes();
+        assert!(matches!(
+            Request::parse(word),
+            Err(RequestError::UnknownVerb(_))
+        ));
+    }
 }

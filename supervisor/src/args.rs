@@ -14,7 +14,7 @@ use crate::log::Level;
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
 usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
-              [--log-level LEVEL] [--forward-to-group] [-- CMD [ARG...]]
+              [--log-level LEVEL] [--early-mounts] [--forward-to-group] [-- CMD [ARG...]]
        archon --check FILE | --version | --help
 
   -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
@@ -26,6 +26,8 @@ usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--
       --run-queue N     at most N Run requests waiting for a slot (default 256)
       --stop-grace MS   milliseconds between SIGTERM and SIGKILL when stopping (default 7000)
       --log-level LEVEL error, warn, info (default; warn with a CMD) or debug
+      --early-mounts    mount what is missing of /proc, /sys, /dev, /run and /sys/fs/cgroup
+                        before anything else, as the machine's init does (see archon(8))
       --forward-to-group
                         forward signals to CMD's process group, not to CMD alone
   -- CMD [ARG...]       run CMD as the main process (a container's entrypoint): archon forwards
@@ -67,6 +69,8 @@ pub struct Options {
     pub command: Option<Vec<OsString>>,
     /// `--forward-to-group`.
     pub forward_to_group: bool,
+    /// `--early-mounts`.
+    pub early_mounts: bool,
 }
 
 impl Default for Options {
@@ -80,6 +84,7 @@ impl Default for Options {
             log_level: Level::Info,
             command: None,
             forward_to_group: false,
+            early_mounts: false,
         }
     }
 }
@@ -131,7 +136,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
                 }
                 opts.command = Some(command);
             }
+            "--forward-to-group" | "--early-mounts" if inline.is_some() => {
+                return Err(UsageError(format!("{name} takes no value")));
+            }
             "--forward-to-group" => opts.forward_to_group = true,
+            "--early-mounts" => opts.early_mounts = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             "-V" | "--version" => return Ok(Parsed::Version),
             "-s" | "--socket" => opts.socket = Some(value(&name)?),
@@ -187,6 +196,7 @@ mod tests {
             run_queue: 0,
             stop_grace: Duration::from_millis(250),
             log_level: Level::Debug,
+            early_mounts: true,
             ..Options::default()
         };
         assert_eq!(
@@ -201,7 +211,8 @@ mod tests {
                 "--stop-grace",
                 "250",
                 "--log-level",
-                "debug"
+                "debug",
+                "--early-mounts"
             ]),
             Ok(Parsed::Run(want))
         );
@@ -247,6 +258,8 @@ mod tests {
             &["--"],
             &["--forward-to-group"],
             &["--forward-to-group", "--config", "x.lua"],
+            &["--early-mounts=yes"],
+            &["--forward-to-group=1", "--", "sh"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }
