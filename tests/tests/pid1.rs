@@ -265,13 +265,11 @@ fn power_requests_to_a_plain_archon_stop_it_and_exit() -> Result {
 /// The file system type mounted last on `target` in `/proc/<pid>/mountinfo`.
 fn fstype_at(pid: i32, target: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-    text.lines()
-        .rev()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            (point == target).then(|| right.split(' ').next().map(str::to_string))?
-        })
+    text.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        (point == target).then(|| right.split(' ').next().map(str::to_string))?
+    })
 }
 
 /// With `--early-mounts`, in a mount namespace of its own where /sys, /dev and /run were
