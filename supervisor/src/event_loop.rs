@@ -995,7 +995,15 @@ impl Supervisor {
             } else {
                 self.role
             };
-            match crate::pid1::signal_action(role, sig) {
+            let action = crate::pid1::signal_action(role, sig);
+            if let (SignalAction::Exit | SignalAction::Power(_), Some(pid)) = (action, sender) {
+                // Who asks archon to stop: 0 when the sender is outside archon's PID namespace.
+                info!(
+                    "{} from pid {pid}",
+                    archon_proto::signal::name(sig).unwrap_or_default()
+                );
+            }
+            match action {
                 SignalAction::Exit => self.begin_shutdown(Cause::Signal(sig)),
                 SignalAction::Power(power) => self.begin_shutdown(Cause::Power(power, Some(sig))),
                 SignalAction::Reload => match self.reload() {
