@@ -14,8 +14,8 @@ use std::time::Duration;
 use archon_proto::reply::ready;
 use archon_proto::socket::socket_path;
 use archon_proto::{
-    Command, Event, Filter, Id, ProcessRow, ReloadCounts, Reply, ReplyError, Request, ServiceRow,
-    Setting, Status, Target, TreeNode,
+    Command, Event, Filter, Id, Power, ProcessRow, ReloadCounts, Reply, ReplyError, Request,
+    ServiceRow, Setting, Status, Target, TreeNode,
 };
 
 use crate::error::Error;
@@ -354,6 +354,15 @@ impl Client {
     pub fn list(&mut self) -> Result<Vec<ProcessRow>, Error> {
         match self.request(&Request::List, &[])? {
             Reply::List(rows) => Ok(rows),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Asks archon to stop everything and power off, reboot or halt (root only). It answers
+    /// before anything stops; an archon that is not process 1 exits instead.
+    pub fn power(&mut self, power: Power) -> Result<(), Error> {
+        match self.request(&Request::Power(power), &[])? {
+            Reply::Ok(_) => Ok(()),
             other => Err(refused_or_unexpected(other)),
         }
     }

@@ -78,6 +78,9 @@ sub-commands (TARGET is a service's NAME or a process's ID):
   monitor PID [--pidfd]   watch a process archon did not start; print ID and PID
   ping                    check that archon answers
   version                 print archon's version
+  poweroff, reboot, halt  stop everything, then power off, reboot or halt the
+                          machine (root only; archon as process 1 only: any
+                          other archon stops everything and exits)
 
 options:
   -s, --socket PATH       archon's socket (default: $ARCHON_SOCKET, else
@@ -242,6 +245,7 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
                 String::from_utf8_lossy(&archon)
             ))
         }
+        Action::Power(power) => done(client.power(power)),
         Action::Help | Action::Version => Ok(EXIT_OK),
     }
 }

@@ -24,7 +24,7 @@ use crate::value::{
 };
 
 /// Every field of a declaration, in the order they are checked and dumped.
-pub(crate) const FIELDS: [&str; 25] = [
+pub(crate) const FIELDS: [&str; 26] = [
     "argv",
     "env",
     "cwd",
@@ -42,6 +42,7 @@ pub(crate) const FIELDS: [&str; 25] = [
     "enabled",
     "autostart",
     "critical",
+    "early",
     "requires",
     "after",
     "before",
@@ -230,6 +231,15 @@ pub(crate) fn service(
     }
     if let Some(v) = f.get("critical") {
         s.critical = boolean(v, "critical")?;
+    }
+    if let Some(v) = f.get("early") {
+        s.early = boolean(v, "early")?;
+        if s.early && kind == UnitKind::Service {
+            return Err(
+                "early is for tasks (run before everything else at boot); a service keeps running"
+                    .to_string(),
+            );
+        }
     }
     if let Some(v) = f.get("requires") {
         s.requires = names(v, "requires", name, room)?;

@@ -1,5 +1,6 @@
 //! The dependencies between declarations: every name must be declared, `before` is folded into
-//! the others' `after`, and the ordering must have no cycle.
+//! the others' `after`, the ordering must have no cycle, and an early task may come after early
+//! tasks only.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,10 @@ use crate::model::Service;
 pub(crate) type GraphError = (u32, String);
 
 /// Checks the names in `requires`, `after` and `before`, then normalizes `after` to
-/// `after ∪ requires ∪ {X : X.before ∋ self}` (deduplicated, in that order) and refuses a cycle.
+/// `after ∪ requires ∪ {X : X.before ∋ self}` (deduplicated, in that order) and refuses a cycle,
+/// and an early task that comes after a unit that is not early. The early tasks' own edge to
+/// every other unit is not written into `after`: the manager keeps it, so that a reload that adds
+/// an early task does not change (and restart) every other unit.
 pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
     let index: HashMap<&str, usize> = services
         .iter()
@@ -58,6 +62,23 @@ pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
             services[cycle[0]].line,
             format!("dependency cycle: {}", names.join(" -> ")),
         ));
+    }
+    // An early task runs before every unit that is not early, so it cannot wait for one: that
+    // would be a cycle through the implicit edges, reported here with what the file says.
+    for (i, s) in services.iter().enumerate() {
+        if !s.early {
+            continue;
+        }
+        if let Some(&j) = edges[i].iter().find(|&&j| !services[j].early) {
+            return Err((
+                s.line,
+                format!(
+                    "{}: an early task cannot come after {}, which is not early \
+                     (requires, after, or its before)",
+                    s.name, services[j].name
+                ),
+            ));
+        }
     }
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     for (s, after) in services.iter_mut().zip(edges) {

@@ -227,6 +227,9 @@ pub struct Service {
     pub autostart: bool,
     /// When it fails, archon stops everything and exits 1.
     pub critical: bool,
+    /// A task of the early boot: every unit that is not early starts only once the early tasks
+    /// are done (or have failed). Tasks only.
+    pub early: bool,
     /// Hard dependencies, as written (deduplicated).
     pub requires: Vec<String>,
     /// Everything this starts after: `after` ∪ `requires` ∪ every X whose `before` names this,
@@ -269,6 +272,7 @@ impl Service {
             enabled: true,
             autostart: true,
             critical: false,
+            early: false,
             requires: Vec::new(),
             after: Vec::new(),
             before: Vec::new(),
@@ -339,6 +343,7 @@ impl Service {
             ("enabled", self.enabled.to_string()),
             ("autostart", self.autostart.to_string()),
             ("critical", self.critical.to_string()),
+            ("early", self.early.to_string()),
             (
                 "requires",
                 list(self.requires.iter().map(|s| string(s.as_bytes()))),

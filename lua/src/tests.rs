@@ -533,6 +533,49 @@ fn cycles_are_named() -> Res {
     ])
 }
 
+#[test]
+fn early_tasks_may_come_after_early_tasks_only() -> Res {
+    let config = load(
+        "task \"mounts\" { argv = {\"x\"}, early = true }\n\
+         task \"keys\" { argv = {\"x\"}, early = true, after = {\"mounts\"} }\n\
+         service \"web\" { argv = {\"x\"} }",
+    )
+    .map_err(|e| e.to_string())?;
+    let early: Vec<(&str, bool)> = config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.early))
+        .collect();
+    assert_eq!(early, [("mounts", true), ("keys", true), ("web", false)]);
+    // The implicit edge from every other unit is not written into its `after`.
+    assert_eq!(config.get("web").map(|s| s.after.clone()), Some(vec![]));
+    assert!(!task_with("early = false")?.early);
+    errors(&[
+        (
+            "service \"db\" { argv = {\"x\"} }\n\
+             task \"setup\" { argv = {\"x\"}, early = true, requires = {\"db\"} }",
+            Some(2),
+            "setup: an early task cannot come after db, which is not early (requires, after, or its before)",
+        ),
+        (
+            "task \"setup\" { argv = {\"x\"}, early = true }\n\
+             task \"t\" { argv = {\"x\"}, before = {\"setup\"} }",
+            Some(1),
+            "setup: an early task cannot come after t, which is not early (requires, after, or its before)",
+        ),
+        (
+            "service \"x\" { argv = {\"x\"}, early = true }",
+            Some(1),
+            "x: early is for tasks (run before everything else at boot); a service keeps running",
+        ),
+        (
+            "task \"x\" { argv = {\"x\"}, early = 1 }",
+            Some(1),
+            "x: early must be true or false, got 1",
+        ),
+    ])
+}
+
 // ---- declaration errors ----
 
 #[test]
@@ -1544,6 +1587,7 @@ fn settings_name_every_field_in_order() -> Res {
         ("enabled", "true"),
         ("autostart", "true"),
         ("critical", "false"),
+        ("early", "false"),
         ("requires", "{}"),
         ("after", "{}"),
         ("before", "{}"),

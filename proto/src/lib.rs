@@ -43,4 +43,4 @@ pub use reply::{
     Health, Kind, ProcState, ProcessRow, ReloadCounts, Reply, ReplyError, ReplyParser, ServiceKind,
     ServiceRow, ServiceState, Setting, Status, TreeNode,
 };
-pub use request::{Id, Request, RequestError, Target};
+pub use request::{Id, Power, Request, RequestError, Target};

@@ -10,7 +10,7 @@ use crate::event::Event;
 use crate::limits::{MAX_HISTORY, MAX_TREE_NODES};
 use crate::name;
 use crate::record::{self, Fields};
-use crate::request::{Id, Target, parse_pid, parse_u64};
+use crate::request::{Id, Power, Target, parse_pid, parse_u64};
 use crate::signal;
 
 /// How a process ended.
@@ -482,6 +482,12 @@ impl Reply {
     /// `Ok,<started>,<stopped>,<restarted>,<unchanged>`: the answer to `Reload`.
     pub fn reloaded(counts: ReloadCounts) -> Reply {
         Reply::Ok(counts.to_fields())
+    }
+
+    /// `Ok,<poweroff|reboot|halt>`: the answer to `Poweroff`, `Reboot` and `Halt`, sent before
+    /// anything stops.
+    pub fn going_down(power: Power) -> Reply {
+        Reply::Ok(vec![power.word().as_bytes().to_vec()])
     }
 
     /// Appends the reply's records to `out`.

@@ -85,6 +85,47 @@ fn service_name(field: &[u8], what: &'static str) -> Result<Vec<u8>, RequestErro
     Ok(field.to_vec())
 }
 
+/// What `Poweroff`, `Reboot` and `Halt` ask for: how the machine (or the PID namespace archon is
+/// process 1 of) ends once everything has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Power {
+    /// `Poweroff`: stop everything, then turn the machine off.
+    Poweroff,
+    /// `Reboot`: stop everything, then restart the machine.
+    Reboot,
+    /// `Halt`: stop everything, then halt the machine (it stays on, doing nothing).
+    Halt,
+}
+
+impl Power {
+    /// Every kind, in the order the verbs are documented.
+    pub const ALL: [Power; 3] = [Power::Poweroff, Power::Reboot, Power::Halt];
+
+    /// The request's verb: `Poweroff`, `Reboot` or `Halt`.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Power::Poweroff => verb::POWEROFF,
+            Power::Reboot => verb::REBOOT,
+            Power::Halt => verb::HALT,
+        }
+    }
+
+    /// The word for people and for the `Ok` reply: `poweroff`, `reboot` or `halt`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Power::Poweroff => "poweroff",
+            Power::Reboot => "reboot",
+            Power::Halt => "halt",
+        }
+    }
+}
+
+impl fmt::Display for Power {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
 /// A request, one per line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Request {
@@ -183,6 +224,10 @@ pub enum Request {
         /// Which events.
         filter: Filter,
     },
+    /// `Poweroff`, `Reboot` or `Halt` (root only): answered `Ok,<poweroff|reboot|halt>` at once,
+    /// then everything stops and the machine (or archon's PID namespace) goes down; an archon
+    /// that is not process 1 exits instead.
+    Power(Power),
 }
 
 /// The verbs, as spelled on the wire.
@@ -225,6 +270,12 @@ pub mod verb {
     pub const HISTORY: &str = "History";
     /// [`super::Request::Subscribe`]
     pub const SUBSCRIBE: &str = "Subscribe";
+    /// [`super::Request::Power`] with [`super::Power::Poweroff`]
+    pub const POWEROFF: &str = "Poweroff";
+    /// [`super::Request::Power`] with [`super::Power::Reboot`]
+    pub const REBOOT: &str = "Reboot";
+    /// [`super::Request::Power`] with [`super::Power::Halt`]
+    pub const HALT: &str = "Halt";
     /// The keyword that makes `Signal` reach the process group.
     pub const GROUP: &str = "group";
 }
@@ -387,6 +438,12 @@ fn max_arg(field: Option<&Vec<u8>>) -> Result<Option<usize>, RequestError> {
     }
 }
 
+/// `Poweroff`, `Reboot` or `Halt`, which take no field.
+fn power_request(args: &[Vec<u8>], power: Power) -> Result<Request, RequestError> {
+    no_more(args, 0, power.verb())?;
+    Ok(Request::Power(power))
+}
+
 fn no_more(fields: &[Vec<u8>], n: usize, verb: &'static str) -> Result<(), RequestError> {
     if fields.len() > n {
         return Err(RequestError::ExtraFields(verb));
@@ -514,6 +571,9 @@ impl Request {
                     filter: filter_args(args)?,
                 }
             }
+            b"Poweroff" => power_request(args, Power::Poweroff)?,
+            b"Reboot" => power_request(args, Power::Reboot)?,
+            b"Halt" => power_request(args, Power::Halt)?,
             [] if args.is_empty() => return Err(RequestError::Empty),
             other => return Err(RequestError::UnknownVerb(printable(other))),
         };
@@ -547,6 +607,7 @@ impl Request {
             Request::Reload => verb::RELOAD,
             Request::History { .. } => verb::HISTORY,
             Request::Subscribe { .. } => verb::SUBSCRIBE,
+            Request::Power(p) => p.verb(),
         }
     }
 
@@ -612,7 +673,8 @@ impl Request {
             | Request::Ping
             | Request::Version
             | Request::Config
-            | Request::Reload => {}
+            | Request::Reload
+            | Request::Power(_) => {}
         }
         if matches!(self, Request::History { .. } | Request::Subscribe { .. }) {
             // Empty fields at the end say nothing: leave them out.
@@ -817,6 +879,9 @@ mod tests {
             ),
             ("Config", Request::Config),
             ("Reload", Request::Reload),
+            ("Poweroff", Request::Power(Power::Poweroff)),
+            ("Reboot", Request::Power(Power::Reboot)),
+            ("Halt", Request::Power(Power::Halt)),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line), Ok(want.clone()), "{line}");
@@ -908,6 +973,9 @@ mod tests {
             ("Tree,a,b", "too many fields for Tree"),
             ("Config,x", "too many fields for Config"),
             ("Reload,now", "too many fields for Reload"),
+            ("Poweroff,now", "too many fields for Poweroff"),
+            ("Reboot,", "too many fields for Reboot"),
+            ("Halt,x", "too many fields for Halt"),
             ("start,db", "unknown request: start"),
         ];
         for (line, reason) in cases {

@@ -14,7 +14,7 @@ use archon_proto::record;
 use archon_proto::signal::MAX_SIGNAL;
 use archon_proto::{
     Cause, Command, EnvEntry, Event, EventKind, Filter, Frame, FrameError, Framer, Health, Kind,
-    KindSet, ProcState, ProcessRow, Reply, ReplyParser, Request, RequestError, ServiceKind,
+    KindSet, Power, ProcState, ProcessRow, Reply, ReplyParser, Request, RequestError, ServiceKind,
     ServiceRow, ServiceState, Setting, Status, StreamItem, Target, TreeNode, name,
 };
 
@@ -374,7 +374,7 @@ fn gen_filter(rng: &mut Rng) -> Filter {
 
 /// A request archon can be sent: every variant, every value in the range the parser accepts.
 fn gen_request(rng: &mut Rng) -> Request {
-    match rng.below(22) {
+    match rng.below(23) {
         0..=2 => Request::Run(gen_command(rng)),
         3 | 4 => Request::StartDaemon(gen_command(rng)),
         5 => Request::MonitorFd,
@@ -424,6 +424,7 @@ fn gen_request(rng: &mut Rng) -> Request {
         20 => Request::Subscribe {
             filter: gen_filter(rng),
         },
+        21 => Request::Power(rng.pick(&Power::ALL)),
         _ => Request::Reload,
     }
 }
@@ -908,6 +909,9 @@ const REQUEST_VERBS: &[&[u8]] = &[
     b"Reload",
     b"History",
     b"Subscribe",
+    b"Poweroff",
+    b"Reboot",
+    b"Halt",
 ];
 
 /// The words that start a reply or a row (`List`, `Status`, `Tree`, `Config` are verbs too).
@@ -1492,4 +1496,31 @@ fn leading_bom_is_part_of_the_verb() {
         Request::parse(b"\xef\xbb\xbf"),
         Err(RequestError::UnknownVerb(_))
     ));
+}
+
+/// `Poweroff`, `Reboot` and `Halt` are their verbs alone, and their `Ok,<word>` replies read back
+/// as themselves; the lower-case words are no verbs.
+#[test]
+fn power_requests_and_replies_round_trip() {
+    for (power, line, reply) in [
+        (Power::Poweroff, &b"Poweroff\n"[..], &b"Ok,poweroff\n"[..]),
+        (Power::Reboot, b"Reboot\n", b"Ok,reboot\n"),
+        (Power::Halt, b"Halt\n", b"Ok,halt\n"),
+    ] {
+        let r = Request::Power(power);
+        assert_eq!(r.encode().as_deref(), Ok(line), "{r:?}");
+        assert!(matches!(request_round_trip(&r), Ok(Some(_))), "{r:?}");
+        let ok = Reply::going_down(power);
+        assert_eq!(ok.encode(), reply, "{power}");
+        let mut parser = ReplyParser::new();
+        assert_eq!(
+            parser.push(&record::split(&reply[..reply.len() - 1])),
+            Ok(Some(ok))
+        );
+        let word = power.word().as_bytes();
+        assert!(matches!(
+            Request::parse(word),
+            Err(RequestError::UnknownVerb(_))
+        ));
+    }
 }

@@ -15,7 +15,8 @@ use crate::log::Level;
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
 usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
-              [--history N] [--log-level LEVEL] [--forward-to-group] [-- CMD [ARG...]]
+              [--history N] [--log-level LEVEL] [--early-mounts] [--forward-to-group]
+              [-- CMD [ARG...]]
        archon --check FILE | --version | --help
 
   -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
@@ -28,6 +29,8 @@ usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--
       --stop-grace MS   milliseconds between SIGTERM and SIGKILL when stopping (default 7000)
       --history N       keep the last N events for History, 0 to 65536 (default 1024)
       --log-level LEVEL error, warn, info (default; warn with a CMD) or debug
+      --early-mounts    mount what is missing of /proc, /sys, /dev, /run and /sys/fs/cgroup
+                        before anything else, as the machine's init does (see archon(8))
       --forward-to-group
                         forward signals to CMD's process group, not to CMD alone
   -- CMD [ARG...]       run CMD as the main process (a container's entrypoint): archon forwards
@@ -71,6 +74,8 @@ pub struct Options {
     pub command: Option<Vec<OsString>>,
     /// `--forward-to-group`.
     pub forward_to_group: bool,
+    /// `--early-mounts`.
+    pub early_mounts: bool,
 }
 
 impl Default for Options {
@@ -85,6 +90,7 @@ impl Default for Options {
             log_level: Level::Info,
             command: None,
             forward_to_group: false,
+            early_mounts: false,
         }
     }
 }
@@ -136,7 +142,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
                 }
                 opts.command = Some(command);
             }
+            "--forward-to-group" | "--early-mounts" if inline.is_some() => {
+                return Err(UsageError(format!("{name} takes no value")));
+            }
             "--forward-to-group" => opts.forward_to_group = true,
+            "--early-mounts" => opts.early_mounts = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             "-V" | "--version" => return Ok(Parsed::Version),
             "-s" | "--socket" => opts.socket = Some(value(&name)?),
@@ -196,6 +206,7 @@ mod tests {
             stop_grace: Duration::from_millis(250),
             history: 0,
             log_level: Level::Debug,
+            early_mounts: true,
             ..Options::default()
         };
         assert_eq!(
@@ -211,7 +222,8 @@ mod tests {
                 "250",
                 "--history=0",
                 "--log-level",
-                "debug"
+                "debug",
+                "--early-mounts"
             ]),
             Ok(Parsed::Run(want))
         );
@@ -259,6 +271,8 @@ mod tests {
             &["--"],
             &["--forward-to-group"],
             &["--forward-to-group", "--config", "x.lua"],
+            &["--early-mounts=yes"],
+            &["--forward-to-group=1", "--", "sh"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use archon_proto::limits::{MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION};
 use archon_proto::{
-    Cause, Command, Event, EventKind, Id, Kind, ProcState, Reply, Request, Status, StreamItem,
-    Target,
+    Cause, Command, Event, EventKind, Id, Kind, Power, ProcState, Reply, Request, Status,
+    StreamItem, Target,
 };
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
@@ -33,6 +33,7 @@ use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::events::{Events, Offer};
 use crate::leftovers::{Leftovers, Phase};
 use crate::listen::Listening;
+use crate::pid1::{Role, SignalAction};
 use crate::service::{Manager, UnitId};
 use crate::spawn::{Child, Exec, SpawnError, Spawner, Step};
 use crate::sys;
@@ -69,6 +70,8 @@ const TAG_PIDFD: usize = 2;
 const TAG_UNIT: usize = 3;
 const LISTENER: Token = Token(TAG_FIXED);
 const SIGNALS: Token = Token((1 << 2) | TAG_FIXED);
+/// The pidfds of every process left at the end of process 1 (see `event_loop/pid1.rs`).
+const EVERYONE: Token = Token((2 << 2) | TAG_FIXED);
 
 fn token(tag: usize, id: u64) -> Token {
     Token(((id as usize) << 2) | tag)
@@ -96,13 +99,17 @@ struct Shutdown {
     leftovers: Leftovers,
     /// The end of the leftovers' current phase.
     leftovers_timer: TimerKey,
+    /// As process 1 going down: every process left in the PID namespace being ended.
+    everyone: Option<pid1::Everyone>,
 }
 
 /// Why a shutdown began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShutdownCause {
-    /// SIGTERM or SIGINT.
+    /// SIGTERM or SIGINT, asking archon to exit.
     Signal(i32),
+    /// A power off, reboot or halt, asked by a signal (as process 1) or by a request.
+    Power(Power, Option<i32>),
     /// A critical unit failed.
     Critical,
     /// The main command ended, or could not be started.
@@ -122,6 +129,18 @@ pub enum Outcome {
     MainNotExecuted(i32),
     /// The main command could not be started for another reason (no process could be made).
     MainNotStarted,
+    /// A power off, reboot or halt was asked for.
+    Power(Power),
+}
+
+impl Outcome {
+    /// The power off, reboot or halt asked for, if that is how it ended.
+    pub fn power(self) -> Option<Power> {
+        match self {
+            Outcome::Power(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Signals, read in the loop: the handlers write to a socket pair whose read end the poll
@@ -181,9 +200,12 @@ pub struct Supervisor {
     /// A burst of starts is under way (at boot, after a reload): once no exec is pending, the
     /// memory it left behind is given back ([`crate::memory`]).
     release_when_settled: bool,
+    /// What archon is: a process among others, or process 1 of a container or of the machine.
+    role: Role,
 }
 
 mod entry;
+mod pid1;
 mod units;
 
 /// Why archon cannot start.
@@ -212,7 +234,7 @@ impl std::fmt::Display for StartError {
 
 impl Supervisor {
     /// Sets everything up: socket, signals, subreaper. archon is listening when this returns.
-    pub fn new(opts: Options) -> Result<Supervisor, StartError> {
+    pub fn new(opts: Options, role: Role) -> Result<Supervisor, StartError> {
         let euid = nix::unistd::geteuid().as_raw();
         let config_path = opts.config.clone().or_else(|| {
             let default = PathBuf::from(DEFAULT_CONFIG);
@@ -254,7 +276,12 @@ impl Supervisor {
             }
             signals(crate::entry::FORWARDED.iter().copied().chain([SIGCHLD]))
         } else {
-            signals(MANAGER_SIGNALS)
+            let init = role
+                .is_pid1()
+                .then_some(crate::pid1::INIT_SIGNALS)
+                .into_iter()
+                .flatten();
+            signals(MANAGER_SIGNALS.into_iter().chain(init))
         }
         .map_err(setup("install signal handlers"))?;
         poll.registry()
@@ -318,6 +345,7 @@ impl Supervisor {
             outcome: None,
             main,
             rescan_leftovers: false,
+            role,
         })
     }
 
@@ -358,6 +386,8 @@ impl Supervisor {
                 match (t & 3, event.token()) {
                     (_, LISTENER) => self.accept(),
                     (_, SIGNALS) => self.on_signals(),
+                    // Looked at by shutdown_complete below.
+                    (_, EVERYONE) => {}
                     (TAG_CLIENT, _) => {
                         self.on_client(id, event.is_writable(), event.is_write_closed())
                     }
@@ -668,6 +698,7 @@ impl Supervisor {
             return self.reply(to, Reply::error("shutting down"));
         }
         match request {
+            Request::Power(power) => self.power_request(to, power),
             Request::Ping => self.reply(to, Reply::Pong),
             Request::Version => self.reply(
                 to,
@@ -1046,6 +1077,7 @@ impl Supervisor {
                 TimerEvent::Unit(id, kind) => self.unit_timer(id, kind),
                 TimerEvent::Probe(id) => self.probe_timeout(id),
                 TimerEvent::Leftovers => self.next_leftover_phase(),
+                TimerEvent::Everyone => self.next_everyone_phase(),
             }
         }
     }
@@ -1095,18 +1127,36 @@ impl Supervisor {
             if self.forward(sig, sender) {
                 continue;
             }
-            match sig {
-                SIGTERM | SIGINT => self.begin_shutdown(ShutdownCause::Signal(sig)),
-                SIGHUP => match self.reload(Cause::Archon) {
+            // An entrypoint's signals are its main command's, even once it has ended: only
+            // those of any process mean something to archon then.
+            let role = if self.main.is_some() {
+                Role::Process
+            } else {
+                self.role
+            };
+            let action = crate::pid1::signal_action(role, sig);
+            if let (SignalAction::Exit | SignalAction::Power(_), Some(pid)) = (action, sender) {
+                // Who asks archon to stop: 0 when the sender is outside archon's PID namespace.
+                info!(
+                    "{} from pid {pid}",
+                    archon_proto::signal::name(sig).unwrap_or_default()
+                );
+            }
+            match action {
+                SignalAction::Exit => self.begin_shutdown(ShutdownCause::Signal(sig)),
+                SignalAction::Power(power) => {
+                    self.begin_shutdown(ShutdownCause::Power(power, Some(sig)))
+                }
+                SignalAction::Reload => match self.reload(Cause::Archon) {
                     Ok(c) => info!(
                         "SIGHUP: reloaded: {} started, {} stopped, {} restarted, {} unchanged",
                         c.started, c.stopped, c.restarted, c.unchanged
                     ),
                     Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
                 },
-                other => info!(
+                SignalAction::Ignore => info!(
                     "ignoring signal {}",
-                    archon_proto::signal::name(other).unwrap_or_default()
+                    archon_proto::signal::name(sig).unwrap_or_default()
                 ),
             }
         }
@@ -1257,17 +1307,31 @@ impl Supervisor {
 
     // ----- shutdown -----
 
-    /// Stops everything: SIGTERM/SIGINT, a critical unit that failed, or the main command that
-    /// ended. A second signal kills what is left at once.
+    /// Stops everything: SIGTERM/SIGINT, a power off, reboot or halt (a signal to process 1, or
+    /// a request), a critical unit that failed, or the main command that ended. A second signal
+    /// kills what is left at once; a power request during a shutdown changes only its end.
     fn begin_shutdown(&mut self, cause: ShutdownCause) {
+        let signame = |sig| archon_proto::signal::name(sig).unwrap_or_default();
         let why = match cause {
-            ShutdownCause::Signal(sig) => archon_proto::signal::name(sig).unwrap_or_default(),
+            ShutdownCause::Signal(sig) => signame(sig),
+            ShutdownCause::Power(power, Some(sig)) => format!("{}: {power}", signame(sig)),
+            ShutdownCause::Power(power, None) => format!("{power} requested"),
             ShutdownCause::Critical => "a critical service failed".to_string(),
             ShutdownCause::MainEnded => "the main command ended".to_string(),
         };
+        if let ShutdownCause::Power(power, _) = cause {
+            self.outcome = Some(Outcome::Power(power));
+        }
+        let by_signal = matches!(
+            cause,
+            ShutdownCause::Signal(_) | ShutdownCause::Power(_, Some(_))
+        );
         let now = Instant::now();
         if let Some(s) = self.shutdown.as_mut() {
-            if !s.forced && matches!(cause, ShutdownCause::Signal(_)) {
+            if let ShutdownCause::Power(power, None) = cause {
+                info!("{why} during the shutdown: its end is now a {power}");
+            }
+            if !s.forced && by_signal {
                 warn!("{why} again: killing everything now");
                 s.forced = true;
                 s.leftovers.kill_now(now);
@@ -1298,6 +1362,7 @@ impl Supervisor {
             forced: false,
             leftovers,
             leftovers_timer,
+            everyone: None,
         });
         for run in self.table.take_queue() {
             self.reply(run.to, Reply::error("shutting down"));
@@ -1408,6 +1473,9 @@ impl Supervisor {
                 crate::leftovers::REAP_AFTER_KILL.as_millis(),
                 sys::children_of_self()
             );
+        }
+        if !self.everyone_gone() {
+            return false;
         }
         if let Some(s) = self.shutdown.take() {
             self.timers.cancel(s.leftovers_timer);

@@ -67,9 +67,16 @@ enum Sink {
 
 static SINK: AtomicI32 = AtomicI32::new(Sink::Direct as i32);
 
-/// Sets the level and picks how to write to stderr without blocking.
+/// Sets the level and picks how to write to stderr without blocking. Called again (after the
+/// early mounts have brought /proc, through which stderr is reopened), it starts over.
 pub fn init(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
+    let old = FD.swap(2, Ordering::Relaxed);
+    SINK.store(Sink::Direct as i32, Ordering::Relaxed);
+    if old != 2 {
+        // SAFETY: the reopened copy of stderr, archon's own; nothing else holds it now.
+        unsafe { libc::close(old) };
+    }
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: st is a valid stat buffer.
     if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {

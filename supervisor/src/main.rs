@@ -3,9 +3,13 @@
 //! `main` reads the command line, sets up, and runs the loop; it alone chooses the exit code:
 //! 0 after a shutdown asked by SIGTERM or SIGINT, 1 after a critical service failed, 78 for a
 //! broken configuration file, 100 for a usage error, 111 when archon cannot start (no socket
-//! path, socket in use, a system call failing during setup). With a main command (`-- CMD`),
-//! its exit code: its own, 128 + N after death by signal N, 127 or 126 when it could not be
-//! executed (see [`entry`]).
+//! path, socket in use, a system call failing during setup), 130 after `Poweroff` or `Halt` and
+//! 129 after `Reboot` when archon is not process 1 (see [`pid1::exit_code`]). With a main
+//! command (`-- CMD`), its exit code: its own, 128 + N after death by signal N, 127 or 126 when
+//! it could not be executed (see [`entry`]).
+//!
+//! As process 1 archon may end by `reboot(2)` instead (see [`pid1`]), and as the machine's init
+//! it never returns from `main`: where it would exit, it takes the emergency path.
 
 mod args;
 mod cgroup;
@@ -19,6 +23,7 @@ mod listen;
 mod log;
 mod memory;
 mod notify;
+mod pid1;
 mod procstat;
 mod service;
 mod spawn;
@@ -29,6 +34,7 @@ mod timers;
 use std::process::ExitCode;
 
 use event_loop::Outcome;
+use pid1::Role;
 
 /// Exit code for a command line archon cannot use.
 const EXIT_USAGE: u8 = 100;
@@ -37,8 +43,8 @@ const EXIT_CANNOT_START: u8 = 111;
 /// Exit code for a configuration file with an error (`EX_CONFIG` of sysexits.h).
 const EXIT_CONFIG: u8 = 78;
 
-/// `--check FILE`: prints what the file declares, or its first error.
-fn check(path: &std::path::Path) -> ExitCode {
+/// `--check FILE`: prints what the file declares, or its first error; the exit code.
+fn check(path: &std::path::Path) -> u8 {
     match archon_lua::load_file(path) {
         Ok(config) => {
             for s in &config.services {
@@ -48,11 +54,11 @@ fn check(path: &std::path::Path) -> ExitCode {
                 };
                 println!("{kind} {}", s.name);
             }
-            ExitCode::SUCCESS
+            0
         }
         Err(e) => {
             eprintln!("archon: {e}");
-            ExitCode::from(EXIT_CONFIG)
+            EXIT_CONFIG
         }
     }
 }
@@ -60,42 +66,117 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn main() -> ExitCode {
     // Before anything is opened, so that nothing lands on fds 0-2 by accident.
     sys::ensure_stdio_open();
+    let mut role = pid1::Role::detect();
+    if role == Role::Machine {
+        // From here on a panic does not unwind out of main: the kernel panics when init exits.
+        pid1::emergency::install_panic_hook();
+    }
+    let end = run(&mut role);
+    if role == Role::Machine {
+        pid1::emergency::emergency(&format!(
+            "archon cannot go on as the machine's init (it would exit {}): {}",
+            end.code, end.why
+        ));
+    }
+    ExitCode::from(end.code)
+}
+
+/// How archon ends when it exits: the exit code, and why, for the emergency path of the
+/// machine's init.
+struct End {
+    code: u8,
+    why: String,
+}
+
+impl End {
+    fn code(code: u8) -> End {
+        End {
+            code,
+            why: String::new(),
+        }
+    }
+
+    fn failed(code: u8, why: impl std::fmt::Display) -> End {
+        End {
+            code,
+            why: why.to_string(),
+        }
+    }
+}
+
+/// Everything but the end of the machine's init; `role` is updated once `/proc` tells more.
+fn run(role: &mut Role) -> End {
     let opts = match args::parse(std::env::args_os().skip(1)) {
         Ok(args::Parsed::Run(opts)) => opts,
         Ok(args::Parsed::Help) => {
             print!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
+            return End::code(0);
         }
-        Ok(args::Parsed::Check(path)) => return check(&path),
+        Ok(args::Parsed::Check(path)) => return End::code(check(&path)),
         Ok(args::Parsed::Version) => {
             println!("archon {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            return End::code(0);
         }
         Err(e) => {
             eprint!("archon: {e}\n{}", args::USAGE);
-            return ExitCode::from(EXIT_USAGE);
+            return End::failed(EXIT_USAGE, e);
         }
     };
     log::init(opts.log_level);
-    let mut supervisor = match event_loop::Supervisor::new(opts) {
+    if *role == Role::Machine || opts.early_mounts {
+        early_boot(role);
+        log::init(opts.log_level);
+    }
+    info!("archon {}: {}", env!("CARGO_PKG_VERSION"), role.describe());
+    if *role == Role::Machine {
+        if let Err(e) = pid1::halt::ctrl_alt_del_to_sigint() {
+            warn!("Ctrl-Alt-Del will reboot at once, not through archon: {e}");
+        }
+    }
+    let mut supervisor = match event_loop::Supervisor::new(opts, *role) {
         Ok(s) => s,
         Err(e @ event_loop::StartError::Config(_)) => {
             error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return End::failed(EXIT_CONFIG, e);
         }
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(EXIT_CANNOT_START);
+            return End::failed(EXIT_CANNOT_START, e);
         }
     };
     event_loop::notify_ready();
     let outcome = supervisor.run();
     debug!("socket {} removed", supervisor.socket_path().display());
-    ExitCode::from(match outcome {
+    drop(supervisor);
+    if let Some(power) = pid1::power_at_end(*role, outcome.power()) {
+        let e = pid1::halt::go_down(*role == Role::Machine, power);
+        error!("cannot {power}: reboot(2): {e}");
+        return End::failed(pid1::exit_code(power), format!("reboot(2): {e}"));
+    }
+    End::code(match outcome {
         Outcome::Stopped => 0,
         Outcome::Critical(code) => code,
         Outcome::MainEnded(status) => entry::exit_code(status),
         Outcome::MainNotExecuted(errno) => entry::exec_failure_code(errno),
         Outcome::MainNotStarted => EXIT_CANNOT_START,
+        Outcome::Power(power) => pid1::exit_code(power),
     })
+}
+
+/// The early boot: mounts what is missing of the early file systems, tells again what archon
+/// is now that `/proc` is there, and gives archon the console as stdio if it has none.
+fn early_boot(role: &mut Role) {
+    for m in pid1::mounts::mount_missing() {
+        match m.result {
+            Ok(()) => info!("mounted {} on {}", m.mount.fstype, m.mount.target),
+            Err(e) => warn!("cannot mount {} on {}: {e}", m.mount.fstype, m.mount.target),
+        }
+    }
+    let was = *role;
+    *role = pid1::Role::detect();
+    if was == Role::Machine && *role != Role::Machine {
+        // Taken for the machine's init without /proc; a container's init may exit after all.
+        drop(std::panic::take_hook());
+    }
+    sys::console_stdio();
 }

@@ -21,11 +21,23 @@ pub struct StatLine {
     pub state: u8,
     /// Its parent's pid (field 4).
     pub ppid: i32,
+    /// The kernel's `PF_*` flags (field 9).
+    pub flags: u64,
     /// CPU time in user mode plus kernel mode, in clock ticks (fields 14 and 15).
     pub cpu_ticks: u64,
     /// When it started, in clock ticks after boot (field 22): with the pid, an identity that
     /// survives pid reuse.
     pub start_ticks: u64,
+}
+
+/// `PF_KTHREAD` of the kernel's `include/linux/sched.h`: the process is a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl StatLine {
+    /// True for a kernel thread (kthreadd and its children), which no signal ends.
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
 }
 
 /// Parses `/proc/PID/stat`. The name sits between the first `(` and the last `)`, since the
@@ -53,6 +65,7 @@ pub fn parse_stat(text: &[u8]) -> Option<StatLine> {
         comm,
         state,
         ppid: field(4)?.parse().ok()?,
+        flags: num(9)?,
         cpu_ticks: num(14)?.saturating_add(num(15)?),
         start_ticks: num(22)?,
     })
@@ -182,6 +195,7 @@ mod tests {
         let text = b"4242 (a) b) 1 2 (x) S 17 4242 4242 0 -1 4194560 120 0 0 0 \
                      250 31 0 0 20 0 1 0 987654 10559488 512 18446744073709551615\n";
         let s = parse_stat(text);
+        assert!(s.as_ref().is_some_and(|s| !s.is_kernel_thread()));
         assert_eq!(
             s,
             Some(StatLine {
@@ -189,6 +203,7 @@ mod tests {
                 comm: "a) b) 1 2 (x".into(),
                 state: b'S',
                 ppid: 17,
+                flags: 4_194_560,
                 cpu_ticks: 281,
                 start_ticks: 987_654,
             })
@@ -201,8 +216,8 @@ mod tests {
                         18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 1 0 0 0 0 0";
         let s = parse_stat(kthread);
         assert_eq!(
-            s.map(|s| (s.ppid, s.comm, s.cpu_ticks)),
-            Some((0, "kthreadd".into(), 3))
+            s.map(|s| (s.ppid, s.is_kernel_thread(), s.comm, s.cpu_ticks)),
+            Some((0, true, "kthreadd".into(), 3))
         );
         assert_eq!(parse_stat(b""), None);
         assert_eq!(parse_stat(b"12 (sh"), None);

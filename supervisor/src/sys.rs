@@ -265,17 +265,29 @@ pub fn ensure_stdio_open() {
     }
 }
 
+/// Gives the console (else /dev/null) to whichever of fds 0, 1 and 2 is closed: at boot, when
+/// the kernel found no /dev/console to give init, archon may have it once /dev is mounted.
+pub fn console_stdio() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: opening a path; the lowest free fd is `fd`, and it is left open on purpose.
+            unsafe {
+                if libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) < 0 {
+                    libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                }
+            }
+        }
+    }
+}
+
 /// archon's children, live or ended and not yet reaped, from /proc: each thread's `children`
 /// file where the kernel has them (`CONFIG_PROC_CHILDREN`), else one scan of every process's
 /// parent. None when /proc is not that of archon's PID namespace.
 pub fn children_of_self() -> Vec<i32> {
     let mut out = Vec::new();
     let me = std::process::id();
-    let own_proc = fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str()?.parse::<u32>().ok())
-        == Some(me);
-    if !own_proc {
+    if !own_proc() {
         // The /proc of another PID namespace (`unshare --pid` without `--mount-proc`): its pids
         // are not archon's to signal.
         return out;
@@ -301,6 +313,16 @@ pub fn children_of_self() -> Vec<i32> {
         );
     }
     out
+}
+
+/// True when `/proc` is the `/proc` of archon's own PID namespace: its `self` is archon. Not so
+/// when nothing is mounted there, or one of another namespace is (`unshare --pid` without
+/// `--mount-proc`), whose pids are not archon's.
+pub fn own_proc() -> bool {
+    fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id())
 }
 
 /// True while archon has a child at all, live or ended and not yet reaped (`waitid` without

@@ -19,6 +19,9 @@ pub enum TimerEvent {
     Probe(UnitId),
     /// The current phase of a shutdown's leftovers is over (see `leftovers`).
     Leftovers,
+    /// The current phase of process 1's end is over: every process left gets SIGKILL, or is
+    /// given up on.
+    Everyone,
 }
 
 /// A timer's handle, to cancel it.

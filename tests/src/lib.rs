@@ -252,7 +252,8 @@ pub struct Builder {
     socket: Option<PathBuf>,
     socket_via_env: bool,
     no_wait: bool,
-    pid1: bool,
+    /// A program archon runs under, and whether it forks archon (else it executes it).
+    under: Option<(Vec<OsString>, bool)>,
     main_command: Vec<OsString>,
 }
 
@@ -316,8 +317,20 @@ impl Builder {
     /// Starts archon as process 1 of a new PID namespace, under
     /// `unshare --pid --fork --mount-proc` (needs root): as the init of a container. The test
     /// still sees it, and signals it, by its pid outside ([`Archon::pid`]).
-    pub fn pid1(mut self) -> Self {
-        self.pid1 = true;
+    pub fn pid1(self) -> Self {
+        self.under(["unshare", "--pid", "--fork", "--mount-proc"], true)
+    }
+
+    /// Starts archon under `argv`, a program and its arguments, with archon's path and command
+    /// line after them: with `forks`, archon is the program's only child (as with
+    /// `unshare --fork`, whose child may itself execute something that executes archon), else
+    /// the program executes archon in its place (as `setpriv` does).
+    pub fn under<I: IntoIterator<Item = A>, A: Into<OsString>>(
+        mut self,
+        argv: I,
+        forks: bool,
+    ) -> Self {
+        self.under = Some((argv.into_iter().map(Into::into).collect(), forks));
         self
     }
 
@@ -333,13 +346,16 @@ impl Builder {
         let log_file = File::create(&log).context("create archon.log")?;
         let stdout_file =
             File::create(dir.join("archon.stdout")).context("create archon.stdout")?;
-        let mut cmd = if self.pid1 {
-            let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--mount-proc"])
-                .arg(archon_bin()?);
-            c
-        } else {
-            Command::new(archon_bin()?)
+        let mut cmd = match &self.under {
+            Some((argv, _)) => {
+                let (program, args) = argv
+                    .split_first()
+                    .context("an empty program to run under")?;
+                let mut c = Command::new(program);
+                c.args(args).arg(archon_bin()?);
+                c
+            }
+            None => Command::new(archon_bin()?),
         };
         if self.env_clear {
             cmd.env_clear();
@@ -375,7 +391,7 @@ impl Builder {
             log,
             exited: None,
         };
-        if self.pid1 {
+        if self.under.as_ref().is_some_and(|(_, forks)| *forks) {
             // unshare's only child, which it forked and which executes archon; an archon that
             // has ended already is only known by unshare's pid.
             let unshare = archon.pid;
@@ -394,6 +410,8 @@ impl Builder {
 }
 
 /// A running `archon`, killed with its whole process tree (and its temp dir removed) on drop.
+/// Started under another program ([`Builder::under`], [`Builder::pid1`]), its exit status is
+/// that program's.
 #[derive(Debug)]
 pub struct Archon {
     /// archon's pid, as the test sees it (started with [`Builder::pid1`], `child` is unshare).

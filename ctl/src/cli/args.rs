@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use archon_proto::event::check_pattern;
 use archon_proto::limits::{MAX_HISTORY, MAX_STOP_GRACE_MS};
-use archon_proto::{Command, EnvEntry, Filter, KindSet, Target, name, signal};
+use archon_proto::{Command, EnvEntry, Filter, KindSet, Power, Target, name, signal};
 
 /// How a table is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,8 @@ pub enum Action {
     Ping,
     /// `version`: archon's version.
     ArchonVersion,
+    /// `poweroff`, `reboot`, `halt`.
+    Power(Power),
 }
 
 /// A parsed command line.
@@ -180,6 +182,9 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
         b"monitor" => monitor(rest)?,
         b"ping" => none(rest, Action::Ping)?,
         b"version" => none(rest, Action::ArchonVersion)?,
+        b"poweroff" => none(rest, Action::Power(Power::Poweroff))?,
+        b"reboot" => none(rest, Action::Power(Power::Reboot))?,
+        b"halt" => none(rest, Action::Power(Power::Halt))?,
         line => {
             if !rest.is_empty() {
                 return Err(usage(
@@ -873,6 +878,12 @@ mod tests {
         assert_eq!(action(&["ping"]), Action::Ping);
         assert_eq!(action(&["version"]), Action::ArchonVersion);
         assert_eq!(action(&["stop", "-h"]), Action::Help);
+        assert_eq!(action(&["poweroff"]), Action::Power(Power::Poweroff));
+        assert_eq!(action(&["reboot"]), Action::Power(Power::Reboot));
+        assert_eq!(action(&["halt"]), Action::Power(Power::Halt));
+        assert_eq!(action(&["halt", "--help"]), Action::Help);
+        // The verbs themselves are raw lines.
+        assert_eq!(action(&["Poweroff"]), Action::Raw(b"Poweroff".to_vec()));
     }
 
     #[test]
@@ -938,6 +949,9 @@ mod tests {
             &["events", "--max", "65537"],
             &["events", "--follow=yes"],
             &["events", "--grace", "1"],
+            &["poweroff", "now"],
+            &["reboot", "-f"],
+            &["halt", "--grace", "1"],
         ];
         for args in bad {
             assert!(parse_str(args).is_err(), "{args:?}");

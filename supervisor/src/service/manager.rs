@@ -11,6 +11,10 @@
 //! caused it: a request's client, from the request until the unit gets where it was asked to go
 //! (ready, done, stopped, failed, paused), and archon for what it does on its own (a process
 //! that ends unasked, a timer, a restart policy, boot, shutdown).
+//!
+//! Early tasks (`early = true`) are ordered before every unit that is not early, as if each of
+//! those named them all in its `after`; the edge lives here, not in the units' specs, so that a
+//! reload that adds or drops an early task does not count every other unit as changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -344,6 +348,8 @@ pub struct Manager {
     dependents: HashMap<UnitId, Vec<UnitId>>,
     /// For each unit, the units that require it.
     requirers: HashMap<UnitId, Vec<UnitId>>,
+    /// The early tasks: every other unit starts after them.
+    early: Vec<UnitId>,
     next_id: UnitId,
     /// Units whose neighbours or own state changed since the last settle.
     dirty: BTreeSet<UnitId>,
@@ -385,11 +391,23 @@ impl Manager {
         id
     }
 
-    /// Rebuilds the reverse edges from every unit's `after` and `requires`.
+    /// Rebuilds the reverse edges from every unit's `after` and `requires`, and from the early
+    /// tasks to every unit that is not early.
     fn link(&mut self) {
         self.dependents.clear();
         self.requirers.clear();
+        self.early = self
+            .units
+            .iter()
+            .filter(|(_, u)| u.spec.early)
+            .map(|(&id, _)| id)
+            .collect();
         for (&id, u) in &self.units {
+            if !u.spec.early {
+                for &e in &self.early {
+                    self.dependents.entry(e).or_default().push(id);
+                }
+            }
             for name in &u.spec.after {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dependents.entry(dep).or_default().push(id);
@@ -522,6 +540,9 @@ impl Manager {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dirty.insert(dep);
                 }
+            }
+            if !u.spec.early {
+                self.dirty.extend(self.early.iter().copied());
             }
         }
     }
@@ -1469,6 +1490,15 @@ impl Manager {
                     return Gate::Wait;
                 }
             }
+        }
+        if !u.spec.early
+            && self
+                .early
+                .iter()
+                .filter_map(|e| self.units.get(e))
+                .any(|e| e.coming_up())
+        {
+            return Gate::Wait;
         }
         Gate::Go
     }

@@ -37,6 +37,7 @@ fn svc(name: &str) -> Service {
         enabled: true,
         autostart: true,
         critical: false,
+        early: false,
         requires: Vec::new(),
         after: Vec::new(),
         before: Vec::new(),
@@ -289,6 +290,31 @@ fn a_failed_task_keeps_what_requires_it_from_starting() {
     assert_eq!(w.reason("web"), "requires migrate, which failed");
     // Ordering alone does not make a dependency: other starts.
     assert_eq!(w.take_spawned(), ["other"]);
+}
+
+fn early(name: &str) -> Service {
+    Service {
+        early: true,
+        ..task(name)
+    }
+}
+
+#[test]
+fn early_tasks_run_before_everything_else() {
+    let second = after(early("keys"), &["mounts"]);
+    let mut w = World::new(vec![svc("web"), early("mounts"), task("migrate"), second]);
+    assert_eq!(w.take_spawned(), ["mounts"], "only the first early task");
+    assert_eq!(w.state("web"), State::Starting);
+    w.exit("mounts", Status::Exited(0));
+    assert_eq!(w.take_spawned(), ["keys"]);
+    // A failed early task holds nothing back: the boot goes on without it.
+    w.exit("keys", Status::Exited(1));
+    assert_eq!(w.state("keys"), State::Failed);
+    let mut rest = w.take_spawned();
+    rest.sort();
+    assert_eq!(rest, ["migrate", "web"]);
+    w.exit("migrate", Status::Exited(0));
+    assert!(w.take_spawned().is_empty());
 }
 
 #[test]
