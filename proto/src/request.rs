@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::bind::{BindAddr, BindError};
 use crate::command::{Command, CommandError};
 use crate::event::{self, Filter, KindSet};
 use crate::frame::FrameError;
@@ -183,6 +184,9 @@ pub enum Request {
         /// Which events.
         filter: Filter,
     },
+    /// `Bind,<transport>,<address>...`: the socket archon holds at this address for the
+    /// asking process's service, answered `Ok` with it attached, or `Error` (see [`crate::bind`]).
+    Bind(BindAddr),
 }
 
 /// The verbs, as spelled on the wire.
@@ -225,6 +229,8 @@ pub mod verb {
     pub const HISTORY: &str = "History";
     /// [`super::Request::Subscribe`]
     pub const SUBSCRIBE: &str = "Subscribe";
+    /// [`super::Request::Bind`]
+    pub const BIND: &str = "Bind";
     /// The keyword that makes `Signal` reach the process group.
     pub const GROUP: &str = "group";
 }
@@ -269,6 +275,8 @@ pub enum RequestError {
     },
     /// A field holds a NUL byte (only when writing a request).
     Nul,
+    /// A `Bind` whose fields cannot be read.
+    Bind(BindError),
 }
 
 impl fmt::Display for RequestError {
@@ -299,6 +307,7 @@ impl fmt::Display for RequestError {
                 (verb, n) => write!(f, "{verb} takes no fds, got {n}"),
             },
             RequestError::Nul => write!(f, "NUL byte in a field"),
+            RequestError::Bind(e) => write!(f, "{e}"),
         }
     }
 }
@@ -514,6 +523,7 @@ impl Request {
                     filter: filter_args(args)?,
                 }
             }
+            b"Bind" => Request::Bind(BindAddr::from_fields(args).map_err(RequestError::Bind)?),
             [] if args.is_empty() => return Err(RequestError::Empty),
             other => return Err(RequestError::UnknownVerb(printable(other))),
         };
@@ -547,6 +557,7 @@ impl Request {
             Request::Reload => verb::RELOAD,
             Request::History { .. } => verb::HISTORY,
             Request::Subscribe { .. } => verb::SUBSCRIBE,
+            Request::Bind(_) => verb::BIND,
         }
     }
 
@@ -607,6 +618,7 @@ impl Request {
                 out.push(filter.subject.clone());
                 out.push(filter.kinds.to_field());
             }
+            Request::Bind(addr) => out.extend(addr.to_fields()),
             Request::MonitorFd
             | Request::List
             | Request::Ping
@@ -652,6 +664,7 @@ impl Request {
             Request::Subscribe { filter } => {
                 event::check_pattern(&filter.subject).map_err(RequestError::BadPattern)
             }
+            Request::Bind(addr) => addr.check().map_err(RequestError::Bind),
             _ => Ok(()),
         }
     }

@@ -744,6 +744,7 @@ impl Supervisor {
                 self.reply(to, reply)
             }
             Request::Subscribe { filter } => self.subscribe(to, filter),
+            Request::Bind(_) => self.reply(to, Reply::error("Bind is not served yet")),
             Request::Reload => {
                 let reply = match self.reload(by) {
                     Ok(c) => {
