@@ -13,7 +13,8 @@
 //! its default, unblocks them, joins its cgroup (when clone3 could not place it there), starts
 //! its own session and process group, puts its stdio and extra fds in place, marks every other
 //! fd close-on-exec, sets its resource limits, nice value, umask, groups and user, changes
-//! directory, asks for SIGKILL when archon dies ([`PARENT_DEATH_SIGNAL`]), and tries each
+//! directory, asks for SIGKILL when archon dies ([`PARENT_DEATH_SIGNAL`]), writes its own pid
+//! into `LISTEN_PID` when it is passed sockets ([`SpawnOptions::listen_pid`]), and tries each
 //! candidate path the way `execvp` does. Signals are blocked in archon across the clone, so no
 //! handler of archon's can run on the child's side.
 //!
@@ -26,7 +27,7 @@
 //! refuses clone3, it is glibc's `clone`, and the child writes itself into the cgroup's
 //! `cgroup.procs` first thing.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::ffi::CString;
 use std::fmt;
 use std::io;
@@ -39,9 +40,16 @@ use archon_proto::Command;
 /// `PATH` for a child whose environment has none.
 pub const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Most fds a child can be given besides its stdio ([`SpawnOptions::extra_fds`]): the child
-/// keeps their temporary copies in an array on its stack.
-pub const MAX_EXTRA_FDS: usize = 16;
+/// Most fds a child can be given besides its stdio ([`SpawnOptions::extra_fds`]): a service's
+/// sockets and its ready pipe. The child keeps their temporary copies in an array on its stack.
+pub const MAX_EXTRA_FDS: usize = archon_lua::model::MAX_SOCKETS + 1;
+
+/// The start of the `LISTEN_PID` entry the child completes with its pid.
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// The `LISTEN_PID` entry's room, in bytes: the prefix, the 10 digits of the largest pid
+/// (`i32::MAX`), and the NUL.
+const LISTEN_PID_LEN: usize = LISTEN_PID_PREFIX.len() + 10 + 1;
 
 /// The signal every child gets when archon dies (`PR_SET_PDEATHSIG`), so that nothing archon
 /// started outlives it when it is killed: SIGKILL, since a child that could ignore or handle it
@@ -211,6 +219,10 @@ pub struct SpawnOptions {
     /// number, which must be 3 or more (e.g. a ready pipe's write end at 3). Sources may be any
     /// open fd, including another pair's target number; at most [`MAX_EXTRA_FDS`].
     pub extra_fds: Vec<(RawFd, RawFd)>,
+    /// Put `LISTEN_PID=<the child's pid>` in its environment (replacing one the command has):
+    /// the pid is known only once the child exists, so the child writes its digits itself, from
+    /// `getpid`, into an entry archon prepared with room for them, between clone and exec.
+    pub listen_pid: bool,
 }
 
 /// A child just started: its program is running.
@@ -427,10 +439,22 @@ impl Spawner {
             .map(|a| a.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
+        // Written by the child (they share memory until it execs): an UnsafeCell, read by nobody
+        // in archon.
+        let mut entry = [0u8; LISTEN_PID_LEN];
+        for (dst, src) in entry.iter_mut().zip(LISTEN_PID_PREFIX) {
+            *dst = *src;
+        }
+        let listen_pid = UnsafeCell::new(entry);
         let envp: Vec<*const libc::c_char> = exec
             .envp
             .iter()
+            .filter(|e| !(opts.listen_pid && e.as_bytes().starts_with(LISTEN_PID_PREFIX)))
             .map(|e| e.as_ptr())
+            .chain(
+                opts.listen_pid
+                    .then(|| listen_pid.get().cast::<libc::c_char>().cast_const()),
+            )
             .chain(std::iter::once(std::ptr::null()))
             .collect();
         let paths: Vec<*const libc::c_char> = exec.candidates.iter().map(|c| c.as_ptr()).collect();
@@ -444,6 +468,11 @@ impl Spawner {
             fd_base,
             parent: self.parent,
             join_cgroup: Cell::new(-1),
+            listen_pid: if opts.listen_pid {
+                listen_pid.get().cast::<u8>()
+            } else {
+                std::ptr::null_mut()
+            },
             report: &mut report,
         };
 
@@ -710,6 +739,9 @@ struct ChildPlan<'a> {
     /// An fd of `cgroup.procs` the child writes itself into, or -1: set only on the glibc clone
     /// path, since clone3 places the child as it creates it.
     join_cgroup: Cell<RawFd>,
+    /// The `LISTEN_PID=` entry of `envp` the child completes with its pid ([`LISTEN_PID_LEN`]
+    /// bytes), or null.
+    listen_pid: *mut u8,
     /// Where the child reports a failed step, in archon's memory.
     report: *mut Report,
 }
@@ -872,6 +904,15 @@ fn child_side(plan: &ChildPlan<'_>) -> ! {
             libc::_exit(127);
         }
 
+        if !plan.listen_pid.is_null() {
+            let pid = libc::syscall(libc::SYS_getpid) as u32;
+            let digits = std::slice::from_raw_parts_mut(
+                plan.listen_pid.add(LISTEN_PID_PREFIX.len()),
+                LISTEN_PID_LEN - LISTEN_PID_PREFIX.len(),
+            );
+            write_decimal(pid, digits);
+        }
+
         let mut saw_eacces = false;
         let mut last = libc::ENOENT;
         for &path in plan.paths {
@@ -888,6 +929,32 @@ fn child_side(plan: &ChildPlan<'_>) -> ! {
         }
         *libc::__errno_location() = last;
         fail(plan, Stage::Exec, 0)
+    }
+}
+
+/// Writes `n` in decimal into `out`, then a NUL, without allocating or panicking (for the child
+/// side): nothing is written when `out` has no room for it all.
+fn write_decimal(mut n: u32, out: &mut [u8]) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        if let Some(d) = digits.get_mut(len) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        len += 1;
+        n /= 10;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    if len >= out.len() {
+        return;
+    }
+    for (dst, src) in out.iter_mut().zip(digits[..len].iter().rev()) {
+        *dst = *src;
+    }
+    if let Some(end) = out.get_mut(len) {
+        *end = 0;
     }
 }
 
@@ -1208,6 +1275,54 @@ mod tests {
         let (_, out) = run(&mut spawner, "pwd; id -u", &SpawnOptions::default())?;
         let cwd = std::env::current_dir().map_err(SpawnError::Clone)?;
         assert_eq!(out, format!("{}\n0\n", cwd.display()));
+        Ok(())
+    }
+
+    #[test]
+    fn decimals_are_written_with_their_nul() {
+        let mut buf = [b'x'; 11];
+        for (n, want) in [
+            (0u32, "0"),
+            (7, "7"),
+            (42, "42"),
+            (4_194_304, "4194304"),
+            (u32::MAX, "4294967295"),
+        ] {
+            write_decimal(n, &mut buf);
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            assert_eq!(&buf[..end], want.as_bytes());
+        }
+        let mut small = [b'x'; 3];
+        write_decimal(123, &mut small);
+        assert_eq!(&small, b"xxx", "no room for the NUL: nothing written");
+    }
+
+    #[test]
+    fn listen_pid_is_the_childs_own_pid() -> Result<(), SpawnError> {
+        let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
+        let opts = SpawnOptions {
+            listen_pid: true,
+            ..SpawnOptions::default()
+        };
+        let cmd = Command {
+            argv: vec![
+                b"/bin/sh".to_vec(),
+                b"-c".to_vec(),
+                b"echo $LISTEN_PID $$".to_vec(),
+            ],
+            env: vec![archon_proto::EnvEntry::set("LISTEN_PID", "1")],
+        };
+        let exec =
+            Exec::prepare(&cmd, &[]).map_err(|_| SpawnError::Clone(io::Error::other("prepare")))?;
+        for clone3 in [true, false] {
+            spawner.clone3 = clone3;
+            let (r, w) = pipe().map_err(SpawnError::Clone)?;
+            let child = spawner.spawn_with(&exec, [0, w.as_raw_fd(), 2], &opts)?;
+            drop(w);
+            let out = read_all(&r);
+            assert_eq!(wait(&child.pidfd), Status::Exited(0));
+            assert_eq!(out, format!("{0} {0}\n", child.pid), "clone3: {clone3}");
+        }
         Ok(())
     }
 

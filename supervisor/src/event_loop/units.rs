@@ -209,6 +209,7 @@ impl Supervisor {
             cgroup: cgroup.as_ref().map(AsRawFd::as_raw_fd),
             cgroup_procs: None,
             extra_fds,
+            listen_pid: false,
         };
         let stdio = [self.devnull.as_raw_fd(), 2, 2];
         let child = self
