@@ -32,8 +32,9 @@ use crate::cgroup::Cgroups;
 use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::events::{Events, Offer};
 use crate::leftovers::{Leftovers, Phase};
-use crate::listen::Listening;
+use crate::listen::{BindListening, Listening};
 use crate::service::{Manager, UnitId};
+use crate::sockets::Sockets;
 use crate::spawn::{Child, Exec, SpawnError, Spawner, Step};
 use crate::sys;
 use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
@@ -69,6 +70,7 @@ const TAG_PIDFD: usize = 2;
 const TAG_UNIT: usize = 3;
 const LISTENER: Token = Token(TAG_FIXED);
 const SIGNALS: Token = Token((1 << 2) | TAG_FIXED);
+const BIND_LISTENER: Token = Token((2 << 2) | TAG_FIXED);
 
 fn token(tag: usize, id: u64) -> Token {
     Token(((id as usize) << 2) | tag)
@@ -140,6 +142,9 @@ pub struct Supervisor {
     poll: Poll,
     listening: Listening,
     listener: UnixListener,
+    /// The bind socket, which serves `Bind` to any process.
+    bind_listening: BindListening,
+    bind_listener: UnixListener,
     signals: Signals,
     clients: HashMap<ClientId, Client>,
     next_client: ClientId,
@@ -176,6 +181,10 @@ pub struct Supervisor {
     rescan_leftovers: bool,
     /// The history of events, and the connections that stream them.
     events: Events,
+    /// The sockets the configuration declares, bound.
+    sockets: Sockets,
+    /// The bind shim `bind_shim = true` preloads, or why there is none.
+    shim: Result<PathBuf, String>,
 }
 
 mod entry;
@@ -214,9 +223,9 @@ impl Supervisor {
             (euid == 0 && default.exists()).then_some(default)
         });
         // A broken file stops archon before it touches the socket.
-        let services = match &config_path {
-            Some(path) => units::load(path).map_err(StartError::Config)?,
-            None => Manager::default(),
+        let config = match &config_path {
+            Some(path) => Some(units::evaluate(path).map_err(StartError::Config)?),
+            None => None,
         };
         let path = archon_proto::socket::socket_path(
             opts.socket.as_deref(),
@@ -242,6 +251,27 @@ impl Supervisor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(setup("register the listener"))?;
+        let bind_listening = crate::listen::listen_bind(&listening).map_err(StartError::Listen)?;
+        let std_listener = bind_listening
+            .listener
+            .try_clone()
+            .map_err(setup("clone the bind listener"))?;
+        let mut bind_listener = UnixListener::from_std(std_listener);
+        poll.registry()
+            .register(&mut bind_listener, BIND_LISTENER, Interest::READABLE)
+            .map_err(setup("register the bind listener"))?;
+        // The sockets once archon holds its own socket's lock: a second archon on the same path
+        // says so, rather than that the first one's ports are in use.
+        let mut sockets = Sockets::default();
+        let services = match (config, &config_path) {
+            (Some(config), Some(path)) => {
+                sockets
+                    .apply(&config, &path.display().to_string())
+                    .map_err(StartError::Config)?;
+                units::manager(config)
+            }
+            _ => Manager::default(),
+        };
         let main = opts.command.clone().map(entry::MainCommand::new);
         let mut signals = if main.is_some() {
             for sig in [libc::SIGTTIN, libc::SIGTTOU] {
@@ -263,7 +293,10 @@ impl Supervisor {
         let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
         let spawner = Spawner::new().map_err(setup("map the child stack"))?;
 
-        let base_env = base_environment(&listening.path);
+        let base_env = base_environment(&listening.path, &bind_listening.path);
+        let shim = std::env::current_exe()
+            .map_err(|e| format!("bind_shim: cannot find archon's own path: {e}"))
+            .and_then(|exe| crate::sockets::default_shim(&exe));
         let cgroups = if services.ids().next().is_some() {
             match Cgroups::discover() {
                 Ok(c) => Some(c),
@@ -289,6 +322,8 @@ impl Supervisor {
             poll,
             listening,
             listener,
+            bind_listening,
+            bind_listener,
             signals,
             clients: HashMap::new(),
             next_client: 1,
@@ -311,6 +346,8 @@ impl Supervisor {
             outcome: None,
             main,
             rescan_leftovers: false,
+            sockets,
+            shim,
         })
     }
 
@@ -343,7 +380,8 @@ impl Supervisor {
                 let Token(t) = event.token();
                 let id = (t >> 2) as u64;
                 match (t & 3, event.token()) {
-                    (_, LISTENER) => self.accept(),
+                    (_, LISTENER) => self.accept(false),
+                    (_, BIND_LISTENER) => self.accept(true),
                     (_, SIGNALS) => self.on_signals(),
                     (TAG_CLIENT, _) => {
                         self.on_client(id, event.is_writable(), event.is_write_closed())
@@ -366,10 +404,16 @@ impl Supervisor {
 
     // ----- clients -----
 
-    fn accept(&mut self) {
+    /// Takes the connections waiting on archon's socket, or (`bind`) on the bind socket.
+    fn accept(&mut self, bind: bool) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+            let listener = if bind {
+                &self.bind_listener
+            } else {
+                &self.listener
+            };
+            match listener.accept() {
+                Ok((stream, _)) => self.admit(stream, bind),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if e.kind() == io::ErrorKind::Interrupted
@@ -378,7 +422,12 @@ impl Supervisor {
                     // Out of fds: free the spare, accept and refuse one, take the spare back.
                     warn!("out of file descriptors: refusing a connection");
                     self.spare_fd = None;
-                    if let Ok((stream, _)) = self.listener.accept() {
+                    let listener = if bind {
+                        &self.bind_listener
+                    } else {
+                        &self.listener
+                    };
+                    if let Ok((stream, _)) = listener.accept() {
                         control::send_and_forget(
                             stream.as_raw_fd(),
                             b"Error,out of file descriptors\n",
@@ -397,7 +446,8 @@ impl Supervisor {
         }
     }
 
-    fn admit(&mut self, mut stream: UnixStream) {
+    /// A new connection; on the bind socket (`bind_only`) from anyone, for `Bind` alone.
+    fn admit(&mut self, mut stream: UnixStream, bind_only: bool) {
         let fd = stream.as_raw_fd();
         let peer = match control::peer_credentials(fd) {
             Ok(p) => p,
@@ -406,7 +456,7 @@ impl Supervisor {
                 return;
             }
         };
-        if peer.uid != 0 && peer.uid != self.euid {
+        if !bind_only && peer.uid != 0 && peer.uid != self.euid {
             info!(
                 "refused a client: uid {} pid {} is neither root nor archon's uid",
                 peer.uid, peer.pid
@@ -433,7 +483,9 @@ impl Supervisor {
             return;
         }
         debug!("client {id} connected: pid {} uid {}", peer.pid, peer.uid);
-        self.clients.insert(id, Client::new(stream, peer));
+        let mut client = Client::new(stream, peer);
+        client.bind_only = bind_only;
+        self.clients.insert(id, client);
         self.pump(id);
     }
 
@@ -574,11 +626,17 @@ impl Supervisor {
 
     /// Delivers a reply to its slot; the connection may have gone, then it is dropped.
     fn reply(&mut self, to: ReplyTo, reply: Reply) {
+        self.reply_with_fds(to, reply, Vec::new());
+    }
+
+    /// Delivers a reply with `fds` sent along (`SCM_RIGHTS`, with its first byte); they close
+    /// once sent, or with the connection.
+    fn reply_with_fds(&mut self, to: ReplyTo, reply: Reply, fds: Vec<OwnedFd>) {
         let Some(c) = self.clients.get_mut(&to.client) else {
             return;
         };
         let was_blocked = !c.wants_read();
-        if !c.fill(to.seq, reply.encode()) {
+        if !c.fill_with_fds(to.seq, reply.encode(), fds) {
             warn!(
                 "client {}: more than the reply backlog unread, closing",
                 to.client
@@ -643,6 +701,17 @@ impl Supervisor {
                 return self.reply(to, Reply::error(e));
             }
         };
+        if self.clients.get(&client).is_some_and(|c| c.bind_only)
+            && !matches!(request, Request::Bind(_))
+        {
+            return self.reply(
+                to,
+                Reply::error(format!(
+                    "only Bind is served on {}",
+                    self.bind_listening.path.display()
+                )),
+            );
+        }
         if self.shutdown.is_some()
             && matches!(
                 request,
@@ -744,7 +813,10 @@ impl Supervisor {
                 self.reply(to, reply)
             }
             Request::Subscribe { filter } => self.subscribe(to, filter),
-            Request::Bind(_) => self.reply(to, Reply::error("Bind is not served yet")),
+            Request::Bind(addr) => match self.bind_request(client, &addr) {
+                Ok(fd) => self.reply_with_fds(to, Reply::Ok(Vec::new()), vec![fd]),
+                Err(reason) => self.reply(to, Reply::error(reason)),
+            },
             Request::Reload => {
                 let reply = match self.reload(by) {
                     Ok(c) => {
@@ -1231,6 +1303,10 @@ impl Supervisor {
         let config = archon_lua::load_file(&path);
         crate::memory::release();
         let config = config.map_err(|e| e.to_string())?;
+        // All or nothing: a socket that cannot be bound refuses the file, and nothing changes.
+        self.sockets
+            .apply(&config, &path.display().to_string())
+            .map_err(|e| e.to_string())?;
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();
         }
@@ -1410,17 +1486,23 @@ impl Supervisor {
 }
 
 /// The environment every child starts from: archon's own, without the variables that describe
-/// archon's service manager, with `ARCHON_SOCKET` naming archon's socket.
-fn base_environment(socket: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// archon's service manager, with `ARCHON_SOCKET` naming archon's socket and
+/// `ARCHON_BIND_SOCKET` its bind socket.
+fn base_environment(socket: &std::path::Path, bind: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let socket_env = archon_proto::socket::SOCKET_ENV;
+    let bind_env = crate::sockets::BIND_SOCKET_ENV;
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-        .filter(|(k, _)| !PRIVATE_ENV.iter().any(|p| k == p) && k != socket_env)
+        .filter(|(k, _)| !PRIVATE_ENV.iter().any(|p| k == p) && k != socket_env && k != bind_env)
         .map(|(k, v)| (k.into_vec(), v.into_vec()))
         .collect();
     env.push((
         socket_env.as_bytes().to_vec(),
         socket.as_os_str().as_bytes().to_vec(),
+    ));
+    env.push((
+        bind_env.as_bytes().to_vec(),
+        bind.as_os_str().as_bytes().to_vec(),
     ));
     env
 }

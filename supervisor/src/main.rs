@@ -21,6 +21,7 @@ mod memory;
 mod notify;
 mod procstat;
 mod service;
+mod sockets;
 mod spawn;
 mod sys;
 mod table;
