@@ -20,23 +20,6 @@ fn repo() -> Result<PathBuf> {
         .context("tests/ has no parent directory")
 }
 
-/// A file of libarchon's build: the library of the same build as this test (`deps/`, where
-/// cargo leaves the dependencies of a test), else the one `cargo build` put beside it.
-fn lib_artifact(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    let deps = exe.parent().context("the test binary has no directory")?;
-    for dir in [Some(deps), deps.parent()].into_iter().flatten() {
-        let path = dir.join(name);
-        if path.is_file() {
-            return Ok(path);
-        }
-    }
-    fail(format!(
-        "{name} is missing beside {}: run `cargo test --workspace`, which builds it",
-        deps.display()
-    ))
-}
-
 /// Where `dist/install` was run: `stage` is DESTDIR, the prefix is /usr/local.
 struct Installed {
     stage: TempDir,
