@@ -48,6 +48,11 @@ const READS_PER_TURN: usize = 16;
 /// floods requests is served as fast as the others, not instead of them.
 const REQUESTS_PER_TURN: usize = 64;
 
+/// Connections taken from one listening socket per turn of the loop before the other events get
+/// a turn: clients that connect, ask and close in a tight loop (the bind shim in a program that
+/// binds again and again) must not keep archon from reading the ends of their connections.
+const ACCEPTS_PER_TURN: usize = 64;
+
 /// Events taken from one `poll`.
 const EVENTS_CAPACITY: usize = 256;
 
@@ -162,6 +167,9 @@ pub struct Supervisor {
     /// Clients to serve before the next sleep: input left after their read budget, or room again
     /// for requests after replies went out.
     more_to_read: Vec<ClientId>,
+    /// Listening sockets (archon's, the bind socket) with connections left to accept after
+    /// [`ACCEPTS_PER_TURN`]: accepted before the next sleep, since no new edge will say so.
+    more_to_accept: [bool; 2],
     /// The services and tasks of the configuration.
     services: Manager,
     /// What the loop holds for each unit.
@@ -338,6 +346,7 @@ impl Supervisor {
             euid,
             shutdown: None,
             more_to_read: Vec::new(),
+            more_to_accept: [false; 2],
             services,
             units: HashMap::new(),
             pids: HashMap::new(),
@@ -365,7 +374,7 @@ impl Supervisor {
         // Starting thousands of services leaves freed buffers and startup code behind.
         crate::memory::release();
         loop {
-            let timeout = if self.more_to_read.is_empty() {
+            let timeout = if self.more_to_read.is_empty() && self.more_to_accept == [false; 2] {
                 self.timers.timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -392,6 +401,14 @@ impl Supervisor {
                 }
             }
             self.fire_timers();
+            for (i, more) in std::mem::take(&mut self.more_to_accept)
+                .into_iter()
+                .enumerate()
+            {
+                if more {
+                    self.accept(i == 1);
+                }
+            }
             for cid in std::mem::take(&mut self.more_to_read) {
                 self.pump(cid);
             }
@@ -404,9 +421,10 @@ impl Supervisor {
 
     // ----- clients -----
 
-    /// Takes the connections waiting on archon's socket, or (`bind`) on the bind socket.
+    /// Takes the connections waiting on archon's socket, or (`bind`) on the bind socket, at most
+    /// [`ACCEPTS_PER_TURN`] of them.
     fn accept(&mut self, bind: bool) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let listener = if bind {
                 &self.bind_listener
             } else {
@@ -444,6 +462,9 @@ impl Supervisor {
                 }
             }
         }
+        // The budget is spent with connections perhaps still waiting: look again before the
+        // next sleep, after the other events of this turn (the ends of earlier connections).
+        self.more_to_accept[usize::from(bind)] = true;
     }
 
     /// A new connection; on the bind socket (`bind_only`) from anyone, for `Bind` alone.

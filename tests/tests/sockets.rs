@@ -484,6 +484,49 @@ fn outside_archon_the_shim_binds_as_usual() -> Result {
     Ok(())
 }
 
+/// Binds each of the loops below makes.
+const TIGHT_BINDS: usize = 3000;
+
+#[test]
+fn binds_in_tight_loops_are_all_served() -> Result {
+    // Two services and a process in none bind as fast as they can, all through archon's bind
+    // socket: every connection is served and closed, none is refused for too many clients.
+    let lp = bin("bind_loop")?;
+    let a = start(&format!(
+        r#"
+service "one" {{ argv = {{"{lp}", "{TIGHT_BINDS}", "${{one.port}}", "@DIR@/one.out"}},
+                sockets = {{{{tcp = "127.0.0.1:0"}}}}, bind_shim = "@SHIM@", restart = "never" }}
+service "two" {{ argv = {{"{lp}", "{TIGHT_BINDS}", "${{two.port}}", "@DIR@/two.out"}},
+                sockets = {{{{tcp = "127.0.0.1:0"}}}}, bind_shim = "@SHIM@", restart = "never" }}
+"#,
+        lp = lp.display()
+    ))?;
+    let dir = TempDir::new()?;
+    let out = dir.join("outside.out");
+    let mut outside = Command::new(&lp);
+    outside
+        .arg(TIGHT_BINDS.to_string())
+        .arg(free_port()?.to_string())
+        .arg(&out)
+        .env("LD_PRELOAD", shim_path()?)
+        .env(
+            "ARCHON_BIND_SOCKET",
+            format!("{}.bind", a.socket().display()),
+        );
+    let child = ChildGuard::spawn(&mut outside)?;
+    let want = format!("ok {TIGHT_BINDS}");
+    ensure_eq!(wait_line_in(a.config().file("one.out"))?, want);
+    ensure_eq!(wait_line_in(a.config().file("two.out"))?, want);
+    ensure_eq!(wait_line_in(&out)?, want);
+    drop(child);
+    ensure!(
+        !a.log_text().contains("clients already connected"),
+        "archon refused clients: {}",
+        a.log_text()
+    );
+    Ok(())
+}
+
 #[test]
 fn http_server_through_the_shim_restarts_without_refusing() -> Result {
     let a = start(
