@@ -2,7 +2,7 @@
 //! and target of a `Bind` request, or nothing to ask archon about.
 
 use std::mem::size_of;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use archon_proto::bind::{MAX_UNIX_PATH, Target, Transport};
 
@@ -41,61 +41,58 @@ impl Asked {
     }
 }
 
-/// What to ask archon for a `bind()` of a socket of `family` and `kind` (`SO_TYPE`) to the
-/// `len` bytes at `addr`: a TCP or UDP address with a port (port 0 is any free port, nothing
-/// archon holds), or a Unix stream socket's path (not an abstract one), made absolute with
-/// `cwd`. `None`: nothing to ask, the real `bind()` does it.
+/// What to ask archon for a `bind()` to the bytes at `addr` of a socket whose type (`SO_TYPE`)
+/// `kind` gives: a TCP or UDP address with a port (port 0 is any free port, nothing archon
+/// holds), or a Unix stream socket's path (not an abstract one), made absolute with `cwd`.
+/// `None`: nothing to ask, the real `bind()` does it. `kind` is called only for an address that
+/// may be asked for, so that a `bind()` to port 0 costs no system call.
 pub fn asked(
-    kind: i32,
+    kind: impl FnOnce() -> Option<i32>,
     addr: &[u8],
     cwd: impl FnOnce(&mut [u8]) -> Option<usize>,
 ) -> Option<Asked> {
     let family = i32::from(u16::from_ne_bytes([*addr.first()?, *addr.get(1)?]));
-    match (family, kind) {
-        (libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_DGRAM) => {
-            if addr.len() < size_of::<libc::sockaddr_in>() {
+    match family {
+        libc::AF_INET | libc::AF_INET6 => {
+            let (size, ip_at) = if family == libc::AF_INET {
+                (size_of::<libc::sockaddr_in>(), 4..8)
+            } else {
+                (size_of::<libc::sockaddr_in6>(), 8..24)
+            };
+            if addr.len() < size {
                 return None;
             }
             let port = u16::from_be_bytes([*addr.get(2)?, *addr.get(3)?]);
-            let ip: [u8; 4] = addr.get(4..8)?.try_into().ok()?;
-            let addr = SocketAddr::new(Ipv4Addr::from(ip).into(), port);
-            inet(kind, addr)
-        }
-        (libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_DGRAM) => {
-            if addr.len() < size_of::<libc::sockaddr_in6>() {
+            if port == 0 {
                 return None;
             }
-            let port = u16::from_be_bytes([*addr.get(2)?, *addr.get(3)?]);
-            let ip: [u8; 16] = addr.get(8..24)?.try_into().ok()?;
-            let addr = SocketAddr::new(Ipv6Addr::from(ip).into(), port);
-            inet(kind, addr)
+            let ip = addr.get(ip_at)?;
+            let ip: IpAddr = if family == libc::AF_INET {
+                Ipv4Addr::from(<[u8; 4]>::try_from(ip).ok()?).into()
+            } else {
+                Ipv6Addr::from(<[u8; 16]>::try_from(ip).ok()?).into()
+            };
+            let transport = match kind()? {
+                libc::SOCK_STREAM => Transport::Tcp,
+                libc::SOCK_DGRAM => Transport::Udp,
+                _ => return None,
+            };
+            Some(Asked::Inet(transport, SocketAddr::new(ip, port)))
         }
-        (libc::AF_UNIX, libc::SOCK_STREAM) => {
+        libc::AF_UNIX => {
             let path = addr.get(2..)?;
             let path = path
                 .iter()
                 .position(|&b| b == 0)
                 .map_or(path, |end| path.get(..end).unwrap_or_default());
             // An unnamed socket, or an abstract one (its name starts with NUL).
-            if path.is_empty() {
+            if path.is_empty() || kind()? != libc::SOCK_STREAM {
                 return None;
             }
             absolute(path, cwd).map(Asked::Unix)
         }
         _ => None,
     }
-}
-
-fn inet(kind: i32, addr: SocketAddr) -> Option<Asked> {
-    if addr.port() == 0 {
-        return None;
-    }
-    let transport = if kind == libc::SOCK_STREAM {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    };
-    Some(Asked::Inet(transport, addr))
 }
 
 /// `path`, or `cwd`'s answer then `/` then `path` when it is relative; `None` when that does not
@@ -178,7 +175,7 @@ mod tests {
         addr: &[u8],
         cwd: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<String> {
-        let asked = asked(kind, addr, cwd)?;
+        let asked = asked(|| Some(kind), addr, cwd)?;
         Some(match asked.target() {
             (t, Target::Inet(a)) => format!("{t} {a}"),
             (t, Target::Path(p)) => format!("{t} {}", String::from_utf8_lossy(p)),
@@ -215,6 +212,24 @@ mod tests {
         let mut other = v4([127, 0, 0, 1], 80);
         other[..2].copy_from_slice(&(libc::AF_PACKET as u16).to_ne_bytes());
         assert_eq!(shown(s, &other, no_cwd), None);
+    }
+
+    #[test]
+    fn port_zero_and_other_families_ask_no_socket_type() {
+        let mut other = v4([127, 0, 0, 1], 80);
+        other[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+        for addr in [v4([127, 0, 0, 1], 0), v6(Ipv6Addr::LOCALHOST, 0), other] {
+            let mut called = false;
+            let got = asked(
+                || {
+                    called = true;
+                    None
+                },
+                &addr,
+                no_cwd,
+            );
+            assert!(got.is_none() && !called);
+        }
     }
 
     #[test]

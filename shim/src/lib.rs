@@ -164,10 +164,18 @@ unsafe fn from_archon(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen
     };
     // SAFETY: the caller's promise.
     let bytes = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len as usize) };
-    let Some(kind) = sockopt(fd, libc::SO_TYPE) else {
+    let mut kind = None;
+    let Some(asked) = addr::asked(
+        || {
+            kind = sockopt(fd, libc::SO_TYPE);
+            kind
+        },
+        bytes,
+        cwd,
+    ) else {
         return false;
     };
-    let Some(asked) = addr::asked(kind, bytes, cwd) else {
+    let Some(kind) = kind else {
         return false;
     };
     let (transport, target) = asked.target();
