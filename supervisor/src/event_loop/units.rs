@@ -317,6 +317,15 @@ impl Supervisor {
         {
             return Some(id);
         }
+        // A process of a unit that has a cgroup is in it (leaving it takes privileges): the
+        // walk up /proc is for units without one.
+        if self
+            .units
+            .values()
+            .all(|rt| rt.cgroup.is_some() || rt.pidfd.is_none())
+        {
+            return None;
+        }
         let mut p = pid;
         for _ in 0..MAX_ANCESTRY {
             if let Some(PidOwner::Main(id)) = self.pids.get(&p) {
