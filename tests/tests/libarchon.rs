@@ -75,6 +75,7 @@ fn install() -> Result<Installed> {
         ("archonctl", archonctl_bin()?),
         ("libarchon.so", lib_artifact("libarchon.so")?),
         ("libarchon.a", lib_artifact("libarchon.a")?),
+        ("libarchon_bind.so", shim_path()?),
     ] {
         symlink(&path, build.join(name)).context(format!("symlink {name}"))?;
     }
@@ -233,12 +234,14 @@ fn install_puts_every_file_under_destdir_and_prefix() -> Result {
         "bin/archon",
         "bin/archonctl",
         "lib/libarchon.a",
+        "lib/libarchon_bind.so",
         "include/archon.h",
         "lib/pkgconfig/archon.pc",
         "share/man/man1/archonctl.1",
         "share/man/man3/libarchon.3",
         "share/man/man7/archon-protocol.7",
         "share/man/man8/archon.8",
+        "share/man/man8/libarchon_bind.8",
     ] {
         ensure!(i.path(rel).is_file(), "{rel} is not installed");
     }
