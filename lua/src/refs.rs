@@ -93,8 +93,8 @@ pub fn find<'c, 's>(
             None => (!sockets.is_empty()).then_some(0),
             Some(s) => sockets.iter().position(|x| x.name == s),
         };
-        if let Some(i) = at {
-            found.push((service, i, &sockets[i]));
+        if let Some((i, socket)) = at.and_then(|i| Some((i, sockets.get(i)?))) {
+            found.push((service, i, socket));
         }
     }
     match found.as_slice() {
@@ -109,7 +109,7 @@ pub fn find<'c, 's>(
             Some(service) if service == name => format!("{service} declares no sockets"),
             Some(service) => format!(
                 "{service} has no socket named {}",
-                &name[service.len() + 1..]
+                name.get(service.len() + 1..).unwrap_or_default()
             ),
             None => format!("no service is named {name}"),
         }),

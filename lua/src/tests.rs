@@ -1874,6 +1874,12 @@ fn odd_input_never_panics() -> Res {
         "umask",
         "\"777\"",
         "watchdog",
+        "sockets",
+        "{{tcp = \"127.0.0.1:0\"}}",
+        "{{name = \"a\", unix = \"/s\"}, {udp = 1}}",
+        "bind_shim",
+        "\"${x.port}\"",
+        "{\"/bin/true\", \"${y.a.port}\"}",
         "--",
     ];
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
