@@ -403,7 +403,9 @@ impl Client {
 
     /// The socket archon holds at `addr` for the caller's service (archon tells the service by
     /// the caller's process; see archon-protocol(7)): bound, and listening unless UDP,
-    /// close-on-exec. [`Error::Refused`] when archon holds none there for it.
+    /// close-on-exec. [`Error::Refused`] when archon holds none there for it. On the bind
+    /// socket (`$ARCHON_BIND_SOCKET`, which any user may use) a connection takes this one
+    /// request: connect again for another.
     pub fn bind(&mut self, addr: &BindAddr) -> Result<OwnedFd, Error> {
         self.send(&Request::Bind(addr.clone()), &[])?;
         let (received, fds) = self.receive_with_fds()?;

@@ -154,8 +154,11 @@ pub struct Client {
     /// A `Subscribe` made it a stream of events: no more requests are taken, and it lasts until
     /// the peer closes it.
     streaming: bool,
-    /// It came through the bind socket: `Bind` is all it may ask.
+    /// It came through the bind socket: it takes one request, a `Bind`, and closes once that
+    /// is answered.
     pub bind_only: bool,
+    /// For a connection to the bind socket, the timer that closes it when it stays too long.
+    pub deadline: Option<crate::timers::TimerKey>,
 }
 
 impl Client {
@@ -178,6 +181,7 @@ impl Client {
             closing: false,
             streaming: false,
             bind_only: false,
+            deadline: None,
         }
     }
 
@@ -251,6 +255,10 @@ impl Client {
             *at -= consumed;
         }
         self.inbuf.drain(..consumed);
+        if self.bind_only {
+            // One request on the bind socket: closed once it is answered.
+            self.closing = true;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.slots.push_back(None);

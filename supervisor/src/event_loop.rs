@@ -15,7 +15,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use archon_proto::limits::{MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION};
+use archon_proto::limits::{
+    BIND_CONNECTION_MS, MAX_BIND_CLIENTS, MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION,
+};
 use archon_proto::{
     Cause, Command, Event, EventKind, Id, Kind, ProcState, Reply, Request, Status, StreamItem,
     Target,
@@ -485,9 +487,21 @@ impl Supervisor {
             control::send_and_forget(fd, &Reply::error("permission denied").encode());
             return;
         }
-        if self.clients.len() >= MAX_CLIENTS {
+        // The bind socket's clients are counted apart: anyone may connect there.
+        let (limit, what) = if bind_only {
+            (MAX_BIND_CLIENTS, "bind socket clients")
+        } else {
+            (MAX_CLIENTS, "clients")
+        };
+        if self
+            .clients
+            .values()
+            .filter(|c| c.bind_only == bind_only)
+            .count()
+            >= limit
+        {
             warn!(
-                "refused a client (pid {}): {MAX_CLIENTS} clients already connected",
+                "refused a client (pid {}): {limit} {what} already connected",
                 peer.pid
             );
             control::send_and_forget(fd, &Reply::error("too many clients").encode());
@@ -505,7 +519,11 @@ impl Supervisor {
         }
         debug!("client {id} connected: pid {} uid {}", peer.pid, peer.uid);
         let mut client = Client::new(stream, peer);
-        client.bind_only = bind_only;
+        if bind_only {
+            client.bind_only = true;
+            let deadline = Instant::now() + Duration::from_millis(BIND_CONNECTION_MS);
+            client.deadline = Some(self.timers.arm(deadline, TimerEvent::BindClient(id)));
+        }
         self.clients.insert(id, client);
         self.pump(id);
     }
@@ -576,6 +594,9 @@ impl Supervisor {
             return;
         }
         if let Some(mut c) = self.clients.remove(&id) {
+            if let Some(key) = c.deadline.take() {
+                self.timers.cancel(key);
+            }
             c.drain_input();
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.events.unsubscribe(id);
@@ -1127,6 +1148,14 @@ impl Supervisor {
                 TimerEvent::Unit(id, kind) => self.unit_timer(id, kind),
                 TimerEvent::Probe(id) => self.probe_timeout(id),
                 TimerEvent::Leftovers => self.next_leftover_phase(),
+                TimerEvent::BindClient(id) => {
+                    if let Some(c) = self.clients.get_mut(&id) {
+                        debug!("client {id}: open on the bind socket too long, closed");
+                        c.deadline = None;
+                        c.broken = true;
+                    }
+                    self.close_if_finished(id);
+                }
             }
         }
     }

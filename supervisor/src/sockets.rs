@@ -493,7 +493,7 @@ fn unix_socket(path: &Path, decl: &Socket) -> io::Result<(OwnedFd, (u64, u64))> 
     let addr = unix_addr(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if listened_on(&addr)? {
                 return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
             }
             std::fs::remove_file(path)?;
@@ -527,6 +527,30 @@ fn unix_socket(path: &Path, decl: &Socket) -> io::Result<(OwnedFd, (u64, u64))> 
         return Err(e);
     }
     Ok((fd, id))
+}
+
+/// Whether some process listens on the Unix socket at `addr`: a connection that is not refused.
+/// Non-blocking, so that a listener with a full backlog does not hold archon's loop (it is
+/// `EAGAIN`: in use).
+fn listened_on(addr: &libc::sockaddr_un) -> io::Result<bool> {
+    let fd = new_socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK)?;
+    // SAFETY: addr is a valid sockaddr_un of the length given.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => Ok(false),
+        Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
+        _ => Err(e),
+    }
 }
 
 fn unix_addr(path: &Path) -> io::Result<libc::sockaddr_un> {

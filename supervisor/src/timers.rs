@@ -19,6 +19,8 @@ pub enum TimerEvent {
     Probe(UnitId),
     /// The current phase of a shutdown's leftovers is over (see `leftovers`).
     Leftovers,
+    /// A connection to the bind socket has been open too long.
+    BindClient(u64),
 }
 
 /// A timer's handle, to cancel it.

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use archon_tests::archon_proto::ServiceState;
+use archon_tests::archon_proto::{self, ServiceState};
 use archon_tests::*;
 
 /// The Python the tests run (Debian's; not a version manager's shim on PATH).
@@ -309,14 +309,12 @@ fn bind_requests_on_the_wire() -> Result {
     let refused = format!("Error,process {me} is in no service");
     ensure_eq!(a.request(&format!("Bind,tcp,127.0.0.1,{owner}"))?, refused);
     let bind_socket = PathBuf::from(format!("{}.bind", a.socket().display()));
-    let mut conn = Conn::connect(&bind_socket)?;
-    ensure_eq!(
-        conn.request(&format!("Bind,tcp,127.0.0.1,{owner}"))?,
-        refused
-    );
+    // One request per connection on the bind socket.
+    let ask = |line: &str| Conn::connect(&bind_socket)?.request(line);
+    ensure_eq!(ask(&format!("Bind,tcp,127.0.0.1,{owner}"))?, refused);
     // The bind socket serves Bind alone, to anyone; bad fields are named.
     ensure_eq!(
-        conn.request("Ping")?,
+        ask("Ping")?,
         format!("Error,only Bind is served on {}", bind_socket.display())
     );
     for (line, why) in [
@@ -328,7 +326,7 @@ fn bind_requests_on_the_wire() -> Result {
         ("Bind,sctp,127.0.0.1,80", "bad transport: tcp, udp or unix"),
         ("Bind,unix", "missing path"),
     ] {
-        ensure_eq!(error_reason(&conn.request(line)?)?, why, "{line}");
+        ensure_eq!(error_reason(&ask(line)?)?, why, "{line}");
     }
     let mode = fs::metadata(&bind_socket)
         .context("the bind socket")?
@@ -342,6 +340,32 @@ fn bind_requests_on_the_wire() -> Result {
     let mut as_nobody = Conn::from_stream(connect_as(nobody, nobody, &bind_socket)?)?;
     let reply = as_nobody.request(&format!("Bind,tcp,127.0.0.1,{owner}"))?;
     ensure!(reply.starts_with("Error,process "), "{reply}");
+    Ok(())
+}
+
+#[test]
+fn the_bind_socket_takes_one_request_and_cannot_crowd_out_archons_clients() -> Result {
+    let a = Archon::start()?;
+    let bind_socket = PathBuf::from(format!("{}.bind", a.socket().display()));
+    // One request per connection: the reply, then the end.
+    let mut c = Conn::connect(&bind_socket)?;
+    c.send(b"Bind,tcp,127.0.0.1,1\nBind,tcp,127.0.0.1,2\n")?;
+    let reply = c.reply_text()?;
+    ensure!(reply.starts_with("Error,process "), "{reply}");
+    c.expect_eof()?;
+    // 64 connections held open fill the bind socket; the next is refused, and archon's own
+    // socket still serves.
+    let held: Vec<UnixStream> = (0..archon_proto::limits::MAX_BIND_CLIENTS)
+        .map(|_| UnixStream::connect(&bind_socket).context("connect"))
+        .collect::<Result<_>>()?;
+    // Each is admitted in turn: a Ping on archon's socket answered means those before it were.
+    ensure_eq!(a.request("Ping")?, "Pong");
+    let mut extra = Conn::connect(&bind_socket)?;
+    ensure_eq!(extra.reply_text()?, "Error,too many clients");
+    ensure_eq!(a.request("Ping")?, "Pong");
+    // A connection that sends nothing is closed after BIND_CONNECTION_MS.
+    let mut idle = Conn::from_stream(held.into_iter().next().context("a held connection")?)?;
+    idle.expect_eof()?;
     Ok(())
 }
 
