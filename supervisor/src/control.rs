@@ -81,6 +81,60 @@ pub fn peer_credentials(fd: RawFd) -> io::Result<Peer> {
     })
 }
 
+/// `SO_PEERPIDFD` (Linux 6.5), from `asm-generic/socket.h`: the architectures archon is built
+/// for use the generic value (Alpha, MIPS, PA-RISC and SPARC have their own).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+))]
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd of the process that connected a Unix socket, as its credentials were recorded then
+/// (`SO_PEERPIDFD`): unlike the pid, it cannot come to name another process. `None` on kernels
+/// before 6.5 (or other architectures).
+pub fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    ))]
+    {
+        let mut pidfd: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: pidfd and len describe a valid c_int buffer.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERPIDFD,
+                (&mut pidfd as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if ret == 0 && pidfd >= 0 {
+            // SAFETY: the kernel made this pidfd (close-on-exec) for us; nobody else owns it.
+            return Some(unsafe { OwnedFd::from_raw_fd(pidfd) });
+        }
+        None
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = fd;
+        None
+    }
+}
+
 /// Sends `bytes` without blocking and without SIGPIPE; what does not fit is dropped. For the one
 /// line said to a connection that is refused.
 pub fn send_and_forget(fd: RawFd, bytes: &[u8]) {
@@ -618,6 +672,22 @@ mod tests {
             "archon's copy is closed once sent"
         );
         drop(w);
+        Ok(())
+    }
+
+    #[test]
+    fn the_peer_pidfd_names_the_process_that_connected() -> io::Result<()> {
+        let (a, _b) = StdStream::pair()?;
+        let Some(pidfd) = peer_pidfd(a.as_raw_fd()) else {
+            eprintln!("SO_PEERPIDFD is not supported here (Linux 6.5): nothing to check");
+            return Ok(());
+        };
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .map(str::trim);
+        assert_eq!(pid, Some(std::process::id().to_string().as_str()), "{info}");
         Ok(())
     }
 

@@ -336,16 +336,18 @@ impl Supervisor {
         None
     }
 
-    /// `Bind`: a copy of the socket at `addr` that the asking client's service declares.
+    /// `Bind`: a copy of the socket at `addr` that the asking client's service declares. The
+    /// asking process is the one that connected (`SO_PEERCRED`), checked alive through its
+    /// pidfd (`SO_PEERPIDFD`) once its service is known, where the kernel has that.
     pub(super) fn bind_request(
         &self,
         client: super::ClientId,
         addr: &archon_proto::BindAddr,
     ) -> Result<OwnedFd, String> {
-        let peer = self
+        let (peer, pidfd) = self
             .clients
             .get(&client)
-            .map(|c| c.peer)
+            .map(|c| (c.peer, crate::control::peer_pidfd(c.stream.as_raw_fd())))
             .ok_or("the connection has gone")?;
         if peer.pid <= 0 {
             return Err("archon cannot see the asking process (another PID namespace)".into());
@@ -357,6 +359,13 @@ impl Supervisor {
         let id = self
             .unit_of_pid(peer.pid)
             .ok_or_else(|| refuse(format!("process {} is in no service", peer.pid)))?;
+        // The pid was read from /proc after the process connected: were the process gone, its
+        // pid could name another one by now. Its pidfd still alive proves it was the same.
+        if let Some(pidfd) = pidfd {
+            if sys::pidfd_send_signal(pidfd.as_fd(), 0, 0).is_err() {
+                return Err(refuse(format!("process {} has ended", peer.pid)));
+            }
+        }
         let name = self
             .services
             .spec(id)
