@@ -117,6 +117,8 @@ struct Counts {
     /// Connections that failed in another way (reset while the process that accepted them was
     /// killed): not a refusal, but counted and shown.
     other: usize,
+    /// How each of those failed.
+    others: Vec<String>,
 }
 
 /// Makes [`CONNECTIONS`] connections to the loopback port one after the other, each sending
@@ -140,9 +142,15 @@ fn connect_through_restarts(
             counts.tried += 1;
             match one_exchange(port, request, answer) {
                 Ok(true) => counts.ok += 1,
-                Ok(false) => counts.other += 1,
+                Ok(false) => {
+                    counts.other += 1;
+                    counts.others.push("closed without an answer".to_string());
+                }
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => counts.refused += 1,
-                Err(_) => counts.other += 1,
+                Err(e) => {
+                    counts.other += 1;
+                    counts.others.push(e.to_string());
+                }
             }
             loop_done.fetch_add(1, Ordering::Relaxed);
         }
@@ -174,8 +182,8 @@ fn connect_through_restarts(
     restarts?;
     eprintln!(
         "{service}: {} connections tried while restarting {RESTARTS} times: {} answered, {} \
-         refused, {} failed otherwise",
-        counts.tried, counts.ok, counts.refused, counts.other
+         refused, {} failed otherwise {:?}",
+        counts.tried, counts.ok, counts.refused, counts.other, counts.others
     );
     Ok(counts)
 }
