@@ -156,7 +156,9 @@ fn cwd(buf: &mut [u8]) -> Option<usize> {
 /// # Safety
 /// As `bind(2)`: `addr` points at `len` readable bytes.
 unsafe fn from_archon(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> bool {
-    if addr.is_null() {
+    // The kernel refuses a longer address (EINVAL), and reads no more than that: neither does
+    // the shim, so that a bad length faults no more here than it would in the kernel.
+    if addr.is_null() || len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
         return false;
     }
     let Some(socket) = socket_path() else {
