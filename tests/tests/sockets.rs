@@ -225,6 +225,8 @@ socks = [socket.socket(fileno=3 + i) for i in range(n)]
 port = socks[0].getsockname()[1]
 if sys.argv[1] != str(port):
     problems.append("argv[1] %s is not the port %d" % (sys.argv[1], port))
+if os.environ.get("PORT", str(port)) != str(port):
+    problems.append("PORT %s is not the port %d" % (os.environ.get("PORT"), port))
 if socks[1].family != socket.AF_UNIX:
     problems.append("fd 4 is not the unix socket")
 with open(sys.argv[2], "w") as f:
@@ -244,6 +246,7 @@ fn listen_fds_reach_a_program_that_serves_on_them() -> Result {
     cfg.write(&fill(
         r#"
 service "echo" { argv = {"@PYTHON@", "@DIR@/serve.py", "${echo.port}", "@DIR@/checked"},
+                 env = {PORT = "${echo.main.port}"},
                  sockets = {{name = "main", tcp = "127.0.0.1:0"},
                             {name = "ctl", unix = "@DIR@/echo.sock", mode = "0660"}} }
 task "tell" { argv = {"/bin/sh", "-c", "echo ${echo.port} ${echo.main.port} > @DIR@/port"} }
@@ -256,6 +259,10 @@ task "tell" { argv = {"/bin/sh", "-c", "echo ${echo.port} ${echo.main.port} > @D
         .pid
         .context("echo's pid")?;
     ensure_eq!(wait_line_in(a.config().file("checked"))?, "ok");
+    ensure!(
+        environ(pid)?.contains(&format!("PORT={}", bound_port(&a, "echo")?)),
+        "the port in the service's environment"
+    );
     // Port 0 became a real port, shown in the dump and given to the other service.
     let port = bound_port(&a, "echo")?;
     ensure_eq!(
