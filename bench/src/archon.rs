@@ -64,6 +64,26 @@ impl Archon {
         dir: &Path,
         name: &str,
     ) -> Result<Archon, String> {
+        Archon::start_wrapped(archon, wrapper, &[], dir, name)
+    }
+
+    /// Starts `archon` with `args` (a `--config`) on `<dir>/<name>.sock`, as [`Archon::start`].
+    pub fn start_with(
+        archon: &Path,
+        args: &[OsString],
+        dir: &Path,
+        name: &str,
+    ) -> Result<Archon, String> {
+        Archon::start_wrapped(archon, &[], args, dir, name)
+    }
+
+    fn start_wrapped(
+        archon: &Path,
+        wrapper: &[OsString],
+        args: &[OsString],
+        dir: &Path,
+        name: &str,
+    ) -> Result<Archon, String> {
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -75,7 +95,8 @@ impl Archon {
             }
             None => Command::new(archon),
         };
-        cmd.arg("--socket")
+        cmd.args(args)
+            .arg("--socket")
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

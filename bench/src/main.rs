@@ -8,7 +8,8 @@
 //!
 //! `archon-bench [--archon PATH] services [...]` is the other bench: archon beside runit, s6,
 //! daemontools and supervisord with 100 to 10,000 services (`bench/services` installs them and
-//! runs it; see `services/mod.rs`).
+//! runs it; see `services/mod.rs`). `archon-bench [--archon PATH] shim` measures what the bind
+//! shim adds to a `bind()` (see `shim.rs`; `bench/run shim`).
 
 mod archon;
 mod conn;
@@ -17,6 +18,7 @@ mod direct;
 mod events;
 mod probes;
 mod services;
+mod shim;
 mod stats;
 mod table;
 
@@ -58,16 +60,30 @@ const COUNTED_PINGS: u64 = 1_000;
 const EXIT_USAGE: u8 = 100;
 
 fn main() -> ExitCode {
+    // The worker of the shim bench: this program as the process that binds.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "bind-loop") {
+        return match shim::bind_loop(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("archon-bench bind-loop: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (archon, services) = match parse_args() {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("archon-bench: {e}\nusage: archon-bench [--archon PATH] [services ...]");
+            eprintln!(
+                "archon-bench: {e}\nusage: archon-bench [--archon PATH] [services ... | shim]"
+            );
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let result = match services {
-        Some(args) => services::run(&archon, &args),
+        Some(Bench::Services(args)) => services::run(&archon, &args),
+        Some(Bench::Shim) => shim::run(&archon),
         None => bench(&archon),
     };
     match result {
@@ -79,9 +95,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The archon binary to measure, and the arguments after `services` when that bench is asked
-/// for; `None` after `--help`.
-type Args = (PathBuf, Option<Vec<std::ffi::OsString>>);
+/// A bench other than the main one.
+enum Bench {
+    /// `services ...`, with its arguments.
+    Services(Vec<std::ffi::OsString>),
+    /// `shim`.
+    Shim,
+}
+
+/// The archon binary to measure, and the other bench asked for; `None` after `--help`.
+type Args = (PathBuf, Option<Bench>);
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut archon = None;
@@ -92,10 +115,11 @@ fn parse_args() -> Result<Option<Args>, String> {
             Some("--archon") => {
                 archon = Some(PathBuf::from(args.next().ok_or("--archon needs a path")?))
             }
-            Some("services") => services = Some(args.by_ref().collect()),
+            Some("services") => services = Some(Bench::Services(args.by_ref().collect())),
+            Some("shim") => services = Some(Bench::Shim),
             Some("-h" | "--help") => {
                 println!(
-                    "usage: archon-bench [--archon PATH]\nprints a markdown table of archon's figures\n\n{}",
+                    "usage: archon-bench [--archon PATH] [shim]\nprints a markdown table of archon's figures (shim: of the bind shim's cost)\n\n{}",
                     services::USAGE
                 );
                 return Ok(None);

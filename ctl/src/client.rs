@@ -4,9 +4,10 @@
 //! and an `LD_PRELOAD` shim can sit on it. Every request gets exactly one reply, in request order,
 //! so requests may be pipelined: [`Client::send`] several, then [`Client::receive`] as many.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,13 +15,14 @@ use std::time::Duration;
 use archon_proto::reply::ready;
 use archon_proto::socket::socket_path;
 use archon_proto::{
-    Command, Event, Filter, Id, Power, ProcessRow, ReloadCounts, Reply, ReplyError, Request,
-    ServiceRow, Setting, Status, Target, TreeNode,
+    BindAddr, Command, Event, Filter, Id, Power, ProcessRow, ReloadCounts, Reply, ReplyError,
+    Request, ServiceRow, Setting, Status, Target, TreeNode,
 };
 
 use crate::error::Error;
 use crate::raw::with_newline;
 use crate::reader::{Received, ReceivedItem, ReplyReader};
+use crate::recv::recv_chunk;
 use crate::send::send_line;
 
 /// Size of each `read` from the socket, in bytes: most replies fit in one.
@@ -41,6 +43,11 @@ pub struct Client {
     stream: UnixStream,
     reader: ReplyReader,
     path: Option<PathBuf>,
+    /// Bytes read from the stream, and bytes of the replies returned: where each reply ends.
+    read: u64,
+    returned: u64,
+    /// Descriptors received, each batch with the stream offset of the last byte of its read.
+    fds: VecDeque<(u64, Vec<OwnedFd>)>,
 }
 
 impl Client {
@@ -68,6 +75,9 @@ impl Client {
             stream,
             reader: ReplyReader::new(),
             path: None,
+            read: 0,
+            returned: 0,
+            fds: VecDeque::new(),
         }
     }
 
@@ -116,19 +126,36 @@ impl Client {
             .map_err(Error::Io)
     }
 
-    /// Reads the next reply (a `List` with all its rows), typed and as received.
+    /// Reads the next reply (a `List` with all its rows), typed and as received. Descriptors
+    /// that came with it are closed.
     pub fn receive(&mut self) -> Result<Received, Error> {
+        self.receive_with_fds().map(|(received, _)| received)
+    }
+
+    /// Reads the next reply, with the descriptors that came with it (a `Bind`'s socket), owned
+    /// by the caller and close-on-exec.
+    pub fn receive_with_fds(&mut self) -> Result<(Received, Vec<OwnedFd>), Error> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
             if let Some(received) = self.reader.next_reply()? {
-                return Ok(received);
+                self.returned += received.raw.len() as u64;
+                let mut fds = Vec::new();
+                while self.fds.front().is_some_and(|(at, _)| *at < self.returned) {
+                    if let Some((_, batch)) = self.fds.pop_front() {
+                        fds.extend(batch);
+                    }
+                }
+                return Ok((received, fds));
             }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(Error::Closed),
-                Ok(n) => self.reader.feed(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+            let got = recv_chunk(self.stream.as_fd(), &mut chunk)?;
+            if got.len == 0 {
+                return Err(Error::Closed);
             }
+            self.read += got.len as u64;
+            if !got.fds.is_empty() {
+                self.fds.push_back((self.read - 1, got.fds));
+            }
+            self.reader.feed(&chunk[..got.len]);
         }
     }
 
@@ -379,6 +406,23 @@ impl Client {
     pub fn version(&mut self) -> Result<(Vec<u8>, u32), Error> {
         match self.request(&Request::Version, &[])? {
             Reply::Version { archon, protocol } => Ok((archon, protocol)),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// The socket archon holds at `addr` for the caller's service (archon tells the service by
+    /// the caller's process; see archon-protocol(7)): bound, and listening unless UDP,
+    /// close-on-exec. [`Error::Refused`] when archon holds none there for it. On the bind
+    /// socket (`$ARCHON_BIND_SOCKET`, which any user may use) a connection takes this one
+    /// request: connect again for another.
+    pub fn bind(&mut self, addr: &BindAddr) -> Result<OwnedFd, Error> {
+        self.send(&Request::Bind(addr.clone()), &[])?;
+        let (received, fds) = self.receive_with_fds()?;
+        match received.reply {
+            Reply::Ok(_) => fds
+                .into_iter()
+                .next()
+                .ok_or_else(|| malformed("Bind's Ok came without a socket")),
             other => Err(refused_or_unexpected(other)),
         }
     }

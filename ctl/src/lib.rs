@@ -33,6 +33,7 @@ pub mod error;
 pub mod pidfd;
 pub mod raw;
 pub mod reader;
+mod recv;
 mod send;
 
 pub use client::{Client, Subscription, resolve_socket};

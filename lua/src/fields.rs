@@ -24,7 +24,7 @@ use crate::value::{
 };
 
 /// Every field of a declaration, in the order they are checked and dumped.
-pub(crate) const FIELDS: [&str; 26] = [
+pub(crate) const FIELDS: [&str; 28] = [
     "argv",
     "env",
     "cwd",
@@ -51,6 +51,8 @@ pub(crate) const FIELDS: [&str; 26] = [
     "ready_timeout",
     "watchdog",
     "health",
+    "sockets",
+    "bind_shim",
 ];
 
 const BACKOFF_FIELDS: [&str; 4] = ["initial", "max", "multiplier", "reset_after"];
@@ -283,6 +285,14 @@ pub(crate) fn service(
         }
         s.health = Some(Box::new(health(lua, v, room)?));
     }
+    if let Some(v) = f.get("sockets") {
+        s.sockets = crate::sockets::sockets(v, name)?;
+        room.take(s.sockets.len() * std::mem::size_of::<crate::model::Socket>())?;
+    }
+    if let Some(v) = f.get("bind_shim") {
+        s.bind_shim = crate::sockets::bind_shim(v)?;
+    }
+    crate::sockets::check_ready_fd(&s)?;
     Ok(s)
 }
 
@@ -367,8 +377,8 @@ fn cwd(v: &Value) -> Res<PathBuf> {
     Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&path)))
 }
 
-fn who(v: &Value, what: &str) -> Res<Who> {
-    let expected = if what == "user" {
+pub(crate) fn who(v: &Value, what: &str) -> Res<Who> {
+    let expected = if what == "user" || what.ends_with(".owner") {
         "a user name or number"
     } else {
         "a group name or number"

@@ -10,8 +10,10 @@
 //! [`load_file`] and [`load_str`] return a [`Config`] (the supervisor never holds a Lua type) or a
 //! [`LoadError`] that says `file:line: what`. `archon.lua(5)` documents every field, default and
 //! error. The modules: [`model`] (the values), `sandbox` (the Lua state, its library and
-//! budgets), `fields` (one declaration's table), `graph` (dependency names, `before`, cycles),
-//! `users` (user and group lookups), `literal` (values written back as Lua for the dump).
+//! budgets), `fields` (one declaration's table), `sockets` (a declaration's sockets, addresses
+//! declared twice), [`refs`] (`${service.port}` references, checked here and substituted by the
+//! supervisor), `graph` (dependency names, `before`, cycles), `users` (user and group lookups),
+//! `literal` (values written back as Lua for the dump).
 //!
 //! ```
 //! let config = archon_lua::load_str("demo.lua", br#"service "web" { argv = {"/bin/true"} }"#)?;
@@ -27,7 +29,9 @@ mod fields;
 mod graph;
 mod literal;
 pub mod model;
+pub mod refs;
 mod sandbox;
+mod sockets;
 mod users;
 mod value;
 
@@ -37,8 +41,10 @@ use std::path::Path;
 
 pub use error::LoadError;
 pub use model::{
-    Backoff, Check, Config, Credentials, Flap, Health, Ready, Restart, Rlimit, Service, UnitKind,
+    Backoff, BindShim, Check, Config, Credentials, Flap, Health, Listen, Ready, Restart, Rlimit,
+    Service, Socket, UnitKind,
 };
+pub use sockets::check_name as check_socket_name;
 
 /// The most declarations (services and tasks together) a file may make.
 pub const MAX_SERVICES: usize = 16384;

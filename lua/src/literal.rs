@@ -1,7 +1,7 @@
 //! Values written back as Lua literals, for the `Config` dump: what the file would say to get
 //! the same value again.
 
-use crate::model::{Check, Health, RESOURCES, Rlimit};
+use crate::model::{Check, Health, Listen, RESOURCES, Rlimit, Socket};
 
 /// Lua's reserved words, which cannot be bare table keys.
 const KEYWORDS: [&str; 22] = [
@@ -142,6 +142,34 @@ pub(crate) fn health(h: &Health) -> String {
         h.retries,
         duration(h.start_period_ms)
     )
+}
+
+/// `{{name = "web", tcp = "127.0.0.1:8080", backlog = 4096}, ...}`, each socket at
+/// `bound[i]` when given.
+pub(crate) fn sockets(sockets: &[Socket], bound: &[Option<Listen>]) -> String {
+    list(sockets.iter().enumerate().map(|(i, s)| {
+        let listen = bound.get(i).and_then(Option::as_ref).unwrap_or(&s.listen);
+        let mut out = format!("{{name = {}, ", string(s.name.as_bytes()));
+        match listen {
+            Listen::Tcp(a) => out.push_str(&format!("tcp = {}", string(a.to_string().as_bytes()))),
+            Listen::Udp(a) => out.push_str(&format!("udp = {}", string(a.to_string().as_bytes()))),
+            Listen::Unix(p) => {
+                use std::os::unix::ffi::OsStrExt;
+                out.push_str(&format!("unix = {}", string(p.as_os_str().as_bytes())));
+            }
+        }
+        if let Listen::Unix(_) = listen {
+            out.push_str(&format!(", mode = \"{:04o}\"", s.mode));
+            if let Some((uid, gid)) = s.owner {
+                out.push_str(&format!(", owner = {uid}, group = {gid}"));
+            }
+        }
+        if !matches!(listen, Listen::Udp(_)) {
+            out.push_str(&format!(", backlog = {}", s.backlog));
+        }
+        out.push('}');
+        out
+    }))
 }
 
 #[cfg(test)]

@@ -33,6 +33,19 @@ pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Time after a start during which failed checks do not count, in ms (`health.start_period`).
 pub const DEFAULT_HEALTH_START_PERIOD_MS: u64 = 0;
+/// The listen backlog of a TCP or Unix socket, in connections (`sockets[i].backlog`): how many
+/// connections the kernel queues while the service is not accepting, as across a restart. The
+/// kernel caps it at `net.core.somaxconn` (4096 since Linux 5.4).
+pub const DEFAULT_BACKLOG: u32 = 4096;
+/// The largest listen backlog a socket may ask for, in connections.
+pub const MAX_BACKLOG: u32 = 65535;
+/// The mode of a Unix socket's file (`sockets[i].mode`): anyone may connect, as systemd's
+/// `SocketMode=` default.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
+/// The most sockets one service may declare: they are passed as fds 3 to 34.
+pub const MAX_SOCKETS: usize = 32;
+/// The first fd the sockets are passed at (`LISTEN_FDS`, `SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: i32 = 3;
 
 /// An evaluated configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +201,66 @@ pub struct Health {
     pub start_period_ms: u64,
 }
 
+/// Where a socket is bound.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Listen {
+    /// `tcp = "127.0.0.1:8080"`: a listening TCP socket (port 0: archon picks a free one).
+    Tcp(SocketAddr),
+    /// `udp = "[::]:5353"`: a UDP socket (port 0: archon picks a free one).
+    Udp(SocketAddr),
+    /// `unix = "/run/web.sock"`: a listening Unix stream socket at this absolute path.
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// `tcp`, `udp` or `unix`: the field that declares it, and the word of a `Bind` request.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Listen::Tcp(_) => "tcp",
+            Listen::Udp(_) => "udp",
+            Listen::Unix(_) => "unix",
+        }
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) | Listen::Udp(a) => write!(f, "{} {a}", self.transport()),
+            Listen::Unix(p) => write!(f, "unix {}", p.display()),
+        }
+    }
+}
+
+/// One socket a service declares: archon binds it when the configuration is loaded, keeps it
+/// across the service's restarts, and passes it as `LISTEN_FDS` (and to the bind shim).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Socket {
+    /// Its name, for `LISTEN_FDNAMES` and `${service.name.port}`: 1 to 64 bytes of letters,
+    /// digits and `_ . @ -`. A service's only socket is named after the service by default.
+    pub name: String,
+    /// Where it is bound.
+    pub listen: Listen,
+    /// The listen backlog, in connections (TCP and Unix sockets; UDP does not listen).
+    pub backlog: u32,
+    /// A Unix socket file's mode.
+    pub mode: u32,
+    /// A Unix socket file's owner and group (`None`: archon's).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Whether `LD_PRELOAD` brings in the bind shim, `libarchon_bind.so`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BindShim {
+    /// `bind_shim = false` (the default).
+    Off,
+    /// `bind_shim = true`: the shim installed beside archon (`../lib/`, or archon's own
+    /// directory in a build tree).
+    Default,
+    /// `bind_shim = "/path/libarchon_bind.so"`.
+    Path(PathBuf),
+}
+
 /// One declaration: `service "name" {...}` or `task "name" {...}`, with every default filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
@@ -245,6 +318,10 @@ pub struct Service {
     pub watchdog_ms: Option<u64>,
     /// The health check (services only).
     pub health: Option<Box<Health>>,
+    /// The sockets archon binds for it, passed from fd 3 on.
+    pub sockets: Vec<Socket>,
+    /// Whether the bind shim is preloaded.
+    pub bind_shim: BindShim,
 }
 
 impl Service {
@@ -280,6 +357,8 @@ impl Service {
             ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
             watchdog_ms: None,
             health: None,
+            sockets: Vec::new(),
+            bind_shim: BindShim::Off,
         }
     }
 
@@ -298,6 +377,13 @@ impl Service {
     ///
     /// The user, group and groups are the resolved numbers; `after` is the normalized list.
     pub fn settings(&self) -> Vec<(&'static str, String)> {
+        self.settings_bound(&[])
+    }
+
+    /// [`settings`](Self::settings), with the sockets at the addresses they are bound to:
+    /// `bound[i]`, when given, replaces the address of `sockets[i]` (whose port 0 became the
+    /// port the kernel picked).
+    pub fn settings_bound(&self, bound: &[Option<Listen>]) -> Vec<(&'static str, String)> {
         use literal::{duration, list, opt, string};
         let user = self.user.as_ref();
         vec![
@@ -374,6 +460,18 @@ impl Service {
             ("ready_timeout", duration(self.ready_timeout_ms)),
             ("watchdog", opt(self.watchdog_ms.map(duration))),
             ("health", opt(self.health.as_deref().map(literal::health))),
+            ("sockets", literal::sockets(&self.sockets, bound)),
+            (
+                "bind_shim",
+                match &self.bind_shim {
+                    BindShim::Off => "false".to_string(),
+                    BindShim::Default => "true".to_string(),
+                    BindShim::Path(p) => {
+                        use std::os::unix::ffi::OsStrExt;
+                        string(p.as_os_str().as_bytes())
+                    }
+                },
+            ),
         ]
     }
 }

@@ -27,7 +27,7 @@ use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value, V
 
 use crate::model::{Service, UnitKind};
 use crate::value::{describe, quote};
-use crate::{MAX_SERVICES, fields, graph};
+use crate::{MAX_SERVICES, fields, graph, sockets};
 
 /// How much an evaluation may use.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +162,7 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Vec<
         }
     }
     graph::resolve(&mut services).map_err(|(line, m)| (at(line), m))?;
+    sockets::check_all(&services).map_err(|(line, m)| (at(line), m))?;
     Ok(services)
 }
 

@@ -1596,6 +1596,8 @@ fn settings_name_every_field_in_order() -> Res {
         ("ready_timeout", "\"60000ms\""),
         ("watchdog", "nil"),
         ("health", "nil"),
+        ("sockets", "{}"),
+        ("bind_shim", "false"),
     ];
     let want: Vec<(&str, String)> = want.iter().map(|(k, v)| (*k, v.to_string())).collect();
     assert_eq!(got, want);
@@ -1614,11 +1616,15 @@ service "db" { argv = {"/usr/bin/redis", "--port", 6390, "a\"b\\c\nd\0e" == nil 
   flap = {restarts = 3, within = 60}, stop_signal = "INT", stop_timeout = 1.5,
   enabled = false, autostart = false, critical = true,
   ready = "notify", ready_timeout = 30, watchdog = "10s",
-  health = {command = {"/bin/check", "-x"}, interval = 5, timeout = 1, retries = 2, start_period = 3} }
+  health = {command = {"/bin/check", "-x"}, interval = 5, timeout = 1, retries = 2, start_period = 3},
+  sockets = {{name = "main", tcp = "127.0.0.1:0"}, {name = "v6", udp = "[::1]:5353"},
+    {name = "ctl", unix = "/run/db,\"x.sock", mode = "0640", owner = "root", backlog = 7}},
+  bind_shim = "/opt/lib/libarchon_bind.so" }
 task "mig" { argv = {"/bin/sh", "-c", "caf\195\169 \1"}, before = {"web"}, group = 5, groups = {1, 2},
   ready = "fd", ready_fd = 7 }
-service "web" { argv = {"/bin/web"}, requires = {"db"}, after = {"mig"},
-  health = {tcp = "[::1]:80"}, user = 4000000000, group = 4 }
+service "web" { argv = {"/bin/web", "--db=${db.port}", "$${db.port}"}, requires = {"db"},
+  after = {"mig"}, health = {tcp = "[::1]:80"}, user = 4000000000, group = 4,
+  sockets = {{unix = "/run/web.sock", group = 0}}, bind_shim = true, env = {V6 = "${db.v6.port}"} }
 "#;
     let first = load(src).map_err(|e| e.to_string())?;
     let mut again = String::new();
@@ -1657,6 +1663,184 @@ fn moving_a_declaration_keeps_its_settings() -> Res {
     assert!(a.same_settings(&b) && b.same_settings(&a));
     assert!(!a.same_settings(&c));
     Ok(())
+}
+
+// ---- sockets ----
+
+#[test]
+fn sockets_every_kind_and_default() -> Res {
+    let s = with(
+        r#"sockets = {{name = "http", tcp = "127.0.0.1:8080"}, {name = "v6", udp = "[::]:0", },
+          {name = "ctl", unix = "/run/x.sock", mode = 416, owner = 0, backlog = 16}},
+          ready = "fd", ready_fd = 6"#,
+    )?;
+    let want = vec![
+        Socket {
+            name: "http".into(),
+            listen: Listen::Tcp(([127, 0, 0, 1], 8080).into()),
+            backlog: DEFAULT_BACKLOG,
+            mode: DEFAULT_SOCKET_MODE,
+            owner: None,
+        },
+        Socket {
+            name: "v6".into(),
+            listen: Listen::Udp((std::net::Ipv6Addr::UNSPECIFIED, 0).into()),
+            backlog: DEFAULT_BACKLOG,
+            mode: DEFAULT_SOCKET_MODE,
+            owner: None,
+        },
+        Socket {
+            name: "ctl".into(),
+            listen: Listen::Unix("/run/x.sock".into()),
+            backlog: 16,
+            mode: 0o640,
+            owner: Some((0, 0)),
+        },
+    ];
+    assert_eq!(s.sockets, want);
+    assert_eq!(s.ready, Ready::Fd(6));
+    assert_eq!(s.bind_shim, BindShim::Off);
+    assert_eq!(with("bind_shim = true")?.bind_shim, BindShim::Default);
+    assert_eq!(
+        with("bind_shim = \"/l/libarchon_bind.so\"")?.bind_shim,
+        BindShim::Path("/l/libarchon_bind.so".into())
+    );
+    // Named after the service when it is the only one.
+    let s = one(r#"service "getty@tty1" { argv = {"/bin/true"}, sockets = {{tcp = "[::1]:1"}} }"#)?;
+    assert_eq!(s.sockets[0].name, "getty@tty1");
+    Ok(())
+}
+
+#[test]
+fn socket_errors_name_what_is_wrong() -> Res {
+    field_errors(&[
+        (
+            "sockets = 1",
+            "sockets must be a list of tables like {tcp = \"127.0.0.1:8080\"}, got number",
+        ),
+        (
+            "sockets = {{}}",
+            "sockets[1] needs one of tcp = \"host:port\", udp = \"host:port\" or unix = \"/path\"",
+        ),
+        (
+            "sockets = {{tcp = \"127.0.0.1:1\", udp = \"127.0.0.1:1\"}}",
+            "sockets[1] has both tcp and udp; give one",
+        ),
+        (
+            "sockets = {{tcp = \"localhost:80\"}}",
+            "sockets[1].tcp must be an address like \"127.0.0.1:8080\", \"[::1]:8080\" or \"0.0.0.0:0\" (port 0: any free port), got \"localhost:80\"",
+        ),
+        (
+            "sockets = {{tcpp = \"127.0.0.1:1\"}}",
+            "sockets[1]: unknown field \"tcpp\" (did you mean \"tcp\"?)",
+        ),
+        (
+            "sockets = {{unix = \"rel.sock\"}}",
+            "sockets[1].unix must be an absolute path, got \"rel.sock\"",
+        ),
+        (
+            "sockets = {{udp = \"127.0.0.1:1\", backlog = 5}}",
+            "sockets[1].backlog is for tcp and unix sockets: UDP does not listen",
+        ),
+        (
+            "sockets = {{tcp = \"127.0.0.1:1\", mode = \"0600\"}}",
+            "sockets[1].mode is for Unix sockets (unix = \"/path\")",
+        ),
+        (
+            "sockets = {{unix = \"/a\", mode = \"999\"}}",
+            "sockets[1].mode must be an octal string like \"0660\" or a number from 0 to 511 (0o777), got \"999\"",
+        ),
+        (
+            "sockets = {{unix = \"/a\", owner = \"no-such-user-x\"}}",
+            "sockets[1]: user \"no-such-user-x\" does not exist",
+        ),
+        (
+            "sockets = {{tcp = \"127.0.0.1:1\"}, {tcp = \"127.0.0.1:2\"}}",
+            "sockets[1] needs a name: a service with several sockets names each, as in {name = \"admin\", tcp = \"127.0.0.1:8081\"}",
+        ),
+        (
+            "sockets = {{name = \"a\", tcp = \"127.0.0.1:1\"}, {name = \"a\", tcp = \"127.0.0.1:2\"}}",
+            "sockets[2] is named \"a\", as sockets[1] is",
+        ),
+        (
+            "sockets = {{name = \"a:b\", tcp = \"127.0.0.1:1\"}}",
+            "sockets[1].name \"a:b\" is not a valid name: ':' separates the names in LISTEN_FDNAMES",
+        ),
+        (
+            "sockets = {{tcp = \"127.0.0.1:1\"}}, ready = \"fd\"",
+            "ready_fd 3 is taken: the sockets are passed as fds 3 to 3 (LISTEN_FDS); give ready_fd = 4 or more",
+        ),
+        (
+            "bind_shim = \"lib.so\"",
+            "bind_shim must be true, false, or the absolute path of libarchon_bind.so (without spaces or colons), got \"lib.so\"",
+        ),
+        (
+            "bind_shim = 1",
+            "bind_shim must be true, false, or the absolute path of libarchon_bind.so, got number",
+        ),
+    ])?;
+    let many: Vec<String> = (0..=MAX_SOCKETS)
+        .map(|i| format!("{{name = \"s{i}\", tcp = \"127.0.0.1:0\"}}"))
+        .collect();
+    field_errors(&[(
+        &format!("sockets = {{{}}}", many.join(", ")),
+        "sockets lists 33 sockets; a service may have at most 32",
+    )])
+}
+
+#[test]
+fn an_address_is_declared_once() -> Res {
+    errors(&[
+        (
+            "service \"a\" { argv = {\"/bin/true\"}, sockets = {{tcp = \"127.0.0.1:80\"}} }\n\
+             service \"b\" { argv = {\"/bin/true\"}, sockets = {{tcp = \"127.0.0.1:80\"}} }",
+            Some(2),
+            "b: sockets[1]: tcp 127.0.0.1:80 is also declared by a",
+        ),
+        (
+            "service \"a\" { argv = {\"/bin/true\"}, sockets = {{name = \"x\", unix = \"/s\"}, {name = \"y\", unix = \"/s\"}} }",
+            Some(1),
+            "a: sockets[2]: unix /s is also declared by sockets[1]",
+        ),
+    ])?;
+    // Port 0 is any free port; and TCP and UDP on one port are two sockets.
+    load(
+        "service \"a\" { argv = {\"/bin/true\"}, sockets = {{tcp = \"127.0.0.1:0\"}} }\n\
+         service \"b\" { argv = {\"/bin/true\"}, sockets = {{name = \"t\", tcp = \"127.0.0.1:0\"}, {name = \"u\", udp = \"127.0.0.1:53\"}, {name = \"v\", tcp = \"127.0.0.1:53\"}} }",
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[test]
+fn references_must_name_a_port() -> Res {
+    let ok = load(
+        "service \"db\" { argv = {\"/bin/db\", \"${db.port}\"}, sockets = {{tcp = \"127.0.0.1:0\"}} }\n\
+         service \"web\" { argv = {\"/bin/web\", \"--db=${db.port}\", \"${HOME}\"}, env = {DB = \"${db.db.port}\"} }",
+    )
+    .map_err(|e| e.to_string())?;
+    // Kept as written: the supervisor substitutes when it starts the process.
+    assert_eq!(ok.services[1].argv[1], b"--db=${db.port}");
+    errors(&[
+        (
+            "service \"db\" { argv = {\"/bin/db\"} }\n\n\
+             service \"web\" { argv = {\"/bin/web\", \"--db=${dbb.port}\"} }",
+            Some(3),
+            "web: argv[2]: ${dbb.port}: no service is named dbb",
+        ),
+        (
+            "service \"db\" { argv = {\"/bin/db\"} }\n\
+             service \"web\" { argv = {\"/bin/web\"}, env = {DB = \"${db.port}\"} }",
+            Some(2),
+            "web: env[\"DB\"]: ${db.port}: db declares no sockets",
+        ),
+        (
+            "service \"db\" { argv = {\"/bin/db\"}, sockets = {{unix = \"/db.sock\"}} }\n\
+             service \"web\" { argv = {\"/bin/web\", \"${db.port}\"} }",
+            Some(2),
+            "web: argv[2]: ${db.port}: the socket db of db is a Unix socket: it has no port",
+        ),
+    ])
 }
 
 // ---- never a panic ----
@@ -1734,6 +1918,12 @@ fn odd_input_never_panics() -> Res {
         "umask",
         "\"777\"",
         "watchdog",
+        "sockets",
+        "{{tcp = \"127.0.0.1:0\"}}",
+        "{{name = \"a\", unix = \"/s\"}, {udp = 1}}",
+        "bind_shim",
+        "\"${x.port}\"",
+        "{\"/bin/true\", \"${y.a.port}\"}",
         "--",
     ];
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);

@@ -102,6 +102,29 @@ fn c_name(name: &str) -> std::ffi::CString {
     std::ffi::CString::new(name).unwrap_or_default()
 }
 
+/// The owner of a Unix socket's file: `owner`'s uid, and `group`, else the owner's primary
+/// group (archon's when the owner is a number the database does not know). `None` when neither
+/// is given; `group` alone keeps archon's uid.
+pub(crate) fn owner(owner: Option<&Who>, group: Option<&Who>) -> Res<Option<(u32, u32)>> {
+    let group = group.map(gid).transpose()?;
+    let Some(owner) = owner else {
+        return Ok(group.map(|g| (getuid().as_raw(), g)));
+    };
+    let (uid, primary) = match owner {
+        Who::Name(name) => match User::from_name(name) {
+            Ok(Some(u)) => (u.uid.as_raw(), Some(u.gid.as_raw())),
+            Ok(None) => return Err(format!("user {owner} does not exist")),
+            Err(e) => return Err(format!("looking up user {owner}: {}", e.desc())),
+        },
+        Who::Id(id) => match User::from_uid(Uid::from_raw(*id)) {
+            Ok(found) => (*id, found.map(|u| u.gid.as_raw())),
+            Err(e) => return Err(format!("looking up user {owner}: {}", e.desc())),
+        },
+    };
+    let gid = group.or(primary).unwrap_or_else(|| getgid().as_raw());
+    Ok(Some((uid, gid)))
+}
+
 fn gid(who: &Who) -> Res<u32> {
     match who {
         Who::Id(id) => Ok(*id),

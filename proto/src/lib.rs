@@ -11,6 +11,8 @@
 //!   filters that choose records;
 //! - [`request`] and [`reply`]: the typed messages; a request names a process by its id or a
 //!   service by its name ([`Target`]);
+//! - [`bind`]: the address of a `Bind`, and the line the `LD_PRELOAD` shim writes without
+//!   allocating;
 //! - [`signal`], [`name`], [`socket`], [`limits`]: signal names, the service name rule, the
 //!   socket path rule, the limits.
 //!
@@ -25,6 +27,7 @@
 #[macro_use]
 mod macros;
 
+pub mod bind;
 pub mod command;
 pub mod event;
 pub mod frame;
@@ -36,6 +39,7 @@ pub mod request;
 pub mod signal;
 pub mod socket;
 
+pub use bind::{BindAddr, Transport};
 pub use command::{Command, EnvEntry};
 pub use event::{Cause, Event, EventKind, Filter, KindSet, StreamItem};
 pub use frame::{Frame, FrameError, Framer};

@@ -19,6 +19,16 @@ pub const MAX_FDS_PER_MESSAGE: usize = 253;
 /// closed at once.
 pub const MAX_CLIENTS: usize = 256;
 
+/// Most connections to the bind socket at once, counted apart from [`MAX_CLIENTS`]: anyone on the
+/// machine may connect there, and must not be able to keep archon's own clients out. A
+/// connection beyond this gets `Error,too many clients` and is closed at once.
+pub const MAX_BIND_CLIENTS: usize = 64;
+
+/// How long a connection to the bind socket may stay open, in milliseconds (5 s). It takes one
+/// request and is closed once the reply is out; one that has not sent a whole request by then
+/// is closed without a reply.
+pub const BIND_CONNECTION_MS: u64 = 5_000;
+
 /// Most requests one connection may have in flight (sent, not yet answered). archon stops reading
 /// from a connection that reaches it until replies have gone out: back-pressure, not an error.
 pub const MAX_PIPELINED: usize = 64;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::bind::{BindAddr, BindError};
 use crate::command::{Command, CommandError};
 use crate::event::{self, Filter, KindSet};
 use crate::frame::FrameError;
@@ -228,6 +229,9 @@ pub enum Request {
     /// then everything stops and the machine (or archon's PID namespace) goes down; an archon
     /// that is not process 1 exits instead.
     Power(Power),
+    /// `Bind,<transport>,<address>...`: the socket archon holds at this address for the
+    /// asking process's service, answered `Ok` with it attached, or `Error` (see [`crate::bind`]).
+    Bind(BindAddr),
 }
 
 /// The verbs, as spelled on the wire.
@@ -276,6 +280,8 @@ pub mod verb {
     pub const REBOOT: &str = "Reboot";
     /// [`super::Request::Power`] with [`super::Power::Halt`]
     pub const HALT: &str = "Halt";
+    /// [`super::Request::Bind`]
+    pub const BIND: &str = "Bind";
     /// The keyword that makes `Signal` reach the process group.
     pub const GROUP: &str = "group";
 }
@@ -320,6 +326,8 @@ pub enum RequestError {
     },
     /// A field holds a NUL byte (only when writing a request).
     Nul,
+    /// A `Bind` whose fields cannot be read.
+    Bind(BindError),
 }
 
 impl fmt::Display for RequestError {
@@ -350,6 +358,7 @@ impl fmt::Display for RequestError {
                 (verb, n) => write!(f, "{verb} takes no fds, got {n}"),
             },
             RequestError::Nul => write!(f, "NUL byte in a field"),
+            RequestError::Bind(e) => write!(f, "{e}"),
         }
     }
 }
@@ -574,6 +583,7 @@ impl Request {
             b"Poweroff" => power_request(args, Power::Poweroff)?,
             b"Reboot" => power_request(args, Power::Reboot)?,
             b"Halt" => power_request(args, Power::Halt)?,
+            b"Bind" => Request::Bind(BindAddr::from_fields(args).map_err(RequestError::Bind)?),
             [] if args.is_empty() => return Err(RequestError::Empty),
             other => return Err(RequestError::UnknownVerb(printable(other))),
         };
@@ -608,6 +618,7 @@ impl Request {
             Request::History { .. } => verb::HISTORY,
             Request::Subscribe { .. } => verb::SUBSCRIBE,
             Request::Power(p) => p.verb(),
+            Request::Bind(_) => verb::BIND,
         }
     }
 
@@ -668,6 +679,7 @@ impl Request {
                 out.push(filter.subject.clone());
                 out.push(filter.kinds.to_field());
             }
+            Request::Bind(addr) => out.extend(addr.to_fields()),
             Request::MonitorFd
             | Request::List
             | Request::Ping
@@ -714,6 +726,7 @@ impl Request {
             Request::Subscribe { filter } => {
                 event::check_pattern(&filter.subject).map_err(RequestError::BadPattern)
             }
+            Request::Bind(addr) => addr.check().map_err(RequestError::Bind),
             _ => Ok(()),
         }
     }

@@ -13,9 +13,10 @@ use archon_proto::limits::{MAX_HISTORY, MAX_PATTERN_LEN, MAX_REQUEST_LEN, MAX_ST
 use archon_proto::record;
 use archon_proto::signal::MAX_SIGNAL;
 use archon_proto::{
-    Cause, Command, EnvEntry, Event, EventKind, Filter, Frame, FrameError, Framer, Health, Kind,
-    KindSet, Power, ProcState, ProcessRow, Reply, ReplyParser, Request, RequestError, ServiceKind,
-    ServiceRow, ServiceState, Setting, Status, StreamItem, Target, TreeNode, name,
+    BindAddr, Cause, Command, EnvEntry, Event, EventKind, Filter, Frame, FrameError, Framer,
+    Health, Kind, KindSet, Power, ProcState, ProcessRow, Reply, ReplyParser, Request, RequestError,
+    ServiceKind, ServiceRow, ServiceState, Setting, Status, StreamItem, Target, Transport,
+    TreeNode, name,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -372,9 +373,41 @@ fn gen_filter(rng: &mut Rng) -> Filter {
     }
 }
 
+/// A `Bind` address: TCP or UDP on IPv4 or IPv6 (any port but 0), or a Unix path of any bytes
+/// but NUL, with the characters CSV quotes now and then.
+fn gen_bind(rng: &mut Rng) -> BindAddr {
+    let port = rng.range(1, 65535) as u16;
+    match rng.below(3) {
+        0 => BindAddr::Unix(
+            (0..rng.range(1, archon_proto::bind::MAX_UNIX_PATH as u64))
+                .map(|_| match rng.below(8) {
+                    0 => rng.pick(b",\"\r\n /"),
+                    _ => rng.range(1, 255) as u8,
+                })
+                .collect(),
+        ),
+        n => BindAddr::Inet {
+            transport: if n == 1 {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
+            addr: if rng.chance(1, 2) {
+                std::net::SocketAddr::new(
+                    std::net::Ipv4Addr::from(rng.next_u64() as u32).into(),
+                    port,
+                )
+            } else {
+                let bits = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+                std::net::SocketAddr::new(std::net::Ipv6Addr::from(bits).into(), port)
+            },
+        },
+    }
+}
+
 /// A request archon can be sent: every variant, every value in the range the parser accepts.
 fn gen_request(rng: &mut Rng) -> Request {
-    match rng.below(23) {
+    match rng.below(24) {
         0..=2 => Request::Run(gen_command(rng)),
         3 | 4 => Request::StartDaemon(gen_command(rng)),
         5 => Request::MonitorFd,
@@ -425,6 +458,7 @@ fn gen_request(rng: &mut Rng) -> Request {
             filter: gen_filter(rng),
         },
         21 => Request::Power(rng.pick(&Power::ALL)),
+        22 => Request::Bind(gen_bind(rng)),
         _ => Request::Reload,
     }
 }
@@ -820,6 +854,18 @@ fn prop_requests(rng: &mut Rng) -> Result<(), String> {
         crlf.extend_from_slice(b"\r\n");
         if decode_request(&crlf)? != *r {
             return Err(format!("{} (with \\r\\n) parses differently", show(&crlf)));
+        }
+        if let Request::Bind(addr) = r {
+            // The shim's allocation-free writer says exactly what encode says.
+            let mut buf = [0u8; archon_proto::bind::MAX_BIND_LINE];
+            let target = match addr {
+                BindAddr::Inet { addr, .. } => archon_proto::bind::Target::Inet(*addr),
+                BindAddr::Unix(path) => archon_proto::bind::Target::Path(path),
+            };
+            let n = archon_proto::bind::write_line(addr.transport(), target, &mut buf);
+            if n.map(|n| &buf[..n]) != Some(&line[..]) {
+                return Err(format!("write_line differs from encode: {}", show(&line)));
+            }
         }
         if let Request::Run(c) | Request::StartDaemon(c) = r {
             let mut fields = vec![r.verb().as_bytes().to_vec()];

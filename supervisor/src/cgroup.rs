@@ -84,6 +84,9 @@ impl std::error::Error for Error {}
 #[derive(Debug)]
 pub struct Cgroups {
     root: PathBuf,
+    /// The same directory as `/proc/PID/cgroup` names it (`/user.slice/archon.812`), to tell
+    /// which service a process is in; `None` when unknown (a tree made by the tests).
+    rel: Option<String>,
 }
 
 impl Cgroups {
@@ -94,7 +97,22 @@ impl Cgroups {
     pub fn discover() -> Result<Cgroups, String> {
         let own = own_dir()?;
         remove_stale(&own);
-        Cgroups::create_in(&own, &format!("{ARCHON_PREFIX}{}", std::process::id()))
+        let leaf = format!("{ARCHON_PREFIX}{}", std::process::id());
+        let mut cgroups = Cgroups::create_in(&own, &leaf)?;
+        cgroups.rel = fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|text| {
+                parse_own_cgroup(&text).map(|own| format!("{}/{leaf}", own.trim_end_matches('/')))
+            });
+        Ok(cgroups)
+    }
+
+    /// The service (by name) whose cgroup process `pid` is in, or in a cgroup below; `None`
+    /// when it is in none of archon's, has ended, or archon cannot tell.
+    pub fn service_of(&self, pid: i32) -> Option<String> {
+        let rel = self.rel.as_deref()?;
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        service_in(rel, &text).map(str::to_string)
     }
 
     /// Creates (or takes over) `parent/leaf` as archon's directory.
@@ -112,7 +130,7 @@ impl Cgroups {
             .write(true)
             .open(root.join("cgroup.procs"))
             .map_err(|e| Error::new("open", &root.join("cgroup.procs"), e).to_string())?;
-        Ok(Cgroups { root })
+        Ok(Cgroups { root, rel: None })
     }
 
     /// archon's directory.
@@ -595,6 +613,16 @@ pub fn parse_usage_usec(text: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The service whose cgroup a `/proc/PID/cgroup` text places its process in (or below), given
+/// archon's directory as that file names it: `web` for `0::/<rel>/web.svc` and
+/// `0::/<rel>/web.svc/worker`.
+pub fn service_in<'a>(rel: &str, proc_cgroup: &'a str) -> Option<&'a str> {
+    let path = parse_own_cgroup(proc_cgroup)?;
+    let below = path_under(path, rel).filter(|r| !r.is_empty())?;
+    let first = below.split('/').next()?;
+    first.strip_suffix(SERVICE_SUFFIX).filter(|n| !n.is_empty())
+}
+
 /// The pids of `cgroup.procs`, one per line.
 pub fn parse_procs(text: &str) -> Vec<i32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
@@ -694,6 +722,40 @@ mod tests {
 1:cpu:/
 0::/
 ";
+
+    #[test]
+    fn a_process_is_in_the_service_whose_cgroup_holds_it() {
+        let rel = "/system.slice/archon.service/archon.812";
+        let line = |p: &str| format!("12:pids:/\n0::{p}\n");
+        let cases = [
+            (
+                "/system.slice/archon.service/archon.812/web.svc",
+                Some("web"),
+            ),
+            (
+                "/system.slice/archon.service/archon.812/web.svc/worker",
+                Some("web"),
+            ),
+            (
+                "/system.slice/archon.service/archon.812/getty@tty1.svc",
+                Some("getty@tty1"),
+            ),
+            ("/system.slice/archon.service/archon.812", None),
+            ("/system.slice/archon.service/archon.8120/web.svc", None),
+            ("/system.slice/archon.service/archon.813/web.svc", None),
+            ("/system.slice/archon.service/archon.812/.svc", None),
+            ("/system.slice/archon.service/archon.812/web", None),
+            ("/", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(service_in(rel, &line(path)), want, "{path}");
+        }
+        assert_eq!(service_in("/archon.1", "0::/archon.1/db.svc\n"), Some("db"));
+        assert_eq!(
+            service_in("/archon.1", "1:name=systemd:/archon.1/db.svc\n"),
+            None
+        );
+    }
 
     #[test]
     fn own_cgroup_is_the_unified_line() {

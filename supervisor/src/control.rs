@@ -10,8 +10,15 @@
 //! peer closes it (see [`crate::events`] for how much may wait unread).
 //!
 //! fds come as `SCM_RIGHTS` with the bytes they were sent with; they belong to the request that
-//! holds the last byte of the read that returned them (see [`Client::read_some`]). They are received close-on-exec and owned from the start, so
-//! every path that does not use them closes them.
+//! holds the last byte of the read that returned them (see [`Client::read_some`]). They are
+//! received close-on-exec and owned from the start, so every path that does not use them closes
+//! them.
+//!
+//! A reply may carry fds too (the socket a `Bind` asks for): they go once, as `SCM_RIGHTS` on a
+//! `sendmsg` of that reply's bytes alone, from its first byte. The kernel ends a read right after
+//! bytes that came with fds, so a client finds them with the reply that holds the last byte of
+//! the read that returned them: the same rule as for requests. archon's copies close once sent,
+//! or with the connection.
 
 use std::collections::VecDeque;
 use std::io;
@@ -74,6 +81,60 @@ pub fn peer_credentials(fd: RawFd) -> io::Result<Peer> {
     })
 }
 
+/// `SO_PEERPIDFD` (Linux 6.5), from `asm-generic/socket.h`: the architectures archon is built
+/// for use the generic value (Alpha, MIPS, PA-RISC and SPARC have their own).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+))]
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd of the process that connected a Unix socket, as its credentials were recorded then
+/// (`SO_PEERPIDFD`): unlike the pid, it cannot come to name another process. `None` on kernels
+/// before 6.5 (or other architectures).
+pub fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    ))]
+    {
+        let mut pidfd: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: pidfd and len describe a valid c_int buffer.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERPIDFD,
+                (&mut pidfd as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if ret == 0 && pidfd >= 0 {
+            // SAFETY: the kernel made this pidfd (close-on-exec) for us; nobody else owns it.
+            return Some(unsafe { OwnedFd::from_raw_fd(pidfd) });
+        }
+        None
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = fd;
+        None
+    }
+}
+
 /// Sends `bytes` without blocking and without SIGPIPE; what does not fit is dropped. For the one
 /// line said to a connection that is refused.
 pub fn send_and_forget(fd: RawFd, bytes: &[u8]) {
@@ -110,6 +171,12 @@ pub enum ReadOutcome {
     WouldBlock,
 }
 
+/// A filled reply slot: the reply's bytes and the fds that go with its first byte.
+struct Slot {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
 /// One client connection.
 pub struct Client {
     /// The socket.
@@ -122,9 +189,12 @@ pub struct Client {
     fds: VecDeque<(usize, Vec<OwnedFd>)>,
     next_seq: u64,
     /// Reply slots from the oldest unanswered request on; `None` while the reply is pending.
-    slots: VecDeque<Option<Vec<u8>>>,
+    slots: VecDeque<Option<Slot>>,
     out: Vec<u8>,
     out_pos: usize,
+    /// fds to send with the bytes of `out` from the first offset to the second (a reply), in
+    /// order.
+    out_fds: VecDeque<(usize, usize, Vec<OwnedFd>)>,
     /// The peer has closed its sending side.
     pub read_closed: bool,
     /// Writing failed: the connection is dead.
@@ -138,6 +208,11 @@ pub struct Client {
     /// A `Subscribe` made it a stream of events: no more requests are taken, and it lasts until
     /// the peer closes it.
     streaming: bool,
+    /// It came through the bind socket: it takes one request, a `Bind`, and closes once that
+    /// is answered.
+    pub bind_only: bool,
+    /// For a connection to the bind socket, the timer that closes it when it stays too long.
+    pub deadline: Option<crate::timers::TimerKey>,
 }
 
 impl Client {
@@ -153,17 +228,26 @@ impl Client {
             slots: VecDeque::new(),
             out: Vec::new(),
             out_pos: 0,
+            out_fds: VecDeque::new(),
             read_closed: false,
             broken: false,
             writable: true,
             closing: false,
             streaming: false,
+            bind_only: false,
+            deadline: None,
         }
     }
 
     /// Bytes queued for the peer and not yet sent: replies, and a stream's events.
     pub fn backlog(&self) -> usize {
-        self.out.len() - self.out_pos + self.slots.iter().flatten().map(Vec::len).sum::<usize>()
+        self.out.len() - self.out_pos
+            + self
+                .slots
+                .iter()
+                .flatten()
+                .map(|s| s.bytes.len())
+                .sum::<usize>()
     }
 
     /// True when archon may take another request from this connection now.
@@ -225,6 +309,10 @@ impl Client {
             *at -= consumed;
         }
         self.inbuf.drain(..consumed);
+        if self.bind_only {
+            // One request on the bind socket: closed once it is answered.
+            self.closing = true;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.slots.push_back(None);
@@ -283,27 +371,40 @@ impl Client {
         Ok(ReadOutcome::Data)
     }
 
-    /// Fills the reply slot of request `seq`. Returns false if the connection must be closed
-    /// because its unread replies exceed [`MAX_REPLY_BACKLOG_HARD`]. One reply larger than that
-    /// (a `Config` dump of thousands of services) is let through when what was unread before it
-    /// is within [`MAX_REPLY_BACKLOG`]: archon reads no more requests from the connection until
-    /// it has been read, so that costs at most one such reply.
+    /// [`fill_with_fds`](Self::fill_with_fds) without fds.
+    #[cfg(test)]
     pub fn fill(&mut self, seq: u64, reply: Vec<u8>) -> bool {
+        self.fill_with_fds(seq, reply, Vec::new())
+    }
+
+    /// Fills the reply slot of request `seq`, with `fds` to send along with the reply's first
+    /// byte (a reply that carries fds is never empty); they close once sent, or with the
+    /// connection. Returns false if the connection must be closed because its unread replies
+    /// exceed [`MAX_REPLY_BACKLOG_HARD`]. One reply larger than that (a `Config` dump of
+    /// thousands of services) is let through when what was unread before it is within
+    /// [`MAX_REPLY_BACKLOG`]: archon reads no more requests from the connection until it has
+    /// been read, so that costs at most one such reply.
+    pub fn fill_with_fds(&mut self, seq: u64, reply: Vec<u8>, fds: Vec<OwnedFd>) -> bool {
         let before = self.backlog();
         let head = self.next_seq - self.slots.len() as u64;
         if let Some(slot) = seq
             .checked_sub(head)
             .and_then(|i| self.slots.get_mut(i as usize))
         {
-            *slot = Some(reply);
+            *slot = Some(Slot { bytes: reply, fds });
         }
         while let Some(Some(_)) = self.slots.front() {
-            if let Some(Some(bytes)) = self.slots.pop_front() {
+            if let Some(Some(slot)) = self.slots.pop_front() {
                 if self.out_pos == self.out.len() {
                     self.out.clear();
                     self.out_pos = 0;
                 }
-                self.out.extend_from_slice(&bytes);
+                if !slot.fds.is_empty() && !slot.bytes.is_empty() {
+                    let start = self.out.len();
+                    self.out_fds
+                        .push_back((start, start + slot.bytes.len(), slot.fds));
+                }
+                self.out.extend_from_slice(&slot.bytes);
             }
         }
         before <= MAX_REPLY_BACKLOG || self.backlog() <= MAX_REPLY_BACKLOG_HARD
@@ -321,11 +422,15 @@ impl Client {
     /// so that a reader that never quite catches up does not make it grow.
     pub fn push_stream(&mut self, bytes: &[u8]) {
         if let Some(Some(slot)) = self.slots.back_mut() {
-            slot.extend_from_slice(bytes);
+            slot.bytes.extend_from_slice(bytes);
             return;
         }
         if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
             self.out.drain(..self.out_pos);
+            for (start, end, _) in self.out_fds.iter_mut() {
+                *start -= self.out_pos;
+                *end -= self.out_pos;
+            }
             self.out_pos = 0;
         }
         self.out.extend_from_slice(bytes);
@@ -339,16 +444,36 @@ impl Client {
     /// Writes what it can of the queued replies.
     pub fn flush(&mut self) {
         while self.out_pos < self.out.len() && !self.broken && self.writable {
-            let rest = &self.out[self.out_pos..];
-            // SAFETY: sending from a valid buffer.
-            let n = unsafe {
-                libc::send(
-                    self.stream.as_raw_fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
+            // fds go with their reply's bytes alone: a send stops before the next reply that
+            // carries fds, and that reply goes in a send of its own.
+            let (with_fds, end) = match self.out_fds.front() {
+                Some((start, end, _)) if *start == self.out_pos => (true, *end),
+                Some((start, _, _)) => (false, *start),
+                None => (false, self.out.len()),
             };
+            let rest = &self.out[self.out_pos..end];
+            let n = if with_fds {
+                let fds: Vec<RawFd> = self
+                    .out_fds
+                    .front()
+                    .map(|(_, _, f)| f.iter().map(AsRawFd::as_raw_fd).collect())
+                    .unwrap_or_default();
+                send_with_fds(self.stream.as_raw_fd(), rest, &fds)
+            } else {
+                // SAFETY: sending from a valid buffer.
+                unsafe {
+                    libc::send(
+                        self.stream.as_raw_fd(),
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                    )
+                }
+            };
+            if n > 0 && with_fds {
+                // The peer has them now; archon's copies close.
+                self.out_fds.pop_front();
+            }
             if n >= 0 {
                 self.out_pos += n as usize;
                 continue;
@@ -383,6 +508,43 @@ impl Client {
                 break;
             }
         }
+    }
+}
+
+/// Sends `bytes` with `fds` as one `SCM_RIGHTS` message, without blocking and without SIGPIPE:
+/// what `send` returns.
+fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> isize {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let payload = std::mem::size_of_val(fds);
+    let mut cmsg_buf = [0u64; CMSG_WORDS];
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    if space > std::mem::size_of_val(&cmsg_buf) {
+        // More fds than one message carries: never asked for (a reply carries one).
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return -1;
+    }
+    // SAFETY: an all-zero msghdr is valid; the one cmsg written stays inside cmsg_buf, which is
+    // aligned for cmsghdr; the buffers outlive the call.
+    unsafe {
+        let mut msg: libc::msghdr = MaybeUninit::zeroed().assume_init();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() {
+            return -1;
+        }
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
     }
 }
 
@@ -439,6 +601,94 @@ mod tests {
                 line.len() as isize
             );
         }
+    }
+
+    /// Reads what is there, with the fds that come along.
+    fn recv_all(sock: &StdStream) -> (Vec<u8>, Vec<OwnedFd>) {
+        let mut buf = [0u8; 256];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut cmsg_buf = [0u64; CMSG_WORDS];
+        // SAFETY: an all-zero msghdr is valid; the buffers outlive the call.
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
+        // SAFETY: as above.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let fds = received_fds(&msg);
+        (buf[..n.max(0) as usize].to_vec(), fds)
+    }
+
+    fn inode(fd: RawFd) -> u64 {
+        // SAFETY: an all-zero stat is valid; fstat fills it.
+        let mut st: libc::stat = unsafe { MaybeUninit::zeroed().assume_init() };
+        // SAFETY: as above.
+        unsafe { libc::fstat(fd, &mut st) };
+        st.st_ino
+    }
+
+    #[test]
+    fn a_reply_carries_its_fds_with_its_first_byte_once() -> io::Result<()> {
+        let (a, b) = StdStream::pair()?;
+        a.set_nonblocking(true)?;
+        b.set_nonblocking(true)?;
+        let mut client = Client::new(
+            mio::net::UnixStream::from_std(b),
+            Peer {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        let (r, w) = std::os::unix::net::UnixStream::pair()?;
+        let want = inode(r.as_raw_fd());
+        // Three requests; the second's reply carries an fd, and is ready before the first.
+        for _ in 0..3 {
+            client.slots.push_back(None);
+            client.next_seq += 1;
+        }
+        assert!(client.fill_with_fds(1, b"Ok\n".to_vec(), vec![OwnedFd::from(r)]));
+        client.flush();
+        assert_eq!(recv_all(&a).0, b"", "nothing before the first reply");
+        assert!(client.fill(0, b"Pong\n".to_vec()));
+        assert!(client.fill(2, b"Pong\n".to_vec()));
+        client.flush();
+        // The kernel ends a read right after bytes that came with fds (and may add earlier
+        // bytes to it): the fds belong to the reply that holds the last byte.
+        let (bytes, fds) = recv_all(&a);
+        assert_eq!(bytes, b"Pong\nOk\n");
+        assert_eq!(
+            fds.iter().map(|f| inode(f.as_raw_fd())).collect::<Vec<_>>(),
+            vec![want]
+        );
+        let (bytes, fds) = recv_all(&a);
+        assert_eq!((bytes, fds.len()), (b"Pong\n".to_vec(), 0));
+        assert!(
+            client.out_fds.is_empty(),
+            "archon's copy is closed once sent"
+        );
+        drop(w);
+        Ok(())
+    }
+
+    #[test]
+    fn the_peer_pidfd_names_the_process_that_connected() -> io::Result<()> {
+        let (a, _b) = StdStream::pair()?;
+        let Some(pidfd) = peer_pidfd(a.as_raw_fd()) else {
+            eprintln!("SO_PEERPIDFD is not supported here (Linux 6.5): nothing to check");
+            return Ok(());
+        };
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .map(str::trim);
+        assert_eq!(pid, Some(std::process::id().to_string().as_str()), "{info}");
+        Ok(())
     }
 
     #[test]

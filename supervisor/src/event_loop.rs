@@ -15,7 +15,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use archon_proto::limits::{MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION};
+use archon_proto::limits::{
+    BIND_CONNECTION_MS, MAX_BIND_CLIENTS, MAX_CLIENTS, MAX_ENDED_KEPT, PROTOCOL_VERSION,
+};
 use archon_proto::{
     Cause, Command, Event, EventKind, Id, Kind, Power, ProcState, Reply, Request, Status,
     StreamItem, Target,
@@ -32,9 +34,10 @@ use crate::cgroup::Cgroups;
 use crate::control::{self, Client, Incoming, ReadOutcome};
 use crate::events::{Events, Offer};
 use crate::leftovers::{Leftovers, Phase};
-use crate::listen::Listening;
+use crate::listen::{BindListening, Listening};
 use crate::pid1::{Role, SignalAction};
 use crate::service::{Manager, UnitId};
+use crate::sockets::Sockets;
 use crate::spawn::{Child, Exec, SpawnError, Spawner, Step};
 use crate::sys;
 use crate::table::{Admission, ClientId, PendingRun, Proc, ReplyTo, Table, Waiter};
@@ -47,6 +50,11 @@ const READS_PER_TURN: usize = 16;
 /// Requests taken from one client per turn of the loop before others get a turn: a client that
 /// floods requests is served as fast as the others, not instead of them.
 const REQUESTS_PER_TURN: usize = 64;
+
+/// Connections taken from one listening socket per turn of the loop before the other events get
+/// a turn: clients that connect, ask and close in a tight loop (the bind shim in a program that
+/// binds again and again) must not keep archon from reading the ends of their connections.
+const ACCEPTS_PER_TURN: usize = 64;
 
 /// Events taken from one `poll`.
 const EVENTS_CAPACITY: usize = 256;
@@ -72,6 +80,8 @@ const LISTENER: Token = Token(TAG_FIXED);
 const SIGNALS: Token = Token((1 << 2) | TAG_FIXED);
 /// The pidfds of every process left at the end of process 1 (see `event_loop/pid1.rs`).
 const EVERYONE: Token = Token((2 << 2) | TAG_FIXED);
+/// The bind socket's listener (see `sockets`).
+const BIND_LISTENER: Token = Token((3 << 2) | TAG_FIXED);
 
 fn token(tag: usize, id: u64) -> Token {
     Token(((id as usize) << 2) | tag)
@@ -159,6 +169,9 @@ pub struct Supervisor {
     poll: Poll,
     listening: Listening,
     listener: UnixListener,
+    /// The bind socket, which serves `Bind` to any process.
+    bind_listening: BindListening,
+    bind_listener: UnixListener,
     signals: Signals,
     clients: HashMap<ClientId, Client>,
     next_client: ClientId,
@@ -176,6 +189,9 @@ pub struct Supervisor {
     /// Clients to serve before the next sleep: input left after their read budget, or room again
     /// for requests after replies went out.
     more_to_read: Vec<ClientId>,
+    /// Listening sockets (archon's, the bind socket) with connections left to accept after
+    /// [`ACCEPTS_PER_TURN`]: accepted before the next sleep, since no new edge will say so.
+    more_to_accept: [bool; 2],
     /// The services and tasks of the configuration.
     services: Manager,
     /// What the loop holds for each unit.
@@ -202,6 +218,10 @@ pub struct Supervisor {
     release_when_settled: bool,
     /// What archon is: a process among others, or process 1 of a container or of the machine.
     role: Role,
+    /// The sockets the configuration declares, bound.
+    sockets: Sockets,
+    /// The bind shim `bind_shim = true` preloads, or why there is none.
+    shim: Result<PathBuf, String>,
 }
 
 mod entry;
@@ -241,9 +261,9 @@ impl Supervisor {
             (euid == 0 && default.exists()).then_some(default)
         });
         // A broken file stops archon before it touches the socket.
-        let services = match &config_path {
-            Some(path) => units::load(path).map_err(StartError::Config)?,
-            None => Manager::default(),
+        let config = match &config_path {
+            Some(path) => Some(units::evaluate(path).map_err(StartError::Config)?),
+            None => None,
         };
         let path = archon_proto::socket::socket_path(
             opts.socket.as_deref(),
@@ -269,6 +289,27 @@ impl Supervisor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(setup("register the listener"))?;
+        let bind_listening = crate::listen::listen_bind(&listening).map_err(StartError::Listen)?;
+        let std_listener = bind_listening
+            .listener
+            .try_clone()
+            .map_err(setup("clone the bind listener"))?;
+        let mut bind_listener = UnixListener::from_std(std_listener);
+        poll.registry()
+            .register(&mut bind_listener, BIND_LISTENER, Interest::READABLE)
+            .map_err(setup("register the bind listener"))?;
+        // The sockets once archon holds its own socket's lock: a second archon on the same path
+        // says so, rather than that the first one's ports are in use.
+        let mut sockets = Sockets::default();
+        let services = match (config, &config_path) {
+            (Some(config), Some(path)) => {
+                sockets
+                    .apply(&config, &path.display().to_string())
+                    .map_err(StartError::Config)?;
+                units::manager(config)
+            }
+            _ => Manager::default(),
+        };
         let main = opts.command.clone().map(entry::MainCommand::new);
         let mut signals = if main.is_some() {
             for sig in [libc::SIGTTIN, libc::SIGTTOU] {
@@ -295,7 +336,10 @@ impl Supervisor {
         let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
         let spawner = Spawner::new().map_err(setup("map the child stack"))?;
 
-        let base_env = base_environment(&listening.path);
+        let base_env = base_environment(&listening.path, &bind_listening.path);
+        let shim = std::env::current_exe()
+            .map_err(|e| format!("bind_shim: cannot find archon's own path: {e}"))
+            .and_then(|exe| crate::sockets::default_shim(&exe));
         let cgroups = if services.ids().next().is_some() {
             match Cgroups::discover() {
                 Ok(c) => Some(c),
@@ -321,6 +365,8 @@ impl Supervisor {
             poll,
             listening,
             listener,
+            bind_listening,
+            bind_listener,
             signals,
             clients: HashMap::new(),
             next_client: 1,
@@ -336,6 +382,7 @@ impl Supervisor {
             euid,
             shutdown: None,
             more_to_read: Vec::new(),
+            more_to_accept: [false; 2],
             services,
             units: HashMap::new(),
             pids: HashMap::new(),
@@ -346,6 +393,8 @@ impl Supervisor {
             main,
             rescan_leftovers: false,
             role,
+            sockets,
+            shim,
         })
     }
 
@@ -369,7 +418,7 @@ impl Supervisor {
                 self.spawner.trim();
                 crate::memory::release();
             }
-            let timeout = if self.more_to_read.is_empty() {
+            let timeout = if self.more_to_read.is_empty() && self.more_to_accept == [false; 2] {
                 self.timers.timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -384,7 +433,8 @@ impl Supervisor {
                 let Token(t) = event.token();
                 let id = (t >> 2) as u64;
                 match (t & 3, event.token()) {
-                    (_, LISTENER) => self.accept(),
+                    (_, LISTENER) => self.accept(false),
+                    (_, BIND_LISTENER) => self.accept(true),
                     (_, SIGNALS) => self.on_signals(),
                     // Looked at by shutdown_complete below.
                     (_, EVERYONE) => {}
@@ -397,6 +447,14 @@ impl Supervisor {
                 }
             }
             self.fire_timers();
+            for (i, more) in std::mem::take(&mut self.more_to_accept)
+                .into_iter()
+                .enumerate()
+            {
+                if more {
+                    self.accept(i == 1);
+                }
+            }
             for cid in std::mem::take(&mut self.more_to_read) {
                 self.pump(cid);
             }
@@ -409,10 +467,17 @@ impl Supervisor {
 
     // ----- clients -----
 
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+    /// Takes the connections waiting on archon's socket, or (`bind`) on the bind socket, at most
+    /// [`ACCEPTS_PER_TURN`] of them.
+    fn accept(&mut self, bind: bool) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let listener = if bind {
+                &self.bind_listener
+            } else {
+                &self.listener
+            };
+            match listener.accept() {
+                Ok((stream, _)) => self.admit(stream, bind),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if e.kind() == io::ErrorKind::Interrupted
@@ -421,7 +486,12 @@ impl Supervisor {
                     // Out of fds: free the spare, accept and refuse one, take the spare back.
                     warn!("out of file descriptors: refusing a connection");
                     self.spare_fd = None;
-                    if let Ok((stream, _)) = self.listener.accept() {
+                    let listener = if bind {
+                        &self.bind_listener
+                    } else {
+                        &self.listener
+                    };
+                    if let Ok((stream, _)) = listener.accept() {
                         control::send_and_forget(
                             stream.as_raw_fd(),
                             b"Error,out of file descriptors\n",
@@ -438,9 +508,13 @@ impl Supervisor {
                 }
             }
         }
+        // The budget is spent with connections perhaps still waiting: look again before the
+        // next sleep, after the other events of this turn (the ends of earlier connections).
+        self.more_to_accept[usize::from(bind)] = true;
     }
 
-    fn admit(&mut self, mut stream: UnixStream) {
+    /// A new connection; on the bind socket (`bind_only`) from anyone, for `Bind` alone.
+    fn admit(&mut self, mut stream: UnixStream, bind_only: bool) {
         let fd = stream.as_raw_fd();
         let peer = match control::peer_credentials(fd) {
             Ok(p) => p,
@@ -449,7 +523,7 @@ impl Supervisor {
                 return;
             }
         };
-        if peer.uid != 0 && peer.uid != self.euid {
+        if !bind_only && peer.uid != 0 && peer.uid != self.euid {
             info!(
                 "refused a client: uid {} pid {} is neither root nor archon's uid",
                 peer.uid, peer.pid
@@ -457,9 +531,21 @@ impl Supervisor {
             control::send_and_forget(fd, &Reply::error("permission denied").encode());
             return;
         }
-        if self.clients.len() >= MAX_CLIENTS {
+        // The bind socket's clients are counted apart: anyone may connect there.
+        let (limit, what) = if bind_only {
+            (MAX_BIND_CLIENTS, "bind socket clients")
+        } else {
+            (MAX_CLIENTS, "clients")
+        };
+        if self
+            .clients
+            .values()
+            .filter(|c| c.bind_only == bind_only)
+            .count()
+            >= limit
+        {
             warn!(
-                "refused a client (pid {}): {MAX_CLIENTS} clients already connected",
+                "refused a client (pid {}): {limit} {what} already connected",
                 peer.pid
             );
             control::send_and_forget(fd, &Reply::error("too many clients").encode());
@@ -476,7 +562,13 @@ impl Supervisor {
             return;
         }
         debug!("client {id} connected: pid {} uid {}", peer.pid, peer.uid);
-        self.clients.insert(id, Client::new(stream, peer));
+        let mut client = Client::new(stream, peer);
+        if bind_only {
+            client.bind_only = true;
+            let deadline = Instant::now() + Duration::from_millis(BIND_CONNECTION_MS);
+            client.deadline = Some(self.timers.arm(deadline, TimerEvent::BindClient(id)));
+        }
+        self.clients.insert(id, client);
         self.pump(id);
     }
 
@@ -546,6 +638,9 @@ impl Supervisor {
             return;
         }
         if let Some(mut c) = self.clients.remove(&id) {
+            if let Some(key) = c.deadline.take() {
+                self.timers.cancel(key);
+            }
             c.drain_input();
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.events.unsubscribe(id);
@@ -617,11 +712,17 @@ impl Supervisor {
 
     /// Delivers a reply to its slot; the connection may have gone, then it is dropped.
     fn reply(&mut self, to: ReplyTo, reply: Reply) {
+        self.reply_with_fds(to, reply, Vec::new());
+    }
+
+    /// Delivers a reply with `fds` sent along (`SCM_RIGHTS`, with its first byte); they close
+    /// once sent, or with the connection.
+    fn reply_with_fds(&mut self, to: ReplyTo, reply: Reply, fds: Vec<OwnedFd>) {
         let Some(c) = self.clients.get_mut(&to.client) else {
             return;
         };
         let was_blocked = !c.wants_read();
-        if !c.fill(to.seq, reply.encode()) {
+        if !c.fill_with_fds(to.seq, reply.encode(), fds) {
             warn!(
                 "client {}: more than the reply backlog unread, closing",
                 to.client
@@ -686,6 +787,17 @@ impl Supervisor {
                 return self.reply(to, Reply::error(e));
             }
         };
+        if self.clients.get(&client).is_some_and(|c| c.bind_only)
+            && !matches!(request, Request::Bind(_))
+        {
+            return self.reply(
+                to,
+                Reply::error(format!(
+                    "only Bind is served on {}",
+                    self.bind_listening.path.display()
+                )),
+            );
+        }
         if self.shutdown.is_some()
             && matches!(
                 request,
@@ -788,6 +900,10 @@ impl Supervisor {
                 self.reply(to, reply)
             }
             Request::Subscribe { filter } => self.subscribe(to, filter),
+            Request::Bind(addr) => match self.bind_request(client, &addr) {
+                Ok(fd) => self.reply_with_fds(to, Reply::Ok(Vec::new()), vec![fd]),
+                Err(reason) => self.reply(to, Reply::error(reason)),
+            },
             Request::Reload => {
                 let reply = match self.reload(by) {
                     Ok(c) => {
@@ -1078,6 +1194,14 @@ impl Supervisor {
                 TimerEvent::Probe(id) => self.probe_timeout(id),
                 TimerEvent::Leftovers => self.next_leftover_phase(),
                 TimerEvent::Everyone => self.next_everyone_phase(),
+                TimerEvent::BindClient(id) => {
+                    if let Some(c) = self.clients.get_mut(&id) {
+                        debug!("client {id}: open on the bind socket too long, closed");
+                        c.deadline = None;
+                        c.broken = true;
+                    }
+                    self.close_if_finished(id);
+                }
             }
         }
     }
@@ -1296,6 +1420,10 @@ impl Supervisor {
         let config = archon_lua::load_file(&path);
         crate::memory::release();
         let config = config.map_err(|e| e.to_string())?;
+        // All or nothing: a socket that cannot be bound refuses the file, and nothing changes.
+        self.sockets
+            .apply(&config, &path.display().to_string())
+            .map_err(|e| e.to_string())?;
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();
         }
@@ -1495,17 +1623,23 @@ impl Supervisor {
 }
 
 /// The environment every child starts from: archon's own, without the variables that describe
-/// archon's service manager, with `ARCHON_SOCKET` naming archon's socket.
-fn base_environment(socket: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// archon's service manager, with `ARCHON_SOCKET` naming archon's socket and
+/// `ARCHON_BIND_SOCKET` its bind socket.
+fn base_environment(socket: &std::path::Path, bind: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let socket_env = archon_proto::socket::SOCKET_ENV;
+    let bind_env = crate::sockets::BIND_SOCKET_ENV;
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-        .filter(|(k, _)| !PRIVATE_ENV.iter().any(|p| k == p) && k != socket_env)
+        .filter(|(k, _)| !PRIVATE_ENV.iter().any(|p| k == p) && k != socket_env && k != bind_env)
         .map(|(k, v)| (k.into_vec(), v.into_vec()))
         .collect();
     env.push((
         socket_env.as_bytes().to_vec(),
         socket.as_os_str().as_bytes().to_vec(),
+    ));
+    env.push((
+        bind_env.as_bytes().to_vec(),
+        bind.as_os_str().as_bytes().to_vec(),
     ));
     env
 }

@@ -2,7 +2,13 @@
 //!
 //! A lock file beside the socket (`<path>.lock`, held with `flock` for archon's life) says whether
 //! an archon is live on that path: a second one refuses to start, and a socket file left by a dead
-//! one is replaced. The socket is created mode 0600, and its directory 0700 when archon creates it.
+//! one is replaced. The socket is created mode 0600, and its directory 0711 when archon creates
+//! it: only the sockets' own modes say who may connect, and services that run as other users
+//! reach the sockets made for them beside it (their notify sockets, and the bind socket).
+//!
+//! The bind socket (`<path>.bind`, mode 0666) serves the `Bind` request alone, to any process:
+//! who gets which socket is decided by the asking process's service (see
+//! [`crate::sockets`]), not by who may connect.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -58,7 +64,7 @@ pub fn listen(path: &Path) -> Result<Listening, ListenError> {
         if !dir.exists() {
             DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(0o711)
                 .create(dir)
                 .map_err(|e| ListenError::Io("create directory", dir.to_path_buf(), e))?;
         }
@@ -110,4 +116,46 @@ pub fn listen(path: &Path) -> Result<Listening, ListenError> {
         path,
         _lock: lock,
     })
+}
+
+/// The bind socket; dropping it removes its file.
+pub struct BindListening {
+    /// The listener, non-blocking.
+    pub listener: UnixListener,
+    /// Its path, absolute: `<socket>.bind`.
+    pub path: PathBuf,
+}
+
+impl Drop for BindListening {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Binds and listens on the bind socket beside `control` (whose lock archon holds, so a socket
+/// file there is stale), mode 0666.
+pub fn listen_bind(control: &Listening) -> Result<BindListening, ListenError> {
+    let mut path = control.path.clone().into_os_string();
+    path.push(".bind");
+    let path = PathBuf::from(path);
+    let io_err = |what, e| ListenError::Io(what, path.clone(), e);
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            fs::remove_file(&path).map_err(|e| io_err("remove stale socket", e))?;
+        }
+        Ok(_) => return Err(ListenError::NotASocket(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", e)),
+    }
+    // 0777 less a umask of 0111 is 0666; single-threaded here, as for the control socket.
+    // SAFETY: umask only swaps the mask.
+    let old = unsafe { libc::umask(0o111) };
+    let bound = UnixListener::bind(&path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| io_err("bind", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("configure", e))?;
+    Ok(BindListening { listener, path })
 }

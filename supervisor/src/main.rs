@@ -26,6 +26,7 @@ mod notify;
 mod pid1;
 mod procstat;
 mod service;
+mod sockets;
 mod spawn;
 mod sys;
 mod table;

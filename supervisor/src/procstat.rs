@@ -131,6 +131,11 @@ pub fn sample(pid: i32) -> Option<Stat> {
     })
 }
 
+/// The parent of process `pid`; `None` when it does not exist (any more).
+pub fn ppid(pid: i32) -> Option<i32> {
+    parse_stat(&fs::read(format!("/proc/{pid}/stat")).ok()?).map(|s| s.ppid)
+}
+
 /// A process in a tree: (pid, parent pid, name).
 pub type Node = (i32, i32, String);
 

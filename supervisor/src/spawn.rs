@@ -24,7 +24,8 @@
 //! its default, unblocks them, joins its cgroup (when clone3 could not place it there), starts
 //! its own session and process group, puts its stdio and extra fds in place, marks every other
 //! fd close-on-exec, sets its resource limits, nice value, umask, groups and user, changes
-//! directory, asks for SIGKILL when archon dies ([`PARENT_DEATH_SIGNAL`]), and tries each
+//! directory, asks for SIGKILL when archon dies ([`PARENT_DEATH_SIGNAL`]), writes its own pid
+//! into `LISTEN_PID` when it is passed sockets ([`Exec::prepare_listening`]), and tries each
 //! candidate path the way `execvp` does. Signals are blocked in archon across the clone, so no
 //! handler of archon's can run on the child's side.
 //!
@@ -88,9 +89,19 @@ use archon_proto::Command;
 /// `PATH` for a child whose environment has none.
 pub const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Most fds a child can be given besides its stdio ([`SpawnOptions::extra_fds`]): the child
-/// keeps their temporary copies in an array on its stack.
-pub const MAX_EXTRA_FDS: usize = 16;
+/// Most fds a child can be given besides its stdio ([`SpawnOptions::extra_fds`]): a service's
+/// sockets and its ready pipe. The child keeps their temporary copies in an array on its stack.
+pub const MAX_EXTRA_FDS: usize = archon_lua::model::MAX_SOCKETS + 1;
+
+/// The start of the `LISTEN_PID` entry the child completes with its pid.
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// The room for the digits of `LISTEN_PID` in the entry archon prepares: the 10 digits of the
+/// largest pid (`i32::MAX`); the child writes its digits and a NUL over it and the entry's NUL.
+const LISTEN_PID_ROOM: &[u8] = b"0000000000";
+
+/// The `LISTEN_PID` entry's room, in bytes: the prefix, the digits, and the NUL.
+const LISTEN_PID_LEN: usize = LISTEN_PID_PREFIX.len() + LISTEN_PID_ROOM.len() + 1;
 
 /// The signal every child gets when archon dies (`PR_SET_PDEATHSIG`), so that nothing archon
 /// started outlives it when it is killed: SIGKILL, since a child that could ignore or handle it
@@ -160,14 +171,25 @@ static NO_CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(false);
 /// command in flight is two blocks, not a hundred small strings whose holes scatter the heap
 /// once they are freed.
 pub struct Exec {
-    /// Read through `ptrs` only: owned here so that they live as long as the pointers.
-    #[allow(dead_code)]
-    strings: Box<[u8]>,
+    /// A raw allocation (a boxed slice, freed on drop), so that the pointers into it may write:
+    /// read through `ptrs`, and written by a child only at `listen_pid`.
+    strings: NonNull<[u8]>,
     /// Into `strings`: the candidate paths (`n_candidates` of them, no terminator), then argv
     /// and envp, each null-terminated; envp starts at `envp_at`.
     ptrs: Box<[*const libc::c_char]>,
     n_candidates: usize,
     envp_at: usize,
+    /// Where in `strings` the digits of the `LISTEN_PID` entry go, which the child writes
+    /// between clone and exec ([`Exec::prepare_listening`]).
+    listen_pid: Option<usize>,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        // SAFETY: made by Box::into_raw in `build`, and dropped once: no child reads it any
+        // more (a vfork child has exec'd; a pipelined one's Exec is dropped at its pipe's EOF).
+        drop(unsafe { Box::from_raw(self.strings.as_ptr()) });
+    }
 }
 
 /// Why a command cannot be prepared.
@@ -184,6 +206,24 @@ impl Exec {
     /// Prepares `cmd` with the base environment `base` (its entries applied in order). A
     /// service's own environment, `NOTIFY_SOCKET` and `WATCHDOG_USEC` are entries of `cmd.env`.
     pub fn prepare(cmd: &Command, base: &[(Vec<u8>, Vec<u8>)]) -> Result<Exec, PrepareError> {
+        Exec::build(cmd, base, false)
+    }
+
+    /// As [`Exec::prepare`], with a `LISTEN_PID` entry (in place of any the command has) whose
+    /// digits the child writes itself, from `getpid`, between clone and exec: the one moment
+    /// its pid is known and its environment still archon's to write.
+    pub fn prepare_listening(
+        cmd: &Command,
+        base: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Exec, PrepareError> {
+        Exec::build(cmd, base, true)
+    }
+
+    fn build(
+        cmd: &Command,
+        base: &[(Vec<u8>, Vec<u8>)],
+        listen_pid: bool,
+    ) -> Result<Exec, PrepareError> {
         let mut env: Vec<(&[u8], &[u8])> = base
             .iter()
             .map(|(n, v)| (n.as_slice(), v.as_slice()))
@@ -193,6 +233,11 @@ impl Exec {
             if let Some(v) = &entry.value {
                 env.push((entry.name.as_slice(), v.as_slice()));
             }
+        }
+        let listen_name = &LISTEN_PID_PREFIX[..LISTEN_PID_PREFIX.len() - 1];
+        if listen_pid {
+            env.retain(|(n, _)| *n != listen_name);
+            env.push((listen_name, LISTEN_PID_ROOM));
         }
         let program = cmd.argv.first().ok_or(PrepareError)?;
         let candidates = if program.contains(&b'/') {
@@ -224,9 +269,11 @@ impl Exec {
             }
             buf.push(0);
         }
-        let strings = buf.into_boxed_slice();
+        let strings = NonNull::from(Box::leak(buf.into_boxed_slice()));
+        let base_ptr = strings.as_ptr().cast::<u8>();
         let (n_candidates, n_argv) = (candidates.len(), cmd.argv.len());
-        let at = |i: usize| -> *const libc::c_char { strings[starts[i]..].as_ptr().cast() };
+        // SAFETY: every start is within the allocation of `size` bytes.
+        let at = |i: usize| -> *const libc::c_char { unsafe { base_ptr.add(starts[i]) }.cast() };
         let mut ptrs = Vec::with_capacity(parts.len() + 2);
         ptrs.extend((0..n_candidates + n_argv).map(at));
         ptrs.push(std::ptr::null());
@@ -238,6 +285,10 @@ impl Exec {
             strings,
             n_candidates,
             envp_at,
+            // The entry pushed last.
+            listen_pid: listen_pid
+                .then(|| starts.last().map(|s| s + LISTEN_PID_PREFIX.len()))
+                .flatten(),
         })
     }
 
@@ -1120,6 +1171,9 @@ struct ChildPlan {
     fd_base: RawFd,
     /// archon's pid.
     parent: libc::pid_t,
+    /// The digits of the `LISTEN_PID=` entry of `envp` the child writes with its pid
+    /// (`LISTEN_PID_LEN` - prefix bytes), or null.
+    listen_pid: *mut u8,
     /// An fd of `cgroup.procs` the child writes itself into, or -1: set only on the glibc clone
     /// path, since clone3 places the child as it creates it.
     join_cgroup: Cell<RawFd>,
@@ -1145,6 +1199,10 @@ impl ChildPlan {
             opts,
             fd_base,
             parent,
+            // SAFETY: the offset is within the strings, as `build` made it.
+            listen_pid: exec.listen_pid.map_or(std::ptr::null_mut(), |at| unsafe {
+                exec.strings.as_ptr().cast::<u8>().add(at)
+            }),
             join_cgroup: Cell::new(-1),
             report,
         }
@@ -1383,6 +1441,17 @@ fn child_side(plan: &ChildPlan) -> ! {
             sys!(libc::SYS_exit_group, 127);
         }
 
+        if !plan.listen_pid.is_null() {
+            let pid = sys!(libc::SYS_getpid) as u32;
+            // SAFETY: the room `build` left in the strings, which nothing else reads or writes
+            // until the exec (archon is suspended, or holds them untouched in a PendingExec).
+            let digits = std::slice::from_raw_parts_mut(
+                plan.listen_pid,
+                LISTEN_PID_LEN - LISTEN_PID_PREFIX.len(),
+            );
+            write_decimal(pid, digits);
+        }
+
         let mut saw_eacces = false;
         let mut last = libc::ENOENT;
         for i in 0..plan.n_paths {
@@ -1398,6 +1467,32 @@ fn child_side(plan: &ChildPlan) -> ! {
             last = libc::EACCES;
         }
         fail(plan, Stage::Exec, 0, -(last as isize))
+    }
+}
+
+/// Writes `n` in decimal into `out`, then a NUL, without allocating or panicking (for the child
+/// side): nothing is written when `out` has no room for it all.
+fn write_decimal(mut n: u32, out: &mut [u8]) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        if let Some(d) = digits.get_mut(len) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        len += 1;
+        n /= 10;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    if len >= out.len() {
+        return;
+    }
+    for (dst, src) in out.iter_mut().zip(digits[..len].iter().rev()) {
+        *dst = *src;
+    }
+    if let Some(end) = out.get_mut(len) {
+        *end = 0;
     }
 }
 
@@ -1791,6 +1886,51 @@ mod tests {
             let (_, out) = run(&mut spawner, mode, "pwd; id -u", &SpawnOptions::default())?;
             let cwd = std::env::current_dir().map_err(SpawnError::Clone)?;
             assert_eq!(out, format!("{}\n0\n", cwd.display()), "{mode:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn decimals_are_written_with_their_nul() {
+        let mut buf = [b'x'; 11];
+        for (n, want) in [
+            (0u32, "0"),
+            (7, "7"),
+            (42, "42"),
+            (4_194_304, "4194304"),
+            (u32::MAX, "4294967295"),
+        ] {
+            write_decimal(n, &mut buf);
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            assert_eq!(&buf[..end], want.as_bytes());
+        }
+        let mut small = [b'x'; 3];
+        write_decimal(123, &mut small);
+        assert_eq!(&small, b"xxx", "no room for the NUL: nothing written");
+    }
+
+    #[test]
+    fn listen_pid_is_the_childs_own_pid() -> Result<(), SpawnError> {
+        let mut spawner = Spawner::new().map_err(SpawnError::Clone)?;
+        let opts = SpawnOptions::default();
+        let cmd = Command {
+            argv: vec![
+                b"/bin/sh".to_vec(),
+                b"-c".to_vec(),
+                b"echo $LISTEN_PID $$".to_vec(),
+            ],
+            env: vec![archon_proto::EnvEntry::set("LISTEN_PID", "1")],
+        };
+        let exec = Exec::prepare_listening(&cmd, &[])
+            .map_err(|_| SpawnError::Clone(io::Error::other("prepare")))?;
+        for clone3 in [true, false] {
+            spawner.clone3 = clone3;
+            let (r, w) = pipe().map_err(SpawnError::Clone)?;
+            let child = spawner.spawn_with(&exec, [0, w.as_raw_fd(), 2], &opts)?;
+            drop(w);
+            let out = read_all(&r);
+            assert_eq!(wait(&child.pidfd), Status::Exited(0));
+            assert_eq!(out, format!("{0} {0}\n", child.pid), "clone3: {clone3}");
         }
         Ok(())
     }

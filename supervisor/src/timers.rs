@@ -22,6 +22,8 @@ pub enum TimerEvent {
     /// The current phase of process 1's end is over: every process left gets SIGKILL, or is
     /// given up on.
     Everyone,
+    /// A connection to the bind socket has been open too long.
+    BindClient(u64),
 }
 
 /// A timer's handle, to cancel it.

@@ -197,6 +197,29 @@ pub fn archonctl_bin() -> Result<PathBuf> {
     bin("archonctl")
 }
 
+/// A file of a library's build (`libarchon.so`, `libarchon_bind.so`): the one of the same build
+/// as this test (`deps/`, where cargo leaves the dependencies of a test), else the one
+/// `cargo build` put beside it.
+pub fn lib_artifact(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let deps = exe.parent().context("the test binary has no directory")?;
+    for dir in [Some(deps), deps.parent()].into_iter().flatten() {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    fail(format!(
+        "{name} is missing beside {}: run `cargo test --workspace`, which builds it",
+        deps.display()
+    ))
+}
+
+/// The bind shim, `libarchon_bind.so`, as built for this test run.
+pub fn shim_path() -> Result<PathBuf> {
+    lib_artifact("libarchon_bind.so")
+}
+
 /// A fresh directory under /tmp, removed with everything in it on drop.
 #[derive(Debug)]
 pub struct TempDir {

@@ -20,23 +20,6 @@ fn repo() -> Result<PathBuf> {
         .context("tests/ has no parent directory")
 }
 
-/// A file of libarchon's build: the library of the same build as this test (`deps/`, where
-/// cargo leaves the dependencies of a test), else the one `cargo build` put beside it.
-fn lib_artifact(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    let deps = exe.parent().context("the test binary has no directory")?;
-    for dir in [Some(deps), deps.parent()].into_iter().flatten() {
-        let path = dir.join(name);
-        if path.is_file() {
-            return Ok(path);
-        }
-    }
-    fail(format!(
-        "{name} is missing beside {}: run `cargo test --workspace`, which builds it",
-        deps.display()
-    ))
-}
-
 /// Where `dist/install` was run: `stage` is DESTDIR, the prefix is /usr/local.
 struct Installed {
     stage: TempDir,
@@ -92,6 +75,7 @@ fn install() -> Result<Installed> {
         ("archonctl", archonctl_bin()?),
         ("libarchon.so", lib_artifact("libarchon.so")?),
         ("libarchon.a", lib_artifact("libarchon.a")?),
+        ("libarchon_bind.so", shim_path()?),
     ] {
         symlink(&path, build.join(name)).context(format!("symlink {name}"))?;
     }
@@ -250,12 +234,14 @@ fn install_puts_every_file_under_destdir_and_prefix() -> Result {
         "bin/archon",
         "bin/archonctl",
         "lib/libarchon.a",
+        "lib/libarchon_bind.so",
         "include/archon.h",
         "lib/pkgconfig/archon.pc",
         "share/man/man1/archonctl.1",
         "share/man/man3/libarchon.3",
         "share/man/man7/archon-protocol.7",
         "share/man/man8/archon.8",
+        "share/man/man8/libarchon_bind.8",
     ] {
         ensure!(i.path(rel).is_file(), "{rel} is not installed");
     }

@@ -152,13 +152,26 @@ fn socket_is_created_mode_0600() -> Result {
 }
 
 #[test]
-fn missing_socket_directory_is_created_mode_0700() -> Result {
+fn missing_socket_directory_is_created_mode_0711() -> Result {
     let dir = TempDir::new()?;
     let path = dir.join("sub").join("archon.sock");
     let a = Archon::builder().socket(&path).start()?;
     let meta = std::fs::metadata(dir.join("sub"))?;
-    ensure_eq!(meta.permissions().mode() & 0o7777, 0o700, "directory mode");
+    ensure_eq!(meta.permissions().mode() & 0o7777, 0o711, "directory mode");
     ensure_eq!(a.request("Ping")?, "Pong");
+    // Another user passes through it to the bind socket (mode 0666), not to archon's (0600).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let nobody = 65534;
+    let bind = dir.join("sub").join("archon.sock.bind");
+    let mut c = Conn::from_stream(connect_as(nobody, nobody, &bind)?)?;
+    ensure!(
+        c.request("Ping")?.starts_with("Error,only Bind"),
+        "the bind socket"
+    );
+    ensure!(
+        connect_as(nobody, nobody, &path).is_err(),
+        "archon's socket is 0600"
+    );
     Ok(())
 }
 

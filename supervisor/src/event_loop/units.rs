@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use archon_lua::{Check, Ready, Service, UnitKind};
+use archon_lua::{BindShim, Check, Ready, Service, UnitKind};
 use archon_proto::limits::MAX_TREE_NODES;
 use archon_proto::{
     Command, EnvEntry, Health as ProtoHealth, Reply, ServiceKind, ServiceRow, Setting, Status,
@@ -36,10 +36,15 @@ use crate::health::{self, TcpProbe};
 use crate::notify::{Notice, NotifySocket, ReadyOutcome, ReadyPipe};
 use crate::procstat;
 use crate::service::{Action, Health, Manager, TimerKind, UnitId};
+use crate::sockets::{self, listen_env};
 use crate::spawn::{Creds, Exec, PendingExec, SpawnOptions, Spawned};
 use crate::sys;
 use crate::timers::{TimerEvent, TimerKey};
 use crate::{debug, info, warn};
+
+/// How many parents up from a process that asks for a socket archon looks for a service's main
+/// process, when the process is in no service's cgroup.
+const MAX_ANCESTRY: usize = 64;
 
 /// Which of a unit's fds woke the loop (the low bits of the token's id).
 const SUB_PIDFD: u64 = 0;
@@ -174,14 +179,23 @@ impl Supervisor {
     /// Starts the unit's process: its pid when the program runs, `None` when its exec is still
     /// pending.
     fn try_spawn_unit(&mut self, id: UnitId, spec: &Service) -> Result<Option<i32>, String> {
-        let mut env: Vec<EnvEntry> = spec
-            .env
-            .iter()
-            .map(|(n, v)| EnvEntry {
+        let mut env: Vec<EnvEntry> = Vec::with_capacity(spec.env.len());
+        for (n, v) in &spec.env {
+            env.push(EnvEntry {
                 name: n.clone(),
-                value: Some(v.clone()),
-            })
-            .collect();
+                value: Some(
+                    self.substitute(v)
+                        .map_err(|e| format!("env[{}]: {e}", String::from_utf8_lossy(n)))?,
+                ),
+            });
+        }
+        let mut argv = Vec::with_capacity(spec.argv.len());
+        for (i, a) in spec.argv.iter().enumerate() {
+            argv.push(
+                self.substitute(a)
+                    .map_err(|e| format!("argv[{}]: {e}", i + 1))?,
+            );
+        }
         let mut set = |name: &str, value: Vec<u8>| {
             env.push(EnvEntry {
                 name: name.as_bytes().to_vec(),
@@ -212,11 +226,36 @@ impl Supervisor {
         if let Some(ms) = spec.watchdog_ms {
             set("WATCHDOG_USEC", (ms * 1000).to_string().into_bytes());
         }
-        let cmd = Command {
-            argv: spec.argv.clone(),
-            env,
+        // The sockets' fds are borrowed for the spawn: archon keeps them.
+        let held = self.sockets.of(&spec.name);
+        let passing = !held.is_empty();
+        for (name, value) in listen_env(held.iter().map(|b| b.name())) {
+            set(name, value);
+        }
+        for (i, b) in held.iter().enumerate() {
+            extra_fds.push((b.fd(), archon_lua::model::LISTEN_FDS_START + i as i32));
+        }
+        let shim = match &spec.bind_shim {
+            BindShim::Off => None,
+            BindShim::Default => Some(self.shim.clone()?),
+            BindShim::Path(p) => Some(p.clone()),
         };
-        let exec = Exec::prepare(&cmd, &self.base_env).map_err(|e| e.to_string())?;
+        if let Some(shim) = shim {
+            let existing = spec
+                .env
+                .iter()
+                .chain(self.base_env.iter())
+                .find(|(n, _)| n == b"LD_PRELOAD")
+                .map(|(_, v)| v.as_slice());
+            set("LD_PRELOAD", sockets::preload(&shim, existing));
+        }
+        let cmd = Command { argv, env };
+        let exec = if passing {
+            Exec::prepare_listening(&cmd, &self.base_env)
+        } else {
+            Exec::prepare(&cmd, &self.base_env)
+        }
+        .map_err(|e| e.to_string())?;
         let cgroup = self.unit_cgroup(id, spec);
         let opts = SpawnOptions {
             cwd: spec.cwd.as_ref().and_then(|p| {
@@ -343,6 +382,105 @@ impl Supervisor {
             }
         }
         true
+    }
+
+    /// An argv or env value with its `${service.port}` references replaced by the ports of the
+    /// sockets archon holds (checked when the file was loaded; a failure here is a bug).
+    fn substitute(&self, text: &[u8]) -> Result<Vec<u8>, String> {
+        let services = &self.services;
+        let lookup = |name: &str| {
+            services
+                .id(name)
+                .and_then(|id| services.spec(id))
+                .map(|s| s.sockets.as_slice())
+        };
+        archon_lua::refs::substitute(text, |r| {
+            let (service, i) = archon_lua::refs::find(r, lookup)?;
+            self.sockets
+                .port(service, i)
+                .map(|p| p.to_string().into_bytes())
+                .ok_or_else(|| format!("the socket of {service} is not bound"))
+        })
+    }
+
+    /// The service process `pid` belongs to: the one whose cgroup holds it, else the one whose
+    /// main process is it or an ancestor of it (within [`MAX_ANCESTRY`] generations).
+    fn unit_of_pid(&self, pid: i32) -> Option<UnitId> {
+        if let Some(id) = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.service_of(pid))
+            .and_then(|name| self.services.id(&name))
+        {
+            return Some(id);
+        }
+        // A process of a unit that has a cgroup is in it (leaving it takes privileges): the
+        // walk up /proc is for units without one.
+        if self
+            .units
+            .values()
+            .all(|rt| rt.cgroup.is_some() || rt.pidfd.is_none())
+        {
+            return None;
+        }
+        let mut p = pid;
+        for _ in 0..MAX_ANCESTRY {
+            if let Some(PidOwner::Main(id)) = self.pids.get(&p) {
+                return Some(*id);
+            }
+            p = procstat::ppid(p).filter(|&pp| pp > 1)?;
+        }
+        None
+    }
+
+    /// `Bind`: a copy of the socket at `addr` that the asking client's service declares. The
+    /// asking process is the one that connected (`SO_PEERCRED`), checked alive through its
+    /// pidfd (`SO_PEERPIDFD`) once its service is known, where the kernel has that.
+    pub(super) fn bind_request(
+        &self,
+        client: super::ClientId,
+        addr: &archon_proto::BindAddr,
+    ) -> Result<OwnedFd, String> {
+        let (peer, pidfd) = self
+            .clients
+            .get(&client)
+            .map(|c| (c.peer, crate::control::peer_pidfd(c.stream.as_raw_fd())))
+            .ok_or("the connection has gone")?;
+        if peer.pid <= 0 {
+            return Err("archon cannot see the asking process (another PID namespace)".into());
+        }
+        let refuse = |why: String| {
+            debug!("Bind {addr} for pid {}: refused: {why}", peer.pid);
+            why
+        };
+        let id = self
+            .unit_of_pid(peer.pid)
+            .ok_or_else(|| refuse(format!("process {} is in no service", peer.pid)))?;
+        // The pid was read from /proc after the process connected: were the process gone, its
+        // pid could name another one by now. Its pidfd still alive proves it was the same.
+        if let Some(pidfd) = pidfd {
+            if sys::pidfd_send_signal(pidfd.as_fd(), 0, 0).is_err() {
+                return Err(refuse(format!("process {} has ended", peer.pid)));
+            }
+        }
+        let name = self
+            .services
+            .spec(id)
+            .map(|s| s.name.as_str())
+            .unwrap_or_default();
+        let bound = self
+            .sockets
+            .find(name, addr)
+            .ok_or_else(|| refuse(format!("{name} declares no socket at {addr}")))?;
+        let fd = bound
+            .dup()
+            .map_err(|e| refuse(format!("cannot copy the socket: {e}")))?;
+        debug!(
+            "Bind {addr} for pid {}: {name}'s socket {}",
+            peer.pid,
+            bound.name()
+        );
+        Ok(fd)
     }
 
     /// The unit's notify socket, bound on first use: `<socket>.notify/<id>`.
@@ -916,7 +1054,7 @@ impl Supervisor {
             let Some(spec) = self.services.spec(id) else {
                 continue;
             };
-            for (key, value) in spec.settings() {
+            for (key, value) in spec.settings_bound(&self.sockets.locals(&spec.name)) {
                 settings.push(Setting {
                     name: spec.name.clone().into_bytes(),
                     key: key.as_bytes().to_vec(),
@@ -942,11 +1080,18 @@ impl Supervisor {
     }
 }
 
-/// Builds the manager from a configuration file.
-pub(super) fn load(path: &std::path::Path) -> Result<Manager, archon_lua::LoadError> {
+/// Evaluates a configuration file.
+pub(super) fn evaluate(
+    path: &std::path::Path,
+) -> Result<archon_lua::Config, archon_lua::LoadError> {
     let config = archon_lua::load_file(path);
     crate::memory::release();
-    Ok(Manager::new(config?, now_ms()))
+    config
+}
+
+/// Builds the manager from an evaluated configuration.
+pub(super) fn manager(config: archon_lua::Config) -> Manager {
+    Manager::new(config, now_ms())
 }
 
 /// A process's row in `Status`: named by its id.

@@ -45,6 +45,8 @@ fn svc(name: &str) -> Service {
         ready_timeout_ms: 60_000,
         watchdog_ms: None,
         health: None,
+        sockets: Vec::new(),
+        bind_shim: archon_lua::BindShim::Off,
     }
 }
 
