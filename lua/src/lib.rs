@@ -37,7 +37,8 @@ use std::path::Path;
 
 pub use error::LoadError;
 pub use model::{
-    Backoff, Check, Config, Credentials, Flap, Health, Ready, Restart, Rlimit, Service, UnitKind,
+    Backoff, Check, Config, Credentials, Flap, Health, Log, Ready, Restart, Rlimit, Service,
+    UnitKind,
 };
 
 /// The most declarations (services and tasks together) a file may make.

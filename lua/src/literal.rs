@@ -1,7 +1,7 @@
 //! Values written back as Lua literals, for the `Config` dump: what the file would say to get
 //! the same value again.
 
-use crate::model::{Check, Health, RESOURCES, Rlimit};
+use crate::model::{Check, Health, Log, RESOURCES, Rlimit};
 
 /// Lua's reserved words, which cannot be bare table keys.
 const KEYWORDS: [&str; 22] = [
@@ -176,4 +176,19 @@ mod tests {
         assert_eq!(signal(15), "\"TERM\"");
         assert_eq!(signal(36), "\"RTMIN+2\"");
     }
+}
+
+/// `{ring = 65536, file = "/var/log/web/current", max_size = 1048576, keep = 5}` (no `file`
+/// when there is none).
+pub(crate) fn log(l: &Log) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let file = l
+        .file
+        .as_ref()
+        .map(|p| format!(", file = {}", string(p.as_os_str().as_bytes())))
+        .unwrap_or_default();
+    format!(
+        "{{ring = {}{file}, max_size = {}, keep = {}}}",
+        l.ring, l.max_size, l.keep
+    )
 }

@@ -34,6 +34,41 @@ pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Time after a start during which failed checks do not count, in ms (`health.start_period`).
 pub const DEFAULT_HEALTH_START_PERIOD_MS: u64 = 0;
 
+/// The byte budget of a service's in-memory log ring (`log.ring`): 64 KiB.
+pub const DEFAULT_LOG_RING: usize = 64 * 1024;
+/// The largest `log.ring`: 16 MiB.
+pub const MAX_LOG_RING: usize = 16 * 1024 * 1024;
+/// The size at which a log file is rotated (`log.max_size`): 1 MiB.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 1024 * 1024;
+/// The rotated log files kept beside the current one (`log.keep`).
+pub const DEFAULT_LOG_KEEP: u32 = 5;
+/// The most rotated log files `log.keep` may ask for.
+pub const MAX_LOG_KEEP: u32 = 1000;
+
+/// Where a service's captured output goes: its ring, and optionally a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// The ring's byte budget (0: no line is kept in memory).
+    pub ring: usize,
+    /// The file lines are appended to (`None`: memory only).
+    pub file: Option<PathBuf>,
+    /// The size in bytes past which the file is rotated.
+    pub max_size: u64,
+    /// How many rotated files are kept (`file.1` newest to `file.<keep>` oldest).
+    pub keep: u32,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            ring: DEFAULT_LOG_RING,
+            file: None,
+            max_size: DEFAULT_LOG_MAX_SIZE,
+            keep: DEFAULT_LOG_KEEP,
+        }
+    }
+}
+
 /// An evaluated configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -245,6 +280,8 @@ pub struct Service {
     pub watchdog_ms: Option<u64>,
     /// The health check (services only).
     pub health: Option<Box<Health>>,
+    /// Where its output goes.
+    pub log: Log,
 }
 
 impl Service {
@@ -280,6 +317,7 @@ impl Service {
             ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
             watchdog_ms: None,
             health: None,
+            log: Log::default(),
         }
     }
 
@@ -374,6 +412,7 @@ impl Service {
             ("ready_timeout", duration(self.ready_timeout_ms)),
             ("watchdog", opt(self.watchdog_ms.map(duration))),
             ("health", opt(self.health.as_deref().map(literal::health))),
+            ("log", literal::log(&self.log)),
         ]
     }
 }

@@ -45,6 +45,7 @@ fn svc(name: &str) -> Service {
         ready_timeout_ms: 60_000,
         watchdog_ms: None,
         health: None,
+        log: archon_lua::Log::default(),
     }
 }
 
