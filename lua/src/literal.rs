@@ -144,6 +144,21 @@ pub(crate) fn health(h: &Health) -> String {
     )
 }
 
+/// `{ring = 65536, file = "/var/log/web/current", max_size = 1048576, keep = 5}` (no `file`
+/// when there is none).
+pub(crate) fn log(l: &Log) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let file = l
+        .file
+        .as_ref()
+        .map(|p| format!(", file = {}", string(p.as_os_str().as_bytes())))
+        .unwrap_or_default();
+    format!(
+        "{{ring = {}{file}, max_size = {}, keep = {}}}",
+        l.ring, l.max_size, l.keep
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,19 +191,4 @@ mod tests {
         assert_eq!(signal(15), "\"TERM\"");
         assert_eq!(signal(36), "\"RTMIN+2\"");
     }
-}
-
-/// `{ring = 65536, file = "/var/log/web/current", max_size = 1048576, keep = 5}` (no `file`
-/// when there is none).
-pub(crate) fn log(l: &Log) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let file = l
-        .file
-        .as_ref()
-        .map(|p| format!(", file = {}", string(p.as_os_str().as_bytes())))
-        .unwrap_or_default();
-    format!(
-        "{{ring = {}{file}, max_size = {}, keep = {}}}",
-        l.ring, l.max_size, l.keep
-    )
 }
