@@ -206,7 +206,7 @@ pub struct Supervisor {
     followers: crate::logs::Followers,
     /// Log pipes to read again before the next sleep: their turn's budget was spent.
     logs_pending: Vec<(UnitId, usize)>,
-    /// Where log pipes are read into: [`crate::logs::READ_PER_TURN`] bytes, allocated at the
+    /// Where log pipes are read into: [`crate::logs::LOG_READ_PER_TURN`] bytes, allocated at the
     /// first read.
     log_buf: Vec<u8>,
 }

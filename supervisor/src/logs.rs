@@ -31,7 +31,7 @@ use crate::table::ClientId;
 /// Most bytes read from one pipe per turn of the loop (64 KiB, a pipe's default capacity):
 /// a service that floods its output is served as fast as the others, not instead of them; the
 /// rest is read on the next turn.
-pub const READ_PER_TURN: usize = 64 * 1024;
+pub const LOG_READ_PER_TURN: usize = 64 * 1024;
 
 /// What a kept line costs the ring beyond its text, in bytes: its record and the allocator's
 /// share. The ring's budget counts each line as its length plus this.
@@ -446,7 +446,7 @@ impl ServiceLog {
         ]
     }
 
-    /// Reads at most [`READ_PER_TURN`] bytes of pipe `i` into `buf`, and hands each line to the
+    /// Reads at most [`LOG_READ_PER_TURN`] bytes of pipe `i` into `buf`, and hands each line to the
     /// ring, the file and `out`. An error writing the file is returned once; the file is then
     /// dropped.
     pub fn read(
@@ -460,7 +460,7 @@ impl ServiceLog {
             return (Drained::Empty, None);
         };
         let stream = STREAMS[i];
-        let want = buf.len().min(READ_PER_TURN);
+        let want = buf.len().min(LOG_READ_PER_TURN);
         let n = loop {
             // SAFETY: reading into a valid buffer of at least `want` bytes.
             let n = unsafe { libc::read(pipe.read.as_raw_fd(), buf.as_mut_ptr().cast(), want) };

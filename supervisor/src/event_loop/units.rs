@@ -391,7 +391,7 @@ impl Supervisor {
     /// A log pipe of `id` is readable, or was left with more to read: one turn's read.
     pub(super) fn on_log(&mut self, id: UnitId, pipe: usize) {
         if self.log_buf.is_empty() {
-            self.log_buf = vec![0; crate::logs::READ_PER_TURN];
+            self.log_buf = vec![0; crate::logs::LOG_READ_PER_TURN];
         }
         let Some(log) = self.units.get_mut(&id).and_then(|rt| rt.log.as_mut()) else {
             return;
