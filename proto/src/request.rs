@@ -1287,3 +1287,43 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn logs_requests_read_and_write_back() {
+        let parse = |l: &str| Request::parse(l.as_bytes());
+        let logs = |level, max| Request::Logs {
+            name: b"web".to_vec(),
+            level,
+            max,
+        };
+        assert_eq!(parse("Logs,web"), Ok(logs(7, None)));
+        assert_eq!(parse("Logs,web,err,10"), Ok(logs(3, Some(10))));
+        assert_eq!(parse("Logs,web,,0"), Ok(logs(7, Some(0))));
+        assert_eq!(logs(3, Some(10)).encode(), Ok(b"Logs,web,3,10\n".to_vec()));
+        assert_eq!(logs(7, None).encode(), Ok(b"Logs,web,7\n".to_vec()));
+        assert_eq!(
+            parse("FollowLogs,web,warning"),
+            Ok(Request::FollowLogs {
+                name: b"web".to_vec(),
+                level: 4,
+                max: None
+            })
+        );
+        for (line, err) in [
+            ("Logs", RequestError::Missing("name")),
+            ("Logs,web,8", RequestError::BadLevel),
+            ("Logs,web,,65537", RequestError::BadNumber("count")),
+            (
+                "FollowLogs,web,1,2,3",
+                RequestError::ExtraFields("FollowLogs"),
+            ),
+        ] {
+            assert_eq!(parse(line), Err(err), "{line}");
+        }
+        assert_eq!(logs(9, None).encode(), Err(RequestError::BadLevel));
+    }
+}
