@@ -15,8 +15,8 @@ use std::time::Duration;
 use archon_proto::reply::ready;
 use archon_proto::socket::socket_path;
 use archon_proto::{
-    BindAddr, Command, Event, Filter, Id, Power, ProcessRow, ReloadCounts, Reply, ReplyError,
-    Request, ServiceRow, Setting, Status, Target, TreeNode,
+    BindAddr, Command, Event, Filter, Id, LogLine, Power, ProcessRow, ReloadCounts, Reply,
+    ReplyError, Request, ServiceRow, Setting, Status, Target, TreeNode,
 };
 
 use crate::error::Error;
@@ -360,6 +360,48 @@ impl Client {
                     next_seq,
                 })
             }
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// The lines of service `name`'s output archon keeps, at `level` or more severe, the newest
+    /// `max` of them (all that fit in a reply when `None`), oldest first.
+    pub fn logs(
+        &mut self,
+        name: &[u8],
+        level: u8,
+        max: Option<usize>,
+    ) -> Result<Vec<LogLine>, Error> {
+        let request = Request::Logs {
+            name: name.to_vec(),
+            level,
+            max,
+        };
+        match self.request(&request, &[])? {
+            Reply::Logs(lines) => Ok(lines),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
+    /// Turns the connection into a stream of service `name`'s lines at `level` or more severe:
+    /// the newest `max` kept first, then each new one ([`StreamItem::Log`](archon_proto::StreamItem::Log) items, and
+    /// [`StreamItem::Dropped`](archon_proto::StreamItem::Dropped) where some were lost). Its [`Subscription::next_seq`] is 0.
+    pub fn follow_logs(
+        mut self,
+        name: &[u8],
+        level: u8,
+        max: Option<usize>,
+    ) -> Result<Subscription, Error> {
+        let request = Request::FollowLogs {
+            name: name.to_vec(),
+            level,
+            max,
+        };
+        match self.request(&request, &[])? {
+            Reply::Ok(_) => Ok(Subscription {
+                client: self,
+                next_seq: 0,
+            }),
             other => Err(refused_or_unexpected(other)),
         }
     }

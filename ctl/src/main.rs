@@ -5,6 +5,7 @@ mod cli {
     pub mod args;
     pub mod config;
     pub mod events;
+    pub mod logs;
     pub mod status;
     pub mod table;
     pub mod tree;
@@ -68,6 +69,11 @@ sub-commands (TARGET is a service's NAME or a process's ID):
          [--table|--csv]  what happened and who caused it: the history archon
                           keeps, then (-f) events as they happen; GLOB takes *
                           and ?, KIND is words such as exit|fail or daemon
+  logs NAME [--level L] [-n N] [-f|--follow] [--table|--csv]
+                          the lines of NAME's stdout and stderr archon keeps
+                          (-n: the newest N; -f: the last 10, then new ones);
+                          L is 0-7 or emerg, alert, crit, err, warning,
+                          notice, info, debug
   run [-e NAME=VALUE]... [--] CMD [ARG]...
                           run CMD, wait, exit with its status
   daemon [-e NAME=VALUE]... [--] CMD [ARG]...
@@ -218,6 +224,13 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
             follow,
             format,
         } => events(client, filter, max, follow, table_wanted(format)),
+        Action::Logs {
+            name,
+            level,
+            max,
+            follow,
+            format,
+        } => logs(client, &name, level, max, follow, table_wanted(format)),
         Action::Reload => {
             let c = client.reload()?;
             print_ok(format!(
@@ -304,12 +317,64 @@ fn events(
             match (&received.item, table) {
                 (StreamItem::Event(e), true) => print(events::follow_line(e).as_bytes())?,
                 (StreamItem::Dropped(n), true) => print(events::dropped_line(*n).as_bytes())?,
-                (_, false) => print(&received.raw)?,
+                _ => print(&received.raw)?,
             }
         }
     })();
     match shown {
         // Whoever read the output has stopped (`| head`): done.
+        Err(Failure::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
+        other => other,
+    }
+}
+
+/// `logs`: the lines kept of service `name` at `level` or more severe (the newest `max`), as
+/// `TIME STREAM LEVEL TEXT` lines or as archon's CSV rows; with `follow`, then every new line,
+/// until archon exits.
+fn logs(
+    client: &mut Client,
+    name: &[u8],
+    level: u8,
+    max: Option<usize>,
+    follow: bool,
+    human: bool,
+) -> Result<u8, Failure> {
+    if !follow {
+        let received = table_reply(
+            client,
+            &Request::Logs {
+                name: name.to_vec(),
+                level,
+                max,
+            },
+        )?;
+        return match received.reply {
+            Reply::Logs(lines) if human => {
+                print_ok(lines.iter().map(cli::logs::line).collect::<String>())
+            }
+            Reply::Logs(_) => print_rows(&received.raw),
+            other => Err(Error::from_reply(other).into()),
+        };
+    }
+    let path = client.path().map(Path::to_path_buf);
+    let stream = match path {
+        Some(path) => Client::connect_to(&path)?,
+        None => return Err(Failure::Client(Error::Closed)),
+    };
+    let mut sub = stream.follow_logs(name, level, max)?;
+    let shown = (|| loop {
+        let received = match sub.next_item() {
+            Ok(received) => received,
+            Err(Error::Closed) => return Ok(EXIT_OK),
+            Err(e) => return Err(Failure::Client(e)),
+        };
+        match (&received.item, human) {
+            (StreamItem::Log(l), true) => print(cli::logs::line(l).as_bytes())?,
+            (StreamItem::Dropped(n), true) => print(cli::logs::dropped_line(*n).as_bytes())?,
+            _ => print(&received.raw)?,
+        }
+    })();
+    match shown {
         Err(Failure::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
         other => other,
     }

@@ -15,8 +15,8 @@ use mlua::{Lua, Table, Value};
 use crate::error::nearest;
 use crate::model::{
     Backoff, Check, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
-    DEFAULT_HEALTH_START_PERIOD_MS, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_READY_FD, Flap, Health,
-    RESOURCES, Ready, Restart, Rlimit, Service, UnitKind,
+    DEFAULT_HEALTH_START_PERIOD_MS, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_READY_FD, Flap, Health, Log,
+    MAX_LOG_KEEP, MAX_LOG_RING, RESOURCES, Ready, Restart, Rlimit, Service, UnitKind,
 };
 use crate::users::{self, Who};
 use crate::value::{
@@ -24,7 +24,7 @@ use crate::value::{
 };
 
 /// Every field of a declaration, in the order they are checked and dumped.
-pub(crate) const FIELDS: [&str; 28] = [
+pub(crate) const FIELDS: [&str; 29] = [
     "argv",
     "env",
     "cwd",
@@ -53,8 +53,10 @@ pub(crate) const FIELDS: [&str; 28] = [
     "health",
     "sockets",
     "bind_shim",
+    "log",
 ];
 
+const LOG_FIELDS: [&str; 4] = ["ring", "file", "max_size", "keep"];
 const BACKOFF_FIELDS: [&str; 4] = ["initial", "max", "multiplier", "reset_after"];
 const FLAP_FIELDS: [&str; 2] = ["restarts", "within"];
 const HEALTH_FIELDS: [&str; 6] = [
@@ -293,7 +295,79 @@ pub(crate) fn service(
         s.bind_shim = crate::sockets::bind_shim(v)?;
     }
     crate::sockets::check_ready_fd(&s)?;
+    if let Some(v) = f.get("log") {
+        s.log = log(v)?;
+        room.take(s.log.file.as_ref().map_or(0, |p| p.as_os_str().len()))?;
+    }
     Ok(s)
+}
+
+/// A size in bytes: a whole number, or a string of one with a suffix `K`, `M` or `G` (powers
+/// of 1024), as in `"64K"`.
+fn size(v: &Value, what: &str, max: u64) -> Res<u64> {
+    let expected = format!(
+        "a size in bytes, like 65536 or \"64K\" (at most {}M)",
+        max >> 20
+    );
+    let n = match v {
+        Value::String(s) => {
+            let bytes = s.as_bytes();
+            let (digits, unit) = match bytes.last() {
+                Some(b'K' | b'k') => (&bytes[..bytes.len() - 1], 1u64 << 10),
+                Some(b'M' | b'm') => (&bytes[..bytes.len() - 1], 1 << 20),
+                Some(b'G' | b'g') => (&bytes[..bytes.len() - 1], 1 << 30),
+                _ => (&bytes[..], 1),
+            };
+            std::str::from_utf8(digits)
+                .ok()
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u64>().ok())
+                .and_then(|n| n.checked_mul(unit))
+                .ok_or_else(|| format!("{what} must be {expected}, got {}", describe(v)))?
+        }
+        _ => integer(v, what, 0..=i64::MAX, &expected)? as u64,
+    };
+    if n > max {
+        return Err(format!("{what} must be {expected}, got {}", describe(v)));
+    }
+    Ok(n)
+}
+
+/// `log = {ring = "64K", file = "/var/log/web/current", max_size = "1M", keep = 5}`.
+fn log(v: &Value) -> Res<Log> {
+    let t = value::table(
+        v,
+        "log",
+        "a table like {ring = \"64K\", file = \"/var/log/web/current\", max_size = \"1M\", keep = 5}",
+    )?;
+    let f = Fields::read(&t, "log.", &LOG_FIELDS, "ring = \"64K\"")?;
+    let mut l = Log::default();
+    if let Some(v) = f.get("ring") {
+        l.ring = size(v, "log.ring", MAX_LOG_RING as u64)? as usize;
+    }
+    if let Some(v) = f.get("file") {
+        let path = string(v, "log.file", "an absolute path")?;
+        no_nul(&path, "log.file")?;
+        if !path.starts_with(b"/") || path.ends_with(b"/") {
+            return Err(format!(
+                "log.file must be an absolute path to a file, got {}",
+                describe(v)
+            ));
+        }
+        l.file = Some(PathBuf::from(std::ffi::OsStr::from_bytes(&path)));
+    }
+    if let Some(v) = f.get("max_size") {
+        l.max_size = size(v, "log.max_size", u64::from(u32::MAX))?.max(1);
+    }
+    if let Some(v) = f.get("keep") {
+        l.keep = integer(
+            v,
+            "log.keep",
+            0..=i64::from(MAX_LOG_KEEP),
+            "a whole number from 0 to 1000",
+        )? as u32;
+    }
+    Ok(l)
 }
 
 /// A non-empty list of strings (numbers allowed) without NUL, the first one not empty.

@@ -1,7 +1,7 @@
 //! Values written back as Lua literals, for the `Config` dump: what the file would say to get
 //! the same value again.
 
-use crate::model::{Check, Health, Listen, RESOURCES, Rlimit, Socket};
+use crate::model::{Check, Health, Listen, Log, RESOURCES, Rlimit, Socket};
 
 /// Lua's reserved words, which cannot be bare table keys.
 const KEYWORDS: [&str; 22] = [
@@ -170,6 +170,21 @@ pub(crate) fn sockets(sockets: &[Socket], bound: &[Option<Listen>]) -> String {
         out.push('}');
         out
     }))
+}
+
+/// `{ring = 65536, file = "/var/log/web/current", max_size = 1048576, keep = 5}` (no `file`
+/// when there is none).
+pub(crate) fn log(l: &Log) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let file = l
+        .file
+        .as_ref()
+        .map(|p| format!(", file = {}", string(p.as_os_str().as_bytes())))
+        .unwrap_or_default();
+    format!(
+        "{{ring = {}{file}, max_size = {}, keep = {}}}",
+        l.ring, l.max_size, l.keep
+    )
 }
 
 #[cfg(test)]

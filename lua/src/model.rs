@@ -47,6 +47,41 @@ pub const MAX_SOCKETS: usize = 32;
 /// The first fd the sockets are passed at (`LISTEN_FDS`, `SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;
 
+/// The byte budget of a service's in-memory log ring (`log.ring`): 64 KiB.
+pub const DEFAULT_LOG_RING: usize = 64 * 1024;
+/// The largest `log.ring`: 16 MiB.
+pub const MAX_LOG_RING: usize = 16 * 1024 * 1024;
+/// The size at which a log file is rotated (`log.max_size`): 1 MiB.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 1024 * 1024;
+/// The rotated log files kept beside the current one (`log.keep`).
+pub const DEFAULT_LOG_KEEP: u32 = 5;
+/// The most rotated log files `log.keep` may ask for.
+pub const MAX_LOG_KEEP: u32 = 1000;
+
+/// Where a service's captured output goes: its ring, and optionally a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// The ring's byte budget (0: no line is kept in memory).
+    pub ring: usize,
+    /// The file lines are appended to (`None`: memory only).
+    pub file: Option<PathBuf>,
+    /// The size in bytes past which the file is rotated.
+    pub max_size: u64,
+    /// How many rotated files are kept (`file.1` newest to `file.<keep>` oldest).
+    pub keep: u32,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            ring: DEFAULT_LOG_RING,
+            file: None,
+            max_size: DEFAULT_LOG_MAX_SIZE,
+            keep: DEFAULT_LOG_KEEP,
+        }
+    }
+}
+
 /// An evaluated configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -322,6 +357,8 @@ pub struct Service {
     pub sockets: Vec<Socket>,
     /// Whether the bind shim is preloaded.
     pub bind_shim: BindShim,
+    /// Where its output goes.
+    pub log: Log,
 }
 
 impl Service {
@@ -359,6 +396,7 @@ impl Service {
             health: None,
             sockets: Vec::new(),
             bind_shim: BindShim::Off,
+            log: Log::default(),
         }
     }
 
@@ -472,6 +510,7 @@ impl Service {
                     }
                 },
             ),
+            ("log", literal::log(&self.log)),
         ]
     }
 }

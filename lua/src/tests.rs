@@ -1598,6 +1598,7 @@ fn settings_name_every_field_in_order() -> Res {
         ("health", "nil"),
         ("sockets", "{}"),
         ("bind_shim", "false"),
+        ("log", "{ring = 65536, max_size = 1048576, keep = 5}"),
     ];
     let want: Vec<(&str, String)> = want.iter().map(|(k, v)| (*k, v.to_string())).collect();
     assert_eq!(got, want);
@@ -1942,6 +1943,36 @@ fn odd_input_never_panics() -> Res {
         if let Err(e) = load_str("t.lua", &bytes) {
             assert!(!e.message.contains("internal error"), "{bytes:?}: {e}");
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn log_takes_sizes_with_suffixes_and_a_file() -> Res {
+    let web =
+        with(r#"log = {ring = "8K", file = "/var/log/web/current", max_size = "2M", keep = 3}"#)?;
+    assert_eq!(web.log.ring, 8192);
+    assert_eq!(
+        web.log.file.as_deref(),
+        Some(std::path::Path::new("/var/log/web/current"))
+    );
+    assert_eq!((web.log.max_size, web.log.keep), (2 << 20, 3));
+    assert_eq!(with("log = {ring = 0}")?.log.ring, 0);
+    for (bad, want) in [
+        ("ring = \"64X\"", "log.ring must be a size in bytes"),
+        ("ring = \"17M\"", "log.ring must be a size in bytes"),
+        ("ring = -1", "log.ring must be"),
+        ("file = \"relative\"", "log.file must be an absolute path"),
+        (
+            "keep = 1001",
+            "log.keep must be a whole number from 0 to 1000",
+        ),
+        ("rings = 1", "unknown field \"log.rings\""),
+    ] {
+        let err = with(&format!("log = {{{bad}}}"))
+            .err()
+            .ok_or(format!("{bad} loaded"))?;
+        assert!(err.contains(want), "{bad}: {err}");
     }
     Ok(())
 }

@@ -244,6 +244,8 @@ pub enum StreamItem {
     /// `Dropped,<n>`: `n` events that matched were left out here, because the subscriber did
     /// not read fast enough (see [`MAX_EVENT_BACKLOG`](crate::limits::MAX_EVENT_BACKLOG)).
     Dropped(u64),
+    /// `Log,...`: a line of a `FollowLogs` stream.
+    Log(crate::log::LogLine),
 }
 
 impl StreamItem {
@@ -251,6 +253,7 @@ impl StreamItem {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             StreamItem::Event(e) => e.encode_into(out),
+            StreamItem::Log(l) => l.encode_into(out),
             StreamItem::Dropped(n) => {
                 record::join_into([kind::DROPPED.as_bytes(), n.to_string().as_bytes()], out);
             }
@@ -274,7 +277,10 @@ impl StreamItem {
             [head, ..] if head == kind::EVENT.as_bytes() => {
                 Event::from_fields(fields).map(StreamItem::Event)
             }
-            _ => Err(bad("expected an Event or a Dropped record")),
+            [head, ..] if head == kind::LOG.as_bytes() => {
+                crate::log::LogLine::from_fields(fields).map(StreamItem::Log)
+            }
+            _ => Err(bad("expected an Event, a Log or a Dropped record")),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`command`]: the argv/env of `Run` and `StartDaemon`, in the simple and the explicit form;
 //! - [`event`]: the record of one change (`History`'s rows, `Subscribe`'s stream) and the
 //!   filters that choose records;
+//! - [`log`]: a line a service wrote (`Logs`' rows, `FollowLogs`' stream) and its levels;
 //! - [`request`] and [`reply`]: the typed messages; a request names a process by its id or a
 //!   service by its name ([`Target`]);
 //! - [`bind`]: the address of a `Bind`, and the line the `LD_PRELOAD` shim writes without
@@ -32,6 +33,7 @@ pub mod command;
 pub mod event;
 pub mod frame;
 pub mod limits;
+pub mod log;
 pub mod name;
 pub mod record;
 pub mod reply;
@@ -43,6 +45,7 @@ pub use bind::{BindAddr, Transport};
 pub use command::{Command, EnvEntry};
 pub use event::{Cause, Event, EventKind, Filter, KindSet, StreamItem};
 pub use frame::{Frame, FrameError, Framer};
+pub use log::{LogLine, LogStream};
 pub use reply::{
     Health, Kind, ProcState, ProcessRow, ReloadCounts, Reply, ReplyError, ReplyParser, ServiceKind,
     ServiceRow, ServiceState, Setting, Status, TreeNode,

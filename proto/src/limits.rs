@@ -97,6 +97,19 @@ pub const MAX_PATTERN_LEN: usize = 256;
 /// with `...`.
 pub const MAX_EVENT_REASON: usize = 512;
 
+/// Longest line of a service's output that archon keeps whole, in bytes (4 KiB, without its
+/// `\n`). A longer one is cut there: the part kept is a `Log` row marked `cut`, and the rest
+/// counts as the next line. It bounds what one service's partial line costs archon.
+pub const MAX_LOG_LINE: usize = 4 * 1024;
+
+/// Most bytes of rows one `Logs` reply holds (512 KiB): the newest lines that fit, so that the
+/// reply stays under [`MAX_REPLY_BACKLOG`] whatever the ring's size.
+pub const MAX_LOGS_REPLY: usize = 512 * 1024;
+
+/// Most rows of a `Logs` reply, and most lines `Logs` and `FollowLogs` may ask for (65536);
+/// a client reading a `Logs,<n>` header with a larger `n` takes the reply as malformed.
+pub const MAX_LOG_ROWS: usize = 65_536;
+
 /// The protocol's version, as `Version` reports it. Raised when a change is not backwards
 /// compatible.
 pub const PROTOCOL_VERSION: u32 = 1;

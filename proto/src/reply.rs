@@ -7,7 +7,8 @@
 use std::fmt;
 
 use crate::event::Event;
-use crate::limits::{MAX_HISTORY, MAX_TREE_NODES};
+use crate::limits::{MAX_HISTORY, MAX_LOG_ROWS, MAX_TREE_NODES};
+use crate::log::LogLine;
 use crate::name;
 use crate::record::{self, Fields};
 use crate::request::{Id, Power, Target, parse_pid, parse_u64};
@@ -361,8 +362,12 @@ pub mod kind {
     pub const HISTORY: &str = "History";
     /// A row of [`super::Reply::History`], and an event of a `Subscribe` stream
     pub const EVENT: &str = "Event";
-    /// The mark in a `Subscribe` stream of events left out
+    /// The mark in a `Subscribe` or `FollowLogs` stream of events or lines left out
     pub const DROPPED: &str = "Dropped";
+    /// [`super::Reply::Logs`]'s header
+    pub const LOGS: &str = "Logs";
+    /// A row of [`super::Reply::Logs`], and a line of a `FollowLogs` stream
+    pub const LOG: &str = "Log";
 }
 
 /// The words of a `Status` row's `ready` field.
@@ -408,6 +413,8 @@ pub enum Reply {
     Config(Vec<Setting>),
     /// `History,<n>` and `n` rows (at most [`MAX_HISTORY`]), oldest first.
     History(Vec<Event>),
+    /// `Logs,<n>` and `n` rows (at most [`MAX_LOG_ROWS`]), oldest first.
+    Logs(Vec<LogLine>),
 }
 
 /// A reply that does not follow the grammar.
@@ -573,6 +580,12 @@ impl Reply {
                     e.encode_into(out);
                 }
             }
+            Reply::Logs(lines) => {
+                header(kind::LOGS, lines.len(), out);
+                for l in lines {
+                    l.encode_into(out);
+                }
+            }
         }
     }
 
@@ -624,6 +637,7 @@ enum Rows {
     Tree(Vec<TreeNode>),
     Config(Vec<Setting>),
     History(Vec<Event>),
+    Logs(Vec<LogLine>),
 }
 
 impl Rows {
@@ -634,6 +648,7 @@ impl Rows {
             Rows::Tree(r) => r.len(),
             Rows::Config(r) => r.len(),
             Rows::History(r) => r.len(),
+            Rows::Logs(r) => r.len(),
         }
     }
 
@@ -644,6 +659,7 @@ impl Rows {
             Rows::Tree(r) => r.push(parse_node(fields)?),
             Rows::Config(r) => r.push(parse_setting(fields)?),
             Rows::History(r) => r.push(Event::from_fields(fields)?),
+            Rows::Logs(r) => r.push(LogLine::from_fields(fields)?),
         }
         Ok(())
     }
@@ -655,6 +671,7 @@ impl Rows {
             Rows::Tree(r) => Reply::Tree(r),
             Rows::Config(r) => Reply::Config(r),
             Rows::History(r) => Reply::History(r),
+            Rows::Logs(r) => Reply::Logs(r),
         }
     }
 }
@@ -755,6 +772,12 @@ impl ReplyParser {
                 let n = row_count(rest, kind::HISTORY, MAX_HISTORY)?;
                 return Ok(
                     self.start_table(n, Rows::History(Vec::with_capacity(n.min(ROWS_RESERVED))))
+                );
+            }
+            b"Logs" => {
+                let n = row_count(rest, kind::LOGS, MAX_LOG_ROWS)?;
+                return Ok(
+                    self.start_table(n, Rows::Logs(Vec::with_capacity(n.min(ROWS_RESERVED))))
                 );
             }
             _ => return Err(bad("unknown reply kind")),

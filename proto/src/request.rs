@@ -6,7 +6,9 @@ use crate::bind::{BindAddr, BindError};
 use crate::command::{Command, CommandError};
 use crate::event::{self, Filter, KindSet};
 use crate::frame::FrameError;
-use crate::limits::{MAX_FDS_PER_REQUEST, MAX_HISTORY, MAX_REQUEST_LEN, MAX_STOP_GRACE_MS};
+use crate::limits::{
+    MAX_FDS_PER_REQUEST, MAX_HISTORY, MAX_LOG_ROWS, MAX_REQUEST_LEN, MAX_STOP_GRACE_MS,
+};
 use crate::name;
 use crate::record::{self, Fields};
 use crate::signal;
@@ -225,6 +227,29 @@ pub enum Request {
         /// Which events.
         filter: Filter,
     },
+    /// `Logs,<name>[,<level>[,<max>]]`: the lines of a service's output archon keeps, at
+    /// `level` or more severe, the newest `max` of them (all that fit in
+    /// [`MAX_LOGS_REPLY`](crate::limits::MAX_LOGS_REPLY) when `None`), oldest first; answered with
+    /// [`Reply::Logs`](crate::Reply::Logs).
+    Logs {
+        /// The service or task.
+        name: Vec<u8>,
+        /// The least severe level wanted (0 to 7; 7 takes every line).
+        level: u8,
+        /// At most this many lines, 0 to [`MAX_LOG_ROWS`].
+        max: Option<usize>,
+    },
+    /// `FollowLogs,<name>[,<level>[,<max>]]`: answered `Ok,<name>`, then the newest `max` lines
+    /// kept (none when `None`) and every new line at `level` or more severe, as it is read
+    /// ([`StreamItem`](crate::StreamItem)s); the connection takes no more requests.
+    FollowLogs {
+        /// The service or task.
+        name: Vec<u8>,
+        /// The least severe level wanted.
+        level: u8,
+        /// The lines kept to send first, 0 to [`MAX_LOG_ROWS`].
+        max: Option<usize>,
+    },
     /// `Poweroff`, `Reboot` or `Halt` (root only): answered `Ok,<poweroff|reboot|halt>` at once,
     /// then everything stops and the machine (or archon's PID namespace) goes down; an archon
     /// that is not process 1 exits instead.
@@ -274,6 +299,10 @@ pub mod verb {
     pub const HISTORY: &str = "History";
     /// [`super::Request::Subscribe`]
     pub const SUBSCRIBE: &str = "Subscribe";
+    /// [`super::Request::Logs`]
+    pub const LOGS: &str = "Logs";
+    /// [`super::Request::FollowLogs`]
+    pub const FOLLOW_LOGS: &str = "FollowLogs";
     /// [`super::Request::Power`] with [`super::Power::Poweroff`]
     pub const POWEROFF: &str = "Poweroff";
     /// [`super::Request::Power`] with [`super::Power::Reboot`]
@@ -315,6 +344,8 @@ pub enum RequestError {
     BadName(String),
     /// A subject pattern that breaks its rule (the text is [`event::check_pattern`]'s reason).
     BadPattern(String),
+    /// A level field that is no level (`0` to `7`, or a name like `err`).
+    BadLevel,
     /// A kind field with a word that is no kind (the text is [`KindSet::from_field`]'s reason).
     BadKind(String),
     /// The request carries fds that it does not take, or more than it takes.
@@ -346,6 +377,10 @@ impl fmt::Display for RequestError {
             RequestError::BadName(why) => write!(f, "bad name: {why}"),
             RequestError::BadPattern(why) => write!(f, "bad subject pattern: {why}"),
             RequestError::BadKind(why) => write!(f, "bad kind: {why}"),
+            RequestError::BadLevel => write!(
+                f,
+                "bad level: 0 to 7, or emerg, alert, crit, err, warning, notice, info, debug"
+            ),
             RequestError::Fds { verb, got } => match (*verb, *got) {
                 (verb::MONITOR_FD, 0) => write!(f, "MonitorFD needs a pidfd attached"),
                 (verb::MONITOR_FD, n) => write!(f, "MonitorFD takes exactly one pidfd, got {n}"),
@@ -445,6 +480,25 @@ fn max_arg(field: Option<&Vec<u8>>) -> Result<Option<usize>, RequestError> {
             .map(Some)
             .ok_or(RequestError::BadNumber("count")),
     }
+}
+
+/// The `<name>,<level>,<max>` fields of `Logs` and `FollowLogs`.
+fn log_args(args: &[Vec<u8>]) -> Result<(Vec<u8>, u8, Option<usize>), RequestError> {
+    let name = name_arg(args)?;
+    let level = match args.get(1).map(Vec::as_slice) {
+        None | Some([]) => crate::log::LEVEL_DEBUG,
+        Some(f) => crate::log::parse_level(f).ok_or(RequestError::BadLevel)?,
+    };
+    let max = match args.get(2).map(Vec::as_slice) {
+        None | Some([]) => None,
+        Some(f) => Some(
+            parse_u64(f)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n <= MAX_LOG_ROWS)
+                .ok_or(RequestError::BadNumber("count"))?,
+        ),
+    };
+    Ok((name, level, max))
 }
 
 /// `Poweroff`, `Reboot` or `Halt`, which take no field.
@@ -580,6 +634,16 @@ impl Request {
                     filter: filter_args(args)?,
                 }
             }
+            b"Logs" => {
+                no_more(args, 3, verb::LOGS)?;
+                let (name, level, max) = log_args(args)?;
+                Request::Logs { name, level, max }
+            }
+            b"FollowLogs" => {
+                no_more(args, 3, verb::FOLLOW_LOGS)?;
+                let (name, level, max) = log_args(args)?;
+                Request::FollowLogs { name, level, max }
+            }
             b"Poweroff" => power_request(args, Power::Poweroff)?,
             b"Reboot" => power_request(args, Power::Reboot)?,
             b"Halt" => power_request(args, Power::Halt)?,
@@ -617,6 +681,8 @@ impl Request {
             Request::Reload => verb::RELOAD,
             Request::History { .. } => verb::HISTORY,
             Request::Subscribe { .. } => verb::SUBSCRIBE,
+            Request::Logs { .. } => verb::LOGS,
+            Request::FollowLogs { .. } => verb::FOLLOW_LOGS,
             Request::Power(p) => p.verb(),
             Request::Bind(_) => verb::BIND,
         }
@@ -680,6 +746,11 @@ impl Request {
                 out.push(filter.kinds.to_field());
             }
             Request::Bind(addr) => out.extend(addr.to_fields()),
+            Request::Logs { name, level, max } | Request::FollowLogs { name, level, max } => {
+                out.push(name.clone());
+                out.push(num(u64::from(*level)));
+                out.push(max.map(|n| num(n as u64)).unwrap_or_default());
+            }
             Request::MonitorFd
             | Request::List
             | Request::Ping
@@ -688,7 +759,13 @@ impl Request {
             | Request::Reload
             | Request::Power(_) => {}
         }
-        if matches!(self, Request::History { .. } | Request::Subscribe { .. }) {
+        if matches!(
+            self,
+            Request::History { .. }
+                | Request::Subscribe { .. }
+                | Request::Logs { .. }
+                | Request::FollowLogs { .. }
+        ) {
             // Empty fields at the end say nothing: leave them out.
             while out.len() > 1 && out.last().is_some_and(Vec::is_empty) {
                 out.pop();
@@ -727,6 +804,16 @@ impl Request {
                 event::check_pattern(&filter.subject).map_err(RequestError::BadPattern)
             }
             Request::Bind(addr) => addr.check().map_err(RequestError::Bind),
+            Request::Logs { name, level, max } | Request::FollowLogs { name, level, max } => {
+                service_name(name, "name")?;
+                if *level > crate::log::LEVEL_DEBUG {
+                    return Err(RequestError::BadLevel);
+                }
+                match max {
+                    Some(n) if *n > MAX_LOG_ROWS => Err(RequestError::BadNumber("count")),
+                    _ => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -1211,5 +1298,45 @@ mod tests {
         ] {
             assert!(bad.encode().is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn logs_requests_read_and_write_back() {
+        let parse = |l: &str| Request::parse(l.as_bytes());
+        let logs = |level, max| Request::Logs {
+            name: b"web".to_vec(),
+            level,
+            max,
+        };
+        assert_eq!(parse("Logs,web"), Ok(logs(7, None)));
+        assert_eq!(parse("Logs,web,err,10"), Ok(logs(3, Some(10))));
+        assert_eq!(parse("Logs,web,,0"), Ok(logs(7, Some(0))));
+        assert_eq!(logs(3, Some(10)).encode(), Ok(b"Logs,web,3,10\n".to_vec()));
+        assert_eq!(logs(7, None).encode(), Ok(b"Logs,web,7\n".to_vec()));
+        assert_eq!(
+            parse("FollowLogs,web,warning"),
+            Ok(Request::FollowLogs {
+                name: b"web".to_vec(),
+                level: 4,
+                max: None
+            })
+        );
+        for (line, err) in [
+            ("Logs", RequestError::Missing("name")),
+            ("Logs,web,8", RequestError::BadLevel),
+            ("Logs,web,,65537", RequestError::BadNumber("count")),
+            (
+                "FollowLogs,web,1,2,3",
+                RequestError::ExtraFields("FollowLogs"),
+            ),
+        ] {
+            assert_eq!(parse(line), Err(err), "{line}");
+        }
+        assert_eq!(logs(9, None).encode(), Err(RequestError::BadLevel));
     }
 }

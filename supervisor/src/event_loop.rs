@@ -222,6 +222,13 @@ pub struct Supervisor {
     sockets: Sockets,
     /// The bind shim `bind_shim = true` preloads, or why there is none.
     shim: Result<PathBuf, String>,
+    /// The connections that follow a service's log lines.
+    followers: crate::logs::Followers,
+    /// Log pipes to read again before the next sleep: their turn's budget was spent.
+    logs_pending: Vec<(UnitId, usize)>,
+    /// Where log pipes are read into: [`crate::logs::LOG_READ_PER_TURN`] bytes, allocated at the
+    /// first read.
+    log_buf: Vec<u8>,
 }
 
 mod entry;
@@ -395,6 +402,9 @@ impl Supervisor {
             role,
             sockets,
             shim,
+            followers: crate::logs::Followers::default(),
+            logs_pending: Vec::new(),
+            log_buf: Vec::new(),
         })
     }
 
@@ -418,7 +428,10 @@ impl Supervisor {
                 self.spawner.trim();
                 crate::memory::release();
             }
-            let timeout = if self.more_to_read.is_empty() && self.more_to_accept == [false; 2] {
+            let timeout = if self.more_to_read.is_empty()
+                && self.more_to_accept == [false; 2]
+                && self.logs_pending.is_empty()
+            {
                 self.timers.timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -457,6 +470,9 @@ impl Supervisor {
             }
             for cid in std::mem::take(&mut self.more_to_read) {
                 self.pump(cid);
+            }
+            for (unit, pipe) in std::mem::take(&mut self.logs_pending) {
+                self.on_log(unit, pipe);
             }
             self.flush_streams();
             if self.shutdown_complete() {
@@ -644,6 +660,7 @@ impl Supervisor {
             c.drain_input();
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.events.unsubscribe(id);
+            self.followers.unfollow(id);
             debug!("client {id} closed");
         }
     }
@@ -673,7 +690,9 @@ impl Supervisor {
 
     /// Writes what was queued on the streams this turn.
     fn flush_streams(&mut self) {
-        for id in self.events.take_touched() {
+        let mut touched = self.events.take_touched();
+        touched.extend(self.followers.take_touched());
+        for id in touched {
             if let Some(c) = self.clients.get_mut(&id) {
                 c.flush();
             }
@@ -687,7 +706,11 @@ impl Supervisor {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
-        if let Some(line) = self.events.catch_up(id, c.backlog()) {
+        let line = match self.events.catch_up(id, c.backlog()) {
+            Some(line) => Some(line),
+            None => self.followers.catch_up(id, c.backlog()),
+        };
+        if let Some(line) = line {
             c.push_stream(&line);
             c.flush();
         }
@@ -904,6 +927,11 @@ impl Supervisor {
                 Ok(fd) => self.reply_with_fds(to, Reply::Ok(Vec::new()), vec![fd]),
                 Err(reason) => self.reply(to, Reply::error(reason)),
             },
+            Request::Logs { name, level, max } => {
+                let reply = self.logs(&name, level, max);
+                self.reply(to, reply)
+            }
+            Request::FollowLogs { name, level, max } => self.follow_logs(to, name, level, max),
             Request::Reload => {
                 let reply = match self.reload(by) {
                     Ok(c) => {

@@ -26,10 +26,45 @@ const RESUME_BACKLOG: usize = MAX_EVENT_BACKLOG / 2;
 #[derive(Debug)]
 pub struct Subscriber {
     filter: Filter,
-    /// Events dropped since the last `Dropped` line (or the start).
-    dropped: u64,
+    pace: Pace,
     /// In the list of connections to flush at the end of the loop's turn.
     touched: bool,
+}
+
+/// How a stream keeps up with a reader that may be slow: what it has dropped and not yet
+/// told. Shared by the event streams here and the log streams ([`crate::logs`]).
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// Items dropped since the last `Dropped` line (or the start).
+    dropped: u64,
+}
+
+impl Pace {
+    /// An item of `len` bytes for a reader with `backlog` bytes unread. Without a loss
+    /// pending, it goes if the backlog stays within [`MAX_EVENT_BACKLOG`] (or is empty); after
+    /// a loss, items are dropped until the backlog is down to [`RESUME_BACKLOG`], and the next
+    /// one goes after the count.
+    pub fn offer(&mut self, backlog: usize, len: usize) -> Offer {
+        let room = if self.dropped == 0 {
+            backlog == 0 || backlog + len <= MAX_EVENT_BACKLOG
+        } else {
+            backlog <= RESUME_BACKLOG
+        };
+        if room {
+            Offer::Send {
+                dropped: std::mem::take(&mut self.dropped),
+            }
+        } else {
+            self.dropped += 1;
+            Offer::Drop
+        }
+    }
+
+    /// The reader has read some: the count of the items it lost, when it is due (a loss is
+    /// pending and the backlog is down to [`RESUME_BACKLOG`]).
+    pub fn catch_up(&mut self, backlog: usize) -> Option<u64> {
+        (self.dropped > 0 && backlog <= RESUME_BACKLOG).then(|| std::mem::take(&mut self.dropped))
+    }
 }
 
 /// What to do with an event for one subscriber, given what waits unread on its connection.
@@ -48,35 +83,20 @@ impl Subscriber {
     fn new(filter: Filter) -> Subscriber {
         Subscriber {
             filter,
-            dropped: 0,
+            pace: Pace::default(),
             touched: false,
         }
     }
 
-    /// An event of `len` bytes for a subscriber with `backlog` bytes unread. Without a loss
-    /// pending, it goes if the backlog stays within [`MAX_EVENT_BACKLOG`] (or is empty); after
-    /// a loss, events are dropped until the backlog is down to [`RESUME_BACKLOG`], and the next
-    /// one goes after the count.
+    /// An event of `len` bytes for a subscriber with `backlog` bytes unread (see
+    /// [`Pace::offer`]).
     pub fn offer(&mut self, backlog: usize, len: usize) -> Offer {
-        let room = if self.dropped == 0 {
-            backlog == 0 || backlog + len <= MAX_EVENT_BACKLOG
-        } else {
-            backlog <= RESUME_BACKLOG
-        };
-        if room {
-            Offer::Send {
-                dropped: std::mem::take(&mut self.dropped),
-            }
-        } else {
-            self.dropped += 1;
-            Offer::Drop
-        }
+        self.pace.offer(backlog, len)
     }
 
-    /// The subscriber has read some: the count of the events it lost, when it is due (a loss
-    /// is pending and the backlog is down to [`RESUME_BACKLOG`]).
+    /// The subscriber has read some: the count of the events it lost, when it is due.
     pub fn catch_up(&mut self, backlog: usize) -> Option<u64> {
-        (self.dropped > 0 && backlog <= RESUME_BACKLOG).then(|| std::mem::take(&mut self.dropped))
+        self.pace.catch_up(backlog)
     }
 }
 
@@ -308,7 +328,7 @@ mod tests {
         assert_eq!(
             StreamItem::from_fields(&fields).map(|i| match i {
                 StreamItem::Event(e) => e.seq,
-                StreamItem::Dropped(_) => 0,
+                StreamItem::Dropped(_) | StreamItem::Log(_) => 0,
             }),
             Ok(2)
         );

@@ -21,6 +21,7 @@ mod health;
 mod leftovers;
 mod listen;
 mod log;
+mod logs;
 mod memory;
 mod notify;
 mod pid1;

@@ -395,6 +395,7 @@ fn a_subscriber_that_never_reads_blocks_nobody_and_is_told_what_it_lost() -> Res
                 dropped += n;
                 break;
             }
+            (_, line) => return fail(format!("not an event: {line:?}")),
         }
     }
     ensure!(

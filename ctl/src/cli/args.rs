@@ -5,7 +5,8 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 
 use archon_proto::event::check_pattern;
-use archon_proto::limits::{MAX_HISTORY, MAX_STOP_GRACE_MS};
+use archon_proto::limits::{MAX_HISTORY, MAX_LOG_ROWS, MAX_STOP_GRACE_MS};
+use archon_proto::log::{LEVEL_DEBUG, parse_level};
 use archon_proto::{Command, EnvEntry, Filter, KindSet, Power, Target, name, signal};
 
 /// How a table is printed.
@@ -86,6 +87,19 @@ pub enum Action {
         /// At most this many from the history (the newest).
         max: Option<usize>,
         /// Then go on with the events as they happen.
+        follow: bool,
+        /// How to print them.
+        format: Format,
+    },
+    /// `logs NAME [--level L] [-n N] [-f|--follow] [--table|--csv]`.
+    Logs {
+        /// The service.
+        name: Vec<u8>,
+        /// The least severe level shown (0 to 7).
+        level: u8,
+        /// The newest this many lines kept (all when `None`; 10 with `follow`).
+        max: Option<usize>,
+        /// Then go on with the lines as they come.
         follow: bool,
         /// How to print them.
         format: Format,
@@ -179,6 +193,7 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
         b"config" => config(rest)?,
         b"reload" => none(rest, Action::Reload)?,
         b"events" => events(rest)?,
+        b"logs" => logs(rest)?,
         b"monitor" => monitor(rest)?,
         b"ping" => none(rest, Action::Ping)?,
         b"version" => none(rest, Action::ArchonVersion)?,
@@ -312,7 +327,7 @@ fn split_flags<'a>(
 }
 
 /// Every sub-command flag, and whether it takes a value.
-const KNOWN_FLAGS: [(&str, bool); 10] = [
+const KNOWN_FLAGS: [(&str, bool); 12] = [
     ("--grace", true),
     ("--group", false),
     ("--pidfd", false),
@@ -323,6 +338,8 @@ const KNOWN_FLAGS: [(&str, bool); 10] = [
     ("--max", true),
     ("--follow", false),
     ("-f", false),
+    ("--level", true),
+    ("-n", true),
 ];
 
 fn exact<'a>(positionals: &[&'a OsStr], names: &[&str]) -> Result<Vec<&'a OsStr>, UsageError> {
@@ -510,6 +527,59 @@ fn events(args: &[OsString]) -> Result<Action, UsageError> {
     }
     Ok(Action::Events {
         filter,
+        max,
+        follow,
+        format: format(&flags),
+    })
+}
+
+/// How many lines `logs -f` shows before the new ones, without `-n`.
+const FOLLOW_LINES: usize = 10;
+
+fn logs(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos,
+        flags,
+    }) = split_flags(
+        args,
+        &["--level", "-n", "--follow", "-f", "--csv", "--table"],
+    )?
+    else {
+        return Ok(Action::Help);
+    };
+    let [name] = exact(&pos, &["NAME"])?[..] else {
+        return Err(usage("missing NAME"));
+    };
+    let (mut level, mut max, mut follow) = (LEVEL_DEBUG, None, false);
+    for (flag, value) in &flags {
+        let value = value.unwrap_or_default();
+        match *flag {
+            "--level" => {
+                level = parse_level(value.as_bytes()).ok_or_else(|| {
+                    usage(format!(
+                        "not a level: {} (0 to 7, or emerg, alert, crit, err, warning, notice, \
+                         info, debug)",
+                        show(value)
+                    ))
+                })?;
+            }
+            "-n" => {
+                let n = number(value, "-n")?;
+                if n > MAX_LOG_ROWS as u64 {
+                    return Err(usage(format!("-n is 0 to {MAX_LOG_ROWS}")));
+                }
+                max = Some(n as usize);
+            }
+            "--follow" | "-f" => follow = true,
+            _ => {}
+        }
+    }
+    if follow && max.is_none() {
+        max = Some(FOLLOW_LINES);
+    }
+    Ok(Action::Logs {
+        name: service_name(name)?,
+        level,
         max,
         follow,
         format: format(&flags),

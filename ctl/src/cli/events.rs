@@ -24,7 +24,7 @@ const FOLLOW_WIDTHS: [usize; 9] = [24, 12, 7, 7, 8, 8, 7, 7, 12];
 const GAP: usize = 2;
 
 /// `ms` milliseconds after the Unix epoch, in UTC: `2026-11-21T23:27:00.093Z`.
-fn iso_utc_ms(ms: u64) -> String {
+pub(crate) fn iso_utc_ms(ms: u64) -> String {
     let seconds = iso_utc(ms);
     let stem = seconds.strip_suffix('Z').unwrap_or(&seconds);
     format!("{stem}.{:03}Z", ms % 1000)

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use archon_lua::{BindShim, Check, Ready, Service, UnitKind};
-use archon_proto::limits::MAX_TREE_NODES;
+use archon_proto::limits::{MAX_LOG_ROWS, MAX_TREE_NODES};
 use archon_proto::{
     Command, EnvEntry, Health as ProtoHealth, Reply, ServiceKind, ServiceRow, Setting, Status,
     TreeNode,
@@ -33,6 +33,7 @@ use mio::{Interest, Token};
 use super::{Supervisor, TAG_UNIT, now_ms, token};
 use crate::cgroup::ServiceCgroup;
 use crate::health::{self, TcpProbe};
+use crate::logs::{Drained, ServiceLog};
 use crate::notify::{Notice, NotifySocket, ReadyOutcome, ReadyPipe};
 use crate::procstat;
 use crate::service::{Action, Health, Manager, TimerKind, UnitId};
@@ -52,6 +53,8 @@ const SUB_NOTIFY: u64 = 1;
 const SUB_READY: u64 = 2;
 const SUB_PROBE: u64 = 3;
 const SUB_EXEC: u64 = 4;
+/// stdout's log pipe; stderr's is the next.
+const SUB_LOG: u64 = 5;
 const SUB_BITS: u32 = 3;
 
 fn unit_token(id: UnitId, sub: u64) -> Token {
@@ -83,6 +86,9 @@ pub(super) struct UnitRt {
     /// for each of thousands of units).
     probe: Option<Box<(Probe, TimerKey)>>,
     timers: HashMap<TimerKind, TimerKey>,
+    /// The pipes of its stdout and stderr, made at its first start and kept until it is
+    /// removed; its ring and log file (boxed: the ring's lines are the bulk).
+    log: Option<Box<ServiceLog>>,
 }
 
 /// The unit whose process has this pid (main processes and health-check commands).
@@ -277,7 +283,10 @@ impl Supervisor {
             cgroup_procs: None,
             extra_fds,
         };
-        let stdio = [self.devnull.as_raw_fd(), 2, 2];
+        let stdio = match self.unit_log(id, spec) {
+            Some([out, err]) => [self.devnull.as_raw_fd(), out, err],
+            None => [self.devnull.as_raw_fd(), 2, 2],
+        };
         let spawned = self
             .spawner
             .spawn_pipelined(exec, stdio, opts)
@@ -481,6 +490,138 @@ impl Supervisor {
             bound.name()
         );
         Ok(fd)
+    }
+
+    /// The write ends of the unit's log pipes, made and registered at its first start; its ring
+    /// and file set as its declaration says now. `None` when the pipes cannot be made: its
+    /// output then goes to archon's stderr.
+    fn unit_log(&mut self, id: UnitId, spec: &Service) -> Option<[i32; 2]> {
+        let rt = self.units.entry(id).or_default();
+        if rt.log.is_none() {
+            let made = ServiceLog::new(&spec.log).and_then(|mut log| {
+                for (i, pipe) in log.pipes.iter_mut().enumerate() {
+                    self.poll.registry().register(
+                        &mut pipe.read,
+                        unit_token(id, SUB_LOG + i as u64),
+                        Interest::READABLE,
+                    )?;
+                }
+                Ok(log)
+            });
+            match made {
+                Ok(log) => rt.log = Some(Box::new(log)),
+                Err(e) => {
+                    warn!(
+                        "{}: cannot make its log pipes ({e}): its output goes to archon's stderr",
+                        spec.name
+                    );
+                    return None;
+                }
+            }
+        }
+        let log = rt.log.as_mut()?;
+        if let Err(why) = log.configure(&spec.log) {
+            warn!("{}: {why}", spec.name);
+        }
+        Some(log.write_fds())
+    }
+
+    /// A log pipe of `id` is readable, or was left with more to read: one turn's read.
+    pub(super) fn on_log(&mut self, id: UnitId, pipe: usize) {
+        if self.log_buf.is_empty() {
+            self.log_buf = vec![0; crate::logs::LOG_READ_PER_TURN];
+        }
+        let Some(log) = self.units.get_mut(&id).and_then(|rt| rt.log.as_mut()) else {
+            return;
+        };
+        let mut lines = Vec::new();
+        let (drained, err) = log.read(pipe, &mut self.log_buf, now_ms(), &mut lines);
+        if let Some(why) = err {
+            let name = self.services.spec(id).map_or("?", |s| s.name.as_str());
+            warn!("{name}: {why}");
+        }
+        if drained == Drained::More && !self.logs_pending.contains(&(id, pipe)) {
+            self.logs_pending.push((id, pipe));
+        }
+        self.stream_log_lines(id, &lines);
+    }
+
+    /// Queues `lines` of `id` on the streams of its followers (or drops and counts them for a
+    /// follower too far behind).
+    fn stream_log_lines(&mut self, id: UnitId, lines: &[archon_proto::LogLine]) {
+        if lines.is_empty() || !self.followers.any_for(id) {
+            return;
+        }
+        for line in lines {
+            let to = self.followers.wanting(id, line.level);
+            if to.is_empty() {
+                continue;
+            }
+            let bytes = line.encode();
+            for cid in to {
+                let Some(c) = self.clients.get_mut(&cid) else {
+                    continue;
+                };
+                if let crate::events::Offer::Send { dropped } =
+                    self.followers.offer(cid, c.backlog(), bytes.len())
+                {
+                    if dropped > 0 {
+                        c.push_stream(&archon_proto::StreamItem::Dropped(dropped).encode());
+                    }
+                    c.push_stream(&bytes);
+                }
+            }
+        }
+    }
+
+    /// `Logs,<name>,<level>,<max>`: the newest lines kept.
+    pub(super) fn logs(&self, name: &[u8], level: u8, max: Option<usize>) -> Reply {
+        let text = String::from_utf8_lossy(name);
+        let Some(id) = self.services.id(&text) else {
+            return Reply::error(format!("no such service: {text}"));
+        };
+        let max = max.unwrap_or(MAX_LOG_ROWS).min(MAX_LOG_ROWS);
+        Reply::Logs(
+            self.units
+                .get(&id)
+                .and_then(|rt| rt.log.as_ref())
+                .map(|l| l.ring().tail(level, max))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// `FollowLogs,<name>,<level>,<max>`: `Ok,<name>`, then the newest `max` lines kept and
+    /// every new one at `level` or more severe. Like `Subscribe`, a stream before the reply.
+    pub(super) fn follow_logs(
+        &mut self,
+        to: crate::table::ReplyTo,
+        name: Vec<u8>,
+        level: u8,
+        max: Option<usize>,
+    ) {
+        let text = String::from_utf8_lossy(&name).into_owned();
+        let Some(id) = self.services.id(&text) else {
+            return self.reply(to, Reply::error(format!("no such service: {text}")));
+        };
+        let past = match max {
+            Some(n) if n > 0 => match self.logs(&name, level, Some(n)) {
+                Reply::Logs(lines) => lines,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let Some(c) = self.clients.get_mut(&to.client) else {
+            return;
+        };
+        c.start_stream();
+        self.followers.follow(to.client, id, level);
+        self.reply(to, Reply::Ok(vec![name]));
+        if let Some(c) = self.clients.get_mut(&to.client) {
+            for line in &past {
+                c.push_stream(&line.encode());
+            }
+            c.flush();
+        }
     }
 
     /// The unit's notify socket, bound on first use: `<socket>.notify/<id>`.
@@ -693,6 +834,17 @@ impl Supervisor {
             self.execs_pending.retain(|&u| u != id);
             drop(pending);
         }
+        if let Some(mut log) = rt.log.take() {
+            let mut lines = Vec::new();
+            if let Some(why) = log.finish(now_ms(), &mut lines) {
+                warn!("unit {id}: {why}");
+            }
+            self.stream_log_lines(id, &lines);
+            for pipe in log.pipes.iter_mut() {
+                let _ = self.poll.registry().deregister(&mut pipe.read);
+            }
+            self.logs_pending.retain(|&(u, _)| u != id);
+        }
         if let Some(cg) = rt.cgroup.take() {
             let _ = cg.kill();
             if let Err(e) = cg.remove() {
@@ -723,6 +875,8 @@ impl Supervisor {
             SUB_NOTIFY => self.on_notify(id),
             SUB_READY => self.on_ready_pipe(id),
             SUB_PROBE => self.on_probe(id),
+            SUB_LOG => self.on_log(id, 0),
+            s if s == SUB_LOG + 1 => self.on_log(id, 1),
             _ => {}
         }
     }
