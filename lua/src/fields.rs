@@ -15,8 +15,8 @@ use mlua::{Lua, Table, Value};
 use crate::error::nearest;
 use crate::model::{
     Backoff, Check, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
-    DEFAULT_HEALTH_START_PERIOD_MS, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_READY_FD, Flap, Health, Log,
-    MAX_LOG_KEEP, MAX_LOG_RING, RESOURCES, Ready, Restart, Rlimit, Service, UnitKind,
+    DEFAULT_HEALTH_START_PERIOD_MS, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_LOG, DEFAULT_READY_FD, Flap,
+    Health, Log, MAX_LOG_KEEP, MAX_LOG_RING, RESOURCES, Ready, Restart, Rlimit, Service, UnitKind,
 };
 use crate::users::{self, Who};
 use crate::value::{
@@ -296,8 +296,9 @@ pub(crate) fn service(
     }
     crate::sockets::check_ready_fd(&s)?;
     if let Some(v) = f.get("log") {
-        s.log = log(v)?;
-        room.take(s.log.file.as_ref().map_or(0, |p| p.as_os_str().len()))?;
+        let l = log(v)?;
+        room.take(l.file.as_ref().map_or(0, |p| p.as_os_str().len()))?;
+        s.log = (l != DEFAULT_LOG).then(|| Box::new(l));
     }
     Ok(s)
 }

@@ -71,14 +71,17 @@ pub struct Log {
     pub keep: u32,
 }
 
+/// The log of a service that declares none.
+pub const DEFAULT_LOG: Log = Log {
+    ring: DEFAULT_LOG_RING,
+    file: None,
+    max_size: DEFAULT_LOG_MAX_SIZE,
+    keep: DEFAULT_LOG_KEEP,
+};
+
 impl Default for Log {
     fn default() -> Self {
-        Log {
-            ring: DEFAULT_LOG_RING,
-            file: None,
-            max_size: DEFAULT_LOG_MAX_SIZE,
-            keep: DEFAULT_LOG_KEEP,
-        }
+        DEFAULT_LOG
     }
 }
 
@@ -358,10 +361,16 @@ pub struct Service {
     /// Whether the bind shim is preloaded.
     pub bind_shim: BindShim,
     /// Where its output goes.
-    pub log: Log,
+    pub log: Option<Box<Log>>,
 }
 
 impl Service {
+    /// Where its output goes: its `log`, or [`DEFAULT_LOG`] (boxed only when it differs: most
+    /// services keep the default, and a service's declaration is kept for each of thousands).
+    pub fn log(&self) -> &Log {
+        self.log.as_deref().unwrap_or(&DEFAULT_LOG)
+    }
+
     /// A declaration with every field at its default, as `argv` alone would give.
     pub fn new(name: &str, kind: UnitKind, argv: Vec<Vec<u8>>) -> Service {
         Service {
@@ -396,7 +405,7 @@ impl Service {
             health: None,
             sockets: Vec::new(),
             bind_shim: BindShim::Off,
-            log: Log::default(),
+            log: None,
         }
     }
 
@@ -510,7 +519,7 @@ impl Service {
                     }
                 },
             ),
-            ("log", literal::log(&self.log)),
+            ("log", literal::log(self.log())),
         ]
     }
 }

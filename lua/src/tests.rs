@@ -1951,13 +1951,15 @@ fn odd_input_never_panics() -> Res {
 fn log_takes_sizes_with_suffixes_and_a_file() -> Res {
     let web =
         with(r#"log = {ring = "8K", file = "/var/log/web/current", max_size = "2M", keep = 3}"#)?;
-    assert_eq!(web.log.ring, 8192);
+    assert_eq!(web.log().ring, 8192);
     assert_eq!(
-        web.log.file.as_deref(),
+        web.log().file.as_deref(),
         Some(std::path::Path::new("/var/log/web/current"))
     );
-    assert_eq!((web.log.max_size, web.log.keep), (2 << 20, 3));
-    assert_eq!(with("log = {ring = 0}")?.log.ring, 0);
+    assert_eq!((web.log().max_size, web.log().keep), (2 << 20, 3));
+    assert_eq!(with("log = {ring = 0}")?.log().ring, 0);
+    // The default is kept unboxed.
+    assert!(with("log = {ring = \"64K\"}")?.log.is_none());
     for (bad, want) in [
         ("ring = \"64X\"", "log.ring must be a size in bytes"),
         ("ring = \"17M\"", "log.ring must be a size in bytes"),

@@ -154,14 +154,14 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::new("create", &path, e)),
         }
-        Ok(ServiceCgroup { path })
+        Ok(ServiceCgroup { path: path.into() })
     }
 
     #[cfg(test)] // the loop does not watch cgroup.events; the tests wait on it
     /// The cgroup of service `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<ServiceCgroup> {
         let path = self.root.join(format!("{name}{SERVICE_SUFFIX}"));
-        (is_plain_name(name) && path.is_dir()).then_some(ServiceCgroup { path })
+        (is_plain_name(name) && path.is_dir()).then_some(ServiceCgroup { path: path.into() })
     }
 
     /// Removes every service cgroup and archon's directory, at exit. A cgroup that still holds
@@ -196,7 +196,8 @@ fn is_plain_name(name: &str) -> bool {
 /// One service's cgroup: a directory under archon's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceCgroup {
-    path: PathBuf,
+    /// Boxed to its length: one is kept for each of thousands of services.
+    path: Box<Path>,
 }
 
 /// What `cgroup.events` says.
@@ -667,7 +668,9 @@ pub(crate) mod testing {
         fn drop(&mut self) {
             if let Ok(entries) = fs::read_dir(self.0.path()) {
                 for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let cg = ServiceCgroup { path: entry.path() };
+                    let cg = ServiceCgroup {
+                        path: entry.path().into(),
+                    };
                     let _ = cg.freeze(false);
                     let _ = cg.kill();
                     let _ = wait_events(&cg, |e| !e.populated);

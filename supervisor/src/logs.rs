@@ -389,7 +389,8 @@ pub struct ServiceLog {
     /// stdout, then stderr.
     pub pipes: [Pipe; 2],
     ring: Ring,
-    file: Option<LogFile>,
+    /// Boxed: most services have none, and thousands of services each have a `ServiceLog`.
+    file: Option<Box<LogFile>>,
     /// The file asked for and not open (warned once until the next start).
     file_failed: bool,
 }
@@ -424,7 +425,7 @@ impl ServiceLog {
         self.file_failed = false;
         match LogFile::open(config) {
             Ok(f) => {
-                self.file = f;
+                self.file = f.map(Box::new);
                 Ok(())
             }
             Err(e) => {

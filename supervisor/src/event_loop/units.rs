@@ -15,7 +15,6 @@
 //! read first (a process that has ended, or written to its ready fd or notify socket, has
 //! exec'd or failed to), so the manager always hears "spawned" before anything the process did.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -85,10 +84,34 @@ pub(super) struct UnitRt {
     /// A health check in progress (boxed: most units have none, and a unit's runtime is kept
     /// for each of thousands of units).
     probe: Option<Box<(Probe, TimerKey)>>,
-    timers: HashMap<TimerKind, TimerKey>,
+    timers: UnitTimers,
     /// The pipes of its stdout and stderr, made at its first start and kept until it is
     /// removed; its ring and log file (boxed: the ring's lines are the bulk).
     log: Option<Box<ServiceLog>>,
+}
+
+/// A unit's armed timers, one per kind: a short list, not a hash map, since a unit has one or
+/// two at a time and thousands of units each keep theirs.
+#[derive(Default)]
+pub(super) struct UnitTimers(Vec<(TimerKind, TimerKey)>);
+
+impl UnitTimers {
+    /// Arms `kind` as `key`; the key it replaces, if any.
+    fn insert(&mut self, kind: TimerKind, key: TimerKey) -> Option<TimerKey> {
+        match self.0.iter_mut().find(|(k, _)| *k == kind) {
+            Some(slot) => Some(std::mem::replace(&mut slot.1, key)),
+            None => {
+                self.0.push((kind, key));
+                None
+            }
+        }
+    }
+
+    /// Disarms `kind`: its key, if it was armed.
+    fn remove(&mut self, kind: &TimerKind) -> Option<TimerKey> {
+        let i = self.0.iter().position(|(k, _)| k == kind)?;
+        Some(self.0.swap_remove(i).1)
+    }
 }
 
 /// The unit whose process has this pid (main processes and health-check commands).
@@ -498,7 +521,7 @@ impl Supervisor {
     fn unit_log(&mut self, id: UnitId, spec: &Service) -> Option<[i32; 2]> {
         let rt = self.units.entry(id).or_default();
         if rt.log.is_none() {
-            let made = ServiceLog::new(&spec.log).and_then(|mut log| {
+            let made = ServiceLog::new(spec.log()).and_then(|mut log| {
                 for (i, pipe) in log.pipes.iter_mut().enumerate() {
                     self.poll.registry().register(
                         &mut pipe.read,
@@ -520,7 +543,7 @@ impl Supervisor {
             }
         }
         let log = rt.log.as_mut()?;
-        if let Err(why) = log.configure(&spec.log) {
+        if let Err(why) = log.configure(spec.log()) {
             warn!("{}: {why}", spec.name);
         }
         Some(log.write_fds())
@@ -814,7 +837,7 @@ impl Supervisor {
         let Some(mut rt) = self.units.remove(&id) else {
             return;
         };
-        for (_, key) in rt.timers.drain() {
+        for (_, key) in rt.timers.0.drain(..) {
             self.timers.cancel(key);
         }
         if let Some(mut s) = rt.notify.take() {

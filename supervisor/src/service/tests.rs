@@ -47,7 +47,7 @@ fn svc(name: &str) -> Service {
         health: None,
         sockets: Vec::new(),
         bind_shim: archon_lua::BindShim::Off,
-        log: archon_lua::Log::default(),
+        log: None,
     }
 }
 
