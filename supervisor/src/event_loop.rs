@@ -216,6 +216,10 @@ pub struct Supervisor {
     /// A burst of starts is under way (at boot, after a reload): once no exec is pending, the
     /// memory it left behind is given back ([`crate::memory`]).
     release_when_settled: bool,
+    /// archon's open files limit: log pipes are made only while far enough below it.
+    nofile: u64,
+    /// Log pipes were refused for lack of fds (warned once).
+    log_fds_short: bool,
     /// What archon is: a process among others, or process 1 of a container or of the machine.
     role: Role,
     /// The sockets the configuration declares, bound.
@@ -279,7 +283,8 @@ impl Supervisor {
         )
         .map_err(StartError::NoPath)?;
         let setup = |what| move |e| StartError::Setup(what, e);
-        let nofile = sys::raise_nofile_limit().map_err(setup("raise the open files limit"))?;
+        let (nofile, children_nofile) =
+            sys::raise_nofile_limit().map_err(setup("raise the open files limit"))?;
         if sys::is_pid1() {
             // Every orphan of the namespace comes to process 1 without asking.
             info!("running as process 1: archon reaps every orphan of its PID namespace");
@@ -341,7 +346,9 @@ impl Supervisor {
             .open("/dev/null")
             .map_err(setup("open /dev/null"))?;
         let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
-        let spawner = Spawner::new().map_err(setup("map the child stack"))?;
+        let mut spawner = Spawner::new().map_err(setup("map the child stack"))?;
+        // Children get the open files limit archon was given, not the one it raised for itself.
+        spawner.set_children_nofile(children_nofile);
 
         let base_env = base_environment(&listening.path, &bind_listening.path);
         let shim = std::env::current_exe()
@@ -380,6 +387,8 @@ impl Supervisor {
             table: Table::new(opts.max_runs, opts.run_queue, MAX_ENDED_KEPT),
             events: Events::new(opts.history),
             release_when_settled: true,
+            nofile,
+            log_fds_short: false,
             timers: Timers::default(),
             base_env,
             spawner,

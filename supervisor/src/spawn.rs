@@ -606,6 +606,8 @@ pub struct Spawner {
     /// archon's pid, which a child checks its parent against once it has asked for the
     /// parent-death signal.
     parent: libc::pid_t,
+    /// The open files limit (soft, hard) children get back, when archon raised its own.
+    children_nofile: Option<(u64, u64)>,
 }
 
 /// A child started by [`Spawner::spawn_pipelined`].
@@ -733,7 +735,14 @@ impl Spawner {
             clone3: true,
             // SAFETY: getpid has no memory effects.
             parent: unsafe { libc::getpid() },
+            children_nofile: None,
         })
+    }
+
+    /// Children start with this open files limit (soft, hard): the one archon was given before
+    /// it raised its own (a service's `rlimits` still apply after it).
+    pub fn set_children_nofile(&mut self, limit: (u64, u64)) {
+        self.children_nofile = Some(limit);
     }
 
     /// Gives back the memory of stacks no child runs on: the pool's free stacks are unmapped
@@ -775,6 +784,7 @@ impl Spawner {
             opts,
             fd_base,
             self.parent,
+            self.children_nofile,
             Reporter::Memory(report_ptr),
         );
 
@@ -827,6 +837,7 @@ impl Spawner {
             &opts,
             fd_base,
             self.parent,
+            self.children_nofile,
             Reporter::Pipe(write.as_raw_fd()),
         );
         let prepared = NonNull::from(Box::leak(Box::new(Prepared { exec, opts, plan })));
@@ -1171,6 +1182,8 @@ struct ChildPlan {
     fd_base: RawFd,
     /// archon's pid.
     parent: libc::pid_t,
+    /// The open files limit the child sets first, as archon was given it.
+    nofile: Option<libc::rlimit64>,
     /// The digits of the `LISTEN_PID=` entry of `envp` the child writes with its pid
     /// (`LISTEN_PID_LEN` - prefix bytes), or null.
     listen_pid: *mut u8,
@@ -1187,6 +1200,7 @@ impl ChildPlan {
         opts: &SpawnOptions,
         fd_base: RawFd,
         parent: libc::pid_t,
+        nofile: Option<(u64, u64)>,
         report: Reporter,
     ) -> ChildPlan {
         ChildPlan {
@@ -1199,6 +1213,10 @@ impl ChildPlan {
             opts,
             fd_base,
             parent,
+            nofile: nofile.map(|(soft, hard)| libc::rlimit64 {
+                rlim_cur: soft,
+                rlim_max: hard,
+            }),
             // SAFETY: the offset is within the strings, as `build` made it.
             listen_pid: exec.listen_pid.map_or(std::ptr::null_mut(), |at| unsafe {
                 exec.strings.as_ptr().cast::<u8>().add(at)
@@ -1377,7 +1395,18 @@ fn child_side(plan: &ChildPlan) -> ! {
         }
 
         // Limits and priority while still privileged: raising a hard limit or lowering the nice
-        // value needs capabilities the user may lack.
+        // value needs capabilities the user may lack. First the open files limit archon was
+        // given (lowering it cannot fail; a failure would leave archon's, which is no reason
+        // not to run).
+        if let Some(lim) = plan.nofile.as_ref() {
+            sys!(
+                libc::SYS_prlimit64,
+                0,
+                libc::RLIMIT_NOFILE,
+                lim as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>()
+            );
+        }
         for (i, &(resource, soft, hard)) in opts.rlimits.iter().enumerate() {
             let lim = libc::rlimit64 {
                 rlim_cur: soft,

@@ -233,25 +233,46 @@ pub fn set_child_subreaper() -> io::Result<()> {
 
 /// Raises the soft limit on open files to the hard limit: archon holds a pidfd per process and
 /// a socket per client. Returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+pub fn raise_nofile_limit() -> io::Result<(u64, (u64, u64))> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: lim is a valid rlimit.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }.into())?;
-    if lim.rlim_cur < lim.rlim_max {
+    let original = (lim.rlim_cur, lim.rlim_max);
+    // Root may raise the hard limit too, up to the kernel's nr_open: a service costs archon up
+    // to five fds (its pidfd, its log pipes), and ten thousand services need more than the
+    // usual hard limit.
+    let ceiling = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(MAX_NOFILE);
+    // SAFETY: geteuid has no memory effects.
+    let target = if unsafe { libc::geteuid() } == 0 {
+        lim.rlim_max.max(ceiling)
+    } else {
+        lim.rlim_max
+    };
+    for max in [target, lim.rlim_max] {
+        if lim.rlim_cur >= max && lim.rlim_max >= max {
+            break;
+        }
         let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+            rlim_cur: max,
+            rlim_max: max.max(lim.rlim_max),
         };
         // SAFETY: raised is a valid rlimit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return Ok(raised.rlim_cur);
+            return Ok((raised.rlim_cur, original));
         }
     }
-    Ok(lim.rlim_cur)
+    Ok((lim.rlim_cur, original))
 }
+
+/// The most open files archon asks for as root (`RLIMIT_NOFILE`), when the kernel allows it.
+const MAX_NOFILE: u64 = 1 << 20;
 
 /// Makes sure fds 0, 1 and 2 are open (on /dev/null when they were closed), so that nothing
 /// archon opens later lands on them and becomes a child's stdio by accident.

@@ -370,3 +370,41 @@ fn archonctl_logs_prints_the_lines_at_a_level() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn short_of_open_files_later_services_run_without_log_pipes() -> Result {
+    // Under an open files limit of 1400, 200 services cannot each have a pidfd and four log
+    // fds with archon's reserve of 1024 left over: the first ones get log pipes, the rest run
+    // with their output on archon's stderr, and every one of them runs.
+    let mut lua = String::new();
+    for i in 0..200 {
+        lua.push_str(&format!(
+            "service \"s{i}\" {{ argv = {{\"/bin/sh\", \"-c\", \"echo up; exec sleep 1000\"}} }}\n"
+        ));
+    }
+    let cfg = ConfigFile::new()?;
+    cfg.write(&lua)?;
+    let a = cfg.start(Archon::builder().under(["prlimit", "--nofile=1400:1400", "--"], false))?;
+    let rows = wait_for("200 services ready", LONG_BOUND, || {
+        let rows = a.status().ok()?;
+        (rows.len() == 200
+            && rows
+                .iter()
+                .all(|r| r.state == archon_tests::archon_proto::ServiceState::Ready))
+        .then_some(rows)
+    })?;
+    ensure_eq!(rows.len(), 200, "services");
+    let mut conn = a.conn()?;
+    let first = wait_for("s0's line", BOUND, || {
+        logs(&mut conn, &["s0"]).ok().filter(|l| !l.is_empty())
+    })?;
+    ensure_eq!(text(&first[0]), "up", "s0 has log pipes");
+    let last = logs(&mut conn, &["s199"])?;
+    ensure!(last.is_empty(), "s199 has no log pipes: {last:?}");
+    let log = fs::read_to_string(a.path("archon.log")).unwrap_or_default();
+    ensure!(
+        log.contains("no log pipes"),
+        "archon says why some services have no log pipes"
+    );
+    Ok(())
+}

@@ -46,6 +46,11 @@ use crate::{debug, info, warn};
 /// process, when the process is in no service's cgroup.
 const MAX_ANCESTRY: usize = 64;
 
+/// Open files kept free of log pipes for clients and everything else archon opens: a unit's
+/// log pipes (four fds) are made only while the pidfds of every unit and this many more still fit
+/// under the open files limit.
+const LOG_FD_RESERVE: u64 = 1024;
+
 /// Which of a unit's fds woke the loop (the low bits of the token's id).
 const SUB_PIDFD: u64 = 0;
 const SUB_NOTIFY: u64 = 1;
@@ -519,9 +524,22 @@ impl Supervisor {
     /// and file set as its declaration says now. `None` when the pipes cannot be made: its
     /// output then goes to archon's stderr.
     fn unit_log(&mut self, id: UnitId, spec: &Service) -> Option<[i32; 2]> {
+        let units = self.services.len() as u64;
         let rt = self.units.entry(id).or_default();
         if rt.log.is_none() {
+            if self.log_fds_short {
+                return None;
+            }
             let made = ServiceLog::new(spec.log()).and_then(|mut log| {
+                // fds are numbered lowest first: the highest one counts what is open. Every
+                // unit must still get its pidfd, and clients their connections.
+                let highest = log
+                    .pipes
+                    .iter()
+                    .map(|p| p.read.as_raw_fd().max(p.write.as_raw_fd()));
+                if highest.max().unwrap_or(0) as u64 + units + LOG_FD_RESERVE >= self.nofile {
+                    return Err(io::Error::from_raw_os_error(libc::EMFILE));
+                }
                 for (i, pipe) in log.pipes.iter_mut().enumerate() {
                     self.poll.registry().register(
                         &mut pipe.read,
@@ -533,6 +551,16 @@ impl Supervisor {
             });
             match made {
                 Ok(log) => rt.log = Some(Box::new(log)),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                    self.log_fds_short = true;
+                    warn!(
+                        "{}: no log pipes: {units} units and {LOG_FD_RESERVE} connections need \
+                         the rest of the {} open files archon may have; the output of this and \
+                         later services goes to archon's stderr",
+                        spec.name, self.nofile
+                    );
+                    return None;
+                }
                 Err(e) => {
                     warn!(
                         "{}: cannot make its log pipes ({e}): its output goes to archon's stderr",

@@ -436,6 +436,11 @@ impl Manager {
         self.units.get(&id).map(|u| &u.spec)
     }
 
+    /// How many units there are.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
     /// Every unit, in declaration order.
     pub fn ids(&self) -> impl Iterator<Item = UnitId> + '_ {
         self.units.keys().copied()
