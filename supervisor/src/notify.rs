@@ -206,7 +206,7 @@ impl NotifySocket {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Before bind: a datagram that arrives before SO_PASSCRED is set has no credentials, and
         // the mode given to the socket inode is the one bind gives the file (less the umask).
-        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+        crate::sys::setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
         // SAFETY: fchmod on an fd we own.
         cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) })?;
         // SAFETY: addr is a valid sockaddr_un of the length given.
@@ -356,25 +356,6 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(ret)
     }
-}
-
-fn setsockopt_int(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: value is a valid c_int for the duration of the call.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
 }
 
 /// The `sockaddr_un` for a filesystem path (NUL-terminated inside `sun_path`).

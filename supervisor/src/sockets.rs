@@ -359,25 +359,6 @@ fn new_socket(family: libc::c_int, kind: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn set_int(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: value is a valid c_int for the duration of the call.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
 fn listen(fd: &OwnedFd, backlog: u32) -> io::Result<()> {
     let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
     // SAFETY: listen on an fd we own.
@@ -395,10 +376,10 @@ fn inet_socket(addr: SocketAddr, kind: libc::c_int) -> io::Result<OwnedFd> {
     };
     let fd = new_socket(family, kind)?;
     if kind == libc::SOCK_STREAM {
-        set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        crate::sys::setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     }
     if family == libc::AF_INET6 {
-        set_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        crate::sys::setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
     let (storage, len) = sockaddr_of(addr);
     // SAFETY: storage holds a valid sockaddr of length len.

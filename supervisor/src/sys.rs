@@ -383,6 +383,26 @@ pub fn getpgid(pid: i32) -> io::Result<i32> {
     cvt(unsafe { libc::getpgid(pid) }.into()).map(|g| g as i32)
 }
 
+/// `setsockopt` of one `int` option.
+pub fn setsockopt_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: value is a valid c_int for the duration of the call.
+    cvt(libc::c_long::from(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    }))
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
