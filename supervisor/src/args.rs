@@ -15,8 +15,8 @@ use crate::log::Level;
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
 usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
-              [--history N] [--log-level LEVEL] [--early-mounts] [--forward-to-group]
-              [-- CMD [ARG...]]
+              [--history N] [--log-level LEVEL] [--echo-logs] [--early-mounts]
+              [--forward-to-group] [-- CMD [ARG...]]
        archon --check FILE | --version | --help
 
   -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
@@ -29,6 +29,8 @@ usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--
       --stop-grace MS   milliseconds between SIGTERM and SIGKILL when stopping (default 7000)
       --history N       keep the last N events for History, 0 to 65536 (default 1024)
       --log-level LEVEL error, warn, info (default; warn with a CMD) or debug
+      --echo-logs       also write every line a service writes to archon's stderr, as
+                        `<time> <service>[<stream>]: <text>` (for `docker logs`)
       --early-mounts    mount what is missing of /proc, /sys, /dev, /run and /sys/fs/cgroup
                         before anything else, as the machine's init does (see archon(8))
       --forward-to-group
@@ -76,6 +78,8 @@ pub struct Options {
     pub forward_to_group: bool,
     /// `--early-mounts`.
     pub early_mounts: bool,
+    /// `--echo-logs`: captured service lines go to archon's stderr too.
+    pub echo_logs: bool,
 }
 
 impl Default for Options {
@@ -91,6 +95,7 @@ impl Default for Options {
             command: None,
             forward_to_group: false,
             early_mounts: false,
+            echo_logs: false,
         }
     }
 }
@@ -142,11 +147,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
                 }
                 opts.command = Some(command);
             }
-            "--forward-to-group" | "--early-mounts" if inline.is_some() => {
+            "--forward-to-group" | "--early-mounts" | "--echo-logs" if inline.is_some() => {
                 return Err(UsageError(format!("{name} takes no value")));
             }
             "--forward-to-group" => opts.forward_to_group = true,
             "--early-mounts" => opts.early_mounts = true,
+            "--echo-logs" => opts.echo_logs = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             "-V" | "--version" => return Ok(Parsed::Version),
             "-s" | "--socket" => opts.socket = Some(value(&name)?),

@@ -128,6 +128,22 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
         std::process::id(),
         level.name()
     ));
+    put(&line);
+}
+
+/// Writes a line a service wrote, as `<time> <service>[<stream>]: <text>`, whatever the log
+/// level (`--echo-logs`).
+pub fn echo(service: &str, stream: &str, text: &[u8]) {
+    put(&format!(
+        "{} {service}[{stream}]: {}\n",
+        timestamp(),
+        String::from_utf8_lossy(text)
+    ));
+}
+
+/// Writes `line` to the log's sink without ever blocking: what does not fit is counted as
+/// dropped.
+fn put(line: &str) {
     let fd: RawFd = FD.load(Ordering::Relaxed);
     let bytes = line.as_bytes();
     let mut off = 0;

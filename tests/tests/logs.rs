@@ -408,3 +408,36 @@ fn short_of_open_files_later_services_run_without_log_pipes() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn echo_logs_copies_service_lines_to_archons_stderr() -> Result {
+    let lua = "service \"talker\" { argv = {\"/bin/sh\", \"-c\", \"echo hello; echo oops >&2; exec sleep 1000\"} }\n";
+    for echo in [false, true] {
+        let cfg = ConfigFile::new()?;
+        cfg.write(lua)?;
+        let builder = if echo {
+            Archon::builder().arg("--echo-logs")
+        } else {
+            Archon::builder()
+        };
+        let a = cfg.start(builder)?;
+        let mut conn = a.conn()?;
+        wait_for("talker's two lines", BOUND, || {
+            logs(&mut conn, &["talker"]).ok().filter(|l| l.len() == 2)
+        })?;
+        let stderr = wait_for("archon's log", BOUND, || {
+            let log = fs::read_to_string(a.path("archon.log")).ok()?;
+            (!echo || log.contains("talker[stderr]: oops")).then_some(log)
+        })?;
+        ensure_eq!(
+            stderr.contains("talker[stdout]: hello"),
+            echo,
+            "with --echo-logs {echo}: {stderr}"
+        );
+        ensure!(
+            !stderr.lines().any(|l| l == "hello"),
+            "the service's output is captured, not on archon's stderr as it is: {stderr}"
+        );
+    }
+    Ok(())
+}

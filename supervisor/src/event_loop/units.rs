@@ -594,6 +594,12 @@ impl Supervisor {
         if drained == Drained::More && !self.logs_pending.contains(&(id, pipe)) {
             self.logs_pending.push((id, pipe));
         }
+        if self.opts.echo_logs {
+            let name = self.services.spec(id).map_or("?", |s| s.name.as_str());
+            for l in &lines {
+                crate::log::echo(name, l.stream.as_str(), &l.text);
+            }
+        }
         self.stream_log_lines(id, &lines);
     }
 
