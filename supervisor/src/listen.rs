@@ -90,27 +90,8 @@ pub fn listen(path: &Path) -> Result<Listening, ListenError> {
         });
     }
 
-    match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            // We hold the lock, so no archon is serving it: a stale socket.
-            fs::remove_file(&path).map_err(|e| io_err("remove stale socket", e))?;
-        }
-        Ok(_) => return Err(ListenError::NotASocket(path)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("inspect", e)),
-    }
-
-    // The socket's mode comes from the umask at bind: 0177 leaves 0600. archon is single-threaded
-    // here, so changing the process-wide umask for the call is safe.
-    // SAFETY: umask only swaps the mask.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(&path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let listener = bound.map_err(|e| io_err("bind", e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| io_err("configure", e))?;
+    // The socket's mode comes from the umask at bind: 0177 leaves 0600.
+    let listener = bind_fresh(&path, 0o177)?;
     Ok(Listening {
         listener,
         path,
@@ -138,24 +119,32 @@ pub fn listen_bind(control: &Listening) -> Result<BindListening, ListenError> {
     let mut path = control.path.clone().into_os_string();
     path.push(".bind");
     let path = PathBuf::from(path);
-    let io_err = |what, e| ListenError::Io(what, path.clone(), e);
-    match fs::symlink_metadata(&path) {
+    // 0777 less a umask of 0111 is 0666.
+    let listener = bind_fresh(&path, 0o111)?;
+    Ok(BindListening { listener, path })
+}
+
+/// A non-blocking listener at `path`, its file's mode 0777 less `umask`, after removing a stale
+/// socket file there (archon holds the lock of its socket, so no other archon serves one).
+fn bind_fresh(path: &Path, umask: libc::mode_t) -> Result<UnixListener, ListenError> {
+    let io_err = |what, e| ListenError::Io(what, path.to_path_buf(), e);
+    match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            fs::remove_file(&path).map_err(|e| io_err("remove stale socket", e))?;
+            fs::remove_file(path).map_err(|e| io_err("remove stale socket", e))?;
         }
-        Ok(_) => return Err(ListenError::NotASocket(path)),
+        Ok(_) => return Err(ListenError::NotASocket(path.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("inspect", e)),
     }
-    // 0777 less a umask of 0111 is 0666; single-threaded here, as for the control socket.
+    // archon is single-threaded here, so changing the process-wide umask for the call is safe.
     // SAFETY: umask only swaps the mask.
-    let old = unsafe { libc::umask(0o111) };
-    let bound = UnixListener::bind(&path);
+    let old = unsafe { libc::umask(umask) };
+    let bound = UnixListener::bind(path);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(|e| io_err("bind", e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| io_err("configure", e))?;
-    Ok(BindListening { listener, path })
+    Ok(listener)
 }

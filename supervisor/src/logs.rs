@@ -51,6 +51,24 @@ pub struct Piece<'a> {
     pub cut: bool,
 }
 
+impl Piece<'_> {
+    /// The piece as a line of `stream` read at `now_ms`; a NUL, which the wire cannot carry,
+    /// becomes `?`.
+    fn line(&self, now_ms: u64, stream: LogStream, cut: bool) -> LogLine {
+        LogLine {
+            time_ms: now_ms,
+            stream,
+            level: self.level,
+            text: self
+                .text
+                .iter()
+                .map(|&b| if b == 0 { b'?' } else { b })
+                .collect(),
+            cut,
+        }
+    }
+}
+
 /// The level of a line from its sd-daemon prefix `<N>` (N from 0 to 7), and the text after it.
 pub fn parse_prefix(line: &[u8]) -> (u8, &[u8]) {
     match line {
@@ -477,19 +495,8 @@ impl ServiceLog {
             // archon holds a write end: no EOF comes while it does.
             return (Drained::Empty, None);
         }
-        pipe.splitter.push(&buf[..n], |p| {
-            out.push(LogLine {
-                time_ms: now_ms,
-                stream,
-                level: p.level,
-                text: p
-                    .text
-                    .iter()
-                    .map(|&b| if b == 0 { b'?' } else { b })
-                    .collect(),
-                cut: p.cut,
-            })
-        });
+        pipe.splitter
+            .push(&buf[..n], |p| out.push(p.line(now_ms, stream, p.cut)));
         let err = self.keep(out);
         (
             if n == want {
@@ -504,19 +511,8 @@ impl ServiceLog {
     /// The partial lines, as last lines: the service is going away.
     pub fn finish(&mut self, now_ms: u64, out: &mut Vec<LogLine>) -> Option<String> {
         for (pipe, stream) in self.pipes.iter_mut().zip(STREAMS) {
-            pipe.splitter.finish(|p| {
-                out.push(LogLine {
-                    time_ms: now_ms,
-                    stream,
-                    level: p.level,
-                    text: p
-                        .text
-                        .iter()
-                        .map(|&b| if b == 0 { b'?' } else { b })
-                        .collect(),
-                    cut: false,
-                })
-            });
+            pipe.splitter
+                .finish(|p| out.push(p.line(now_ms, stream, false)));
         }
         let err = self.keep(out);
         if let Some(f) = self.file.as_mut() {

@@ -15,12 +15,10 @@
 //! no order across senders, and who may send is settled by the file's mode and owner, so the
 //! sender's pid is information, not a permission.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -179,7 +177,7 @@ impl NotifySocket {
     /// `sun_path` allows (107 bytes): `InvalidInput`.
     pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> io::Result<NotifySocket> {
         let path = std::path::absolute(path)?;
-        let addr = sockaddr(&path)?;
+        let addr = crate::sys::sockaddr_un(&path)?;
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_socket() => fs::remove_file(&path)?,
             Ok(_) => {
@@ -207,16 +205,7 @@ impl NotifySocket {
         // Before bind: a datagram that arrives before SO_PASSCRED is set has no credentials, and
         // the mode given to the socket inode is the one bind gives the file (less the umask).
         crate::sys::setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
-        // SAFETY: fchmod on an fd we own.
-        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) })?;
-        // SAFETY: addr is a valid sockaddr_un of the length given.
-        cvt(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            )
-        })?;
+        crate::sys::bind_unix(&fd, &addr)?;
         let std_socket = std::os::unix::net::UnixDatagram::from(fd);
         let meta = fs::symlink_metadata(&path)?;
         let bound = NotifySocket {
@@ -348,34 +337,6 @@ impl Source for NotifySocket {
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
         self.socket.deregister(registry)
     }
-}
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// The `sockaddr_un` for a filesystem path (NUL-terminated inside `sun_path`).
-fn sockaddr(path: &Path) -> io::Result<libc::sockaddr_un> {
-    // SAFETY: an all-zero sockaddr_un is valid.
-    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in socket path"))?;
-    let bytes = bytes.as_bytes_with_nul();
-    if bytes.len() > addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("socket path too long: {}", path.display()),
-        ));
-    }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    Ok(addr)
 }
 
 /// The sender's pid and the fds (now owned) in a received message's control data.

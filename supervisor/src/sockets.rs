@@ -16,7 +16,6 @@
 //! file is still that socket's.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
@@ -471,7 +470,7 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
 /// and only then does the socket listen, so that nobody connects through wider permissions
 /// than declared.
 fn unix_socket(path: &Path, decl: &Socket) -> io::Result<(OwnedFd, (u64, u64))> {
-    let addr = unix_addr(path)?;
+    let addr = crate::sys::sockaddr_un(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if listened_on(&addr)? {
@@ -484,16 +483,7 @@ fn unix_socket(path: &Path, decl: &Socket) -> io::Result<(OwnedFd, (u64, u64))> 
         Err(e) => return Err(e),
     }
     let fd = new_socket(libc::AF_UNIX, libc::SOCK_STREAM)?;
-    // SAFETY: fchmod on an fd we own.
-    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) })?;
-    // SAFETY: addr is a valid sockaddr_un of the length given.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        )
-    })?;
+    crate::sys::bind_unix(&fd, &addr)?;
     let meta = std::fs::symlink_metadata(path)?;
     let id = (meta.dev(), meta.ino());
     let finish = || -> io::Result<()> {
@@ -532,22 +522,6 @@ fn listened_on(addr: &libc::sockaddr_un) -> io::Result<bool> {
         Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
         _ => Err(e),
     }
-}
-
-fn unix_addr(path: &Path) -> io::Result<libc::sockaddr_un> {
-    // SAFETY: an all-zero sockaddr_un is valid.
-    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let bytes = bytes.as_bytes_with_nul();
-    if bytes.len() > addr.sun_path.len() {
-        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    Ok(addr)
 }
 
 #[cfg(test)]

@@ -403,6 +403,44 @@ pub fn setsockopt_int(
     .map(drop)
 }
 
+/// The `sockaddr_un` for a filesystem path (NUL-terminated inside `sun_path`).
+pub fn sockaddr_un(path: &std::path::Path) -> io::Result<libc::sockaddr_un> {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in socket path"))?;
+    let bytes = bytes.as_bytes_with_nul();
+    if bytes.len() > addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path too long: {}", path.display()),
+        ));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    Ok(addr)
+}
+
+/// Binds a Unix socket `fd` at `addr`, its file made mode 0600 (less the umask): the mode the
+/// socket inode has at bind is the one its file gets, so nobody reaches it through wider
+/// permissions before the caller sets those it wants.
+pub fn bind_unix(fd: &OwnedFd, addr: &libc::sockaddr_un) -> io::Result<()> {
+    // SAFETY: fchmod on an fd we own.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) }.into())?;
+    // SAFETY: addr is a valid sockaddr_un of the length given.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    }
+    .into())
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
