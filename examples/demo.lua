@@ -1,6 +1,7 @@
 -- archon's demo: a handful of real processes to watch.
 --
---   cargo run --release -p archon -- --config examples/demo.lua --socket /tmp/archon-demo.sock
+--   cargo run --release -p archon -- --demo --socket /tmp/archon-demo.sock
+--   (--demo runs this file as built into archon; --config examples/demo.lua reads it from here)
 --   ARCHON_SOCKET=/tmp/archon-demo.sock target/release/archonctl status
 --
 -- What to look for: `setup` runs once and is done before `db` starts; `db` says it is ready

@@ -14,13 +14,16 @@ use crate::log::Level;
 
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
-usage: archon [--config FILE] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
+usage: archon [--config FILE | --demo] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
               [--history N] [--log-level LEVEL] [--echo-logs] [--early-mounts]
               [--forward-to-group] [-- CMD [ARG...]]
        archon --check FILE | --version | --help
 
   -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
                         /etc/archon/archon.lua for root, if it exists; none otherwise)
+      --demo            run the demonstration configuration built into archon (the file
+                        examples/demo.lua of its source: a task, a dependency chain, two
+                        readiness protocols, a crashing service, three workers)
       --check FILE      load FILE, print what it declares or the first error, and exit
   -s, --socket PATH     listen on PATH (default: $ARCHON_SOCKET, else /run/archon/archon.sock
                         for root, else $XDG_RUNTIME_DIR/archon.sock)
@@ -60,6 +63,8 @@ pub enum Parsed {
 pub struct Options {
     /// `--config`.
     pub config: Option<PathBuf>,
+    /// `--demo`: the built-in demonstration configuration instead of a file.
+    pub demo: bool,
     /// `--socket`.
     pub socket: Option<OsString>,
     /// `--max-runs`.
@@ -86,6 +91,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             config: None,
+            demo: false,
             socket: None,
             max_runs: DEFAULT_MAX_RUNS,
             run_queue: DEFAULT_RUN_QUEUE,
@@ -147,12 +153,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
                 }
                 opts.command = Some(command);
             }
-            "--forward-to-group" | "--early-mounts" | "--echo-logs" if inline.is_some() => {
+            "--forward-to-group" | "--early-mounts" | "--echo-logs" | "--demo"
+                if inline.is_some() =>
+            {
                 return Err(UsageError(format!("{name} takes no value")));
             }
             "--forward-to-group" => opts.forward_to_group = true,
             "--early-mounts" => opts.early_mounts = true,
             "--echo-logs" => opts.echo_logs = true,
+            "--demo" => opts.demo = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             "-V" | "--version" => return Ok(Parsed::Version),
             "-s" | "--socket" => opts.socket = Some(value(&name)?),
@@ -177,6 +186,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageEr
             }
             _ => return Err(UsageError(format!("unknown argument {text:?}"))),
         }
+    }
+    if opts.demo && opts.config.is_some() {
+        return Err(UsageError(
+            "--demo and --config: one configuration or the other".to_string(),
+        ));
     }
     if opts.forward_to_group && opts.command.is_none() {
         return Err(UsageError(
@@ -236,6 +250,11 @@ mod tests {
         assert_eq!(p(&["--help"]), Ok(Parsed::Help));
         assert_eq!(p(&["-V"]), Ok(Parsed::Version));
         assert_eq!(p(&["--check", "a.lua"]), Ok(Parsed::Check("a.lua".into())));
+        let demo = Options {
+            demo: true,
+            ..Options::default()
+        };
+        assert_eq!(p(&["--demo"]), Ok(Parsed::Run(demo)));
     }
 
     #[test]
@@ -279,6 +298,8 @@ mod tests {
             &["--forward-to-group", "--config", "x.lua"],
             &["--early-mounts=yes"],
             &["--forward-to-group=1", "--", "sh"],
+            &["--demo", "--config", "x.lua"],
+            &["--demo=1"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }

@@ -202,8 +202,8 @@ pub struct Supervisor {
     execs_pending: Vec<UnitId>,
     /// archon's cgroup subtree, when a writable cgroup v2 hierarchy exists.
     cgroups: Option<Cgroups>,
-    /// The configuration file, read again by `Reload` and SIGHUP.
-    config_path: Option<PathBuf>,
+    /// The configuration file (or the demo), read again by `Reload` and SIGHUP.
+    config_source: Option<units::Source>,
     /// Why the loop is to end, once it is known.
     outcome: Option<Outcome>,
     /// The main command of an entrypoint (`-- CMD`).
@@ -267,13 +267,20 @@ impl Supervisor {
     /// Sets everything up: socket, signals, subreaper. archon is listening when this returns.
     pub fn new(opts: Options, role: Role) -> Result<Supervisor, StartError> {
         let euid = nix::unistd::geteuid().as_raw();
-        let config_path = opts.config.clone().or_else(|| {
-            let default = PathBuf::from(DEFAULT_CONFIG);
-            (euid == 0 && default.exists()).then_some(default)
-        });
+        let config_source = if opts.demo {
+            Some(units::Source::Demo)
+        } else {
+            opts.config
+                .clone()
+                .or_else(|| {
+                    let default = PathBuf::from(DEFAULT_CONFIG);
+                    (euid == 0 && default.exists()).then_some(default)
+                })
+                .map(units::Source::File)
+        };
         // A broken file stops archon before it touches the socket.
-        let config = match &config_path {
-            Some(path) => Some(units::evaluate(path).map_err(StartError::Config)?),
+        let config = match &config_source {
+            Some(source) => Some(units::evaluate(source).map_err(StartError::Config)?),
             None => None,
         };
         let path = archon_proto::socket::socket_path(
@@ -313,10 +320,10 @@ impl Supervisor {
         // The sockets once archon holds its own socket's lock: a second archon on the same path
         // says so, rather than that the first one's ports are in use.
         let mut sockets = Sockets::default();
-        let services = match (config, &config_path) {
-            (Some(config), Some(path)) => {
+        let services = match (config, &config_source) {
+            (Some(config), Some(source)) => {
                 sockets
-                    .apply(&config, &path.display().to_string())
+                    .apply(&config, &source.name())
                     .map_err(StartError::Config)?;
                 units::manager(config)
             }
@@ -404,7 +411,7 @@ impl Supervisor {
             pids: HashMap::new(),
             execs_pending: Vec::new(),
             cgroups,
-            config_path,
+            config_source,
             outcome: None,
             main,
             rescan_leftovers: false,
@@ -1448,18 +1455,16 @@ impl Supervisor {
     /// Reads the configuration file again and applies it: what is new starts, what is gone
     /// stops, what changed restarts. A broken file changes nothing.
     fn reload(&mut self, by: Cause) -> Result<archon_proto::ReloadCounts, String> {
-        let Some(path) = self.config_path.clone() else {
+        let Some(source) = self.config_source.clone() else {
             return Err("archon runs without a configuration file (--config)".to_string());
         };
         if self.shutdown.is_some() {
             return Err("shutting down".to_string());
         }
-        let config = archon_lua::load_file(&path);
-        crate::memory::release();
-        let config = config.map_err(|e| e.to_string())?;
+        let config = units::evaluate(&source).map_err(|e| e.to_string())?;
         // All or nothing: a socket that cannot be bound refuses the file, and nothing changes.
         self.sockets
-            .apply(&config, &path.display().to_string())
+            .apply(&config, &source.name())
             .map_err(|e| e.to_string())?;
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();

@@ -1292,10 +1292,34 @@ impl Supervisor {
 }
 
 /// Evaluates a configuration file.
-pub(super) fn evaluate(
-    path: &std::path::Path,
-) -> Result<archon_lua::Config, archon_lua::LoadError> {
-    let config = archon_lua::load_file(path);
+/// The demonstration configuration of `--demo`: `examples/demo.lua`, built into the binary.
+pub(super) const DEMO: &str = include_str!("../../../examples/demo.lua");
+
+/// Where the configuration comes from: a file, read again on each reload, or the demo.
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    /// `--config FILE`, or the default file.
+    File(std::path::PathBuf),
+    /// `--demo`.
+    Demo,
+}
+
+impl Source {
+    /// The name errors and the sockets' owner give the configuration.
+    pub(super) fn name(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Demo => "demo.lua".to_string(),
+        }
+    }
+}
+
+/// Evaluates the configuration, then gives back what the Lua state used.
+pub(super) fn evaluate(source: &Source) -> Result<archon_lua::Config, archon_lua::LoadError> {
+    let config = match source {
+        Source::File(path) => archon_lua::load_file(path),
+        Source::Demo => archon_lua::load_str("demo.lua", DEMO.as_bytes()),
+    };
     crate::memory::release();
     config
 }
