@@ -420,3 +420,44 @@ fn an_action_that_cannot_be_executed_is_reported_and_archon_goes_on() -> Result 
     ensure_eq!(c.request("Ping")?, "Pong");
     a.wait_no_zombies()
 }
+
+#[test]
+fn archonctl_on_exit_gives_a_daemon_an_action() -> Result {
+    let a = Archon::start()?;
+    let (id, pid) = parse_started(&a.request("StartDaemon,/bin/sleep,100")?)?;
+    let out = a.path("ctl.txt");
+    let ctl = |args: &[&str]| {
+        output_within(
+            std::process::Command::new(archonctl_bin()?)
+                .env_remove("ARCHON_SOCKET")
+                .arg("--socket")
+                .arg(a.socket())
+                .args(args),
+            BOUND,
+        )
+    };
+    let script = format!(
+        "echo \"$WHO $ARCHON_EXIT $ARCHON_STATUS\" > {}",
+        out.display()
+    );
+    let done = ctl(&[
+        "on-exit",
+        &id.to_string(),
+        "-e",
+        "WHO=ctl",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ])?;
+    ensure_eq!(done.status.code(), Some(0), "{done:?}");
+    let refused = ctl(&["on-exit", "999", "/bin/true"])?;
+    ensure_eq!(refused.status.code(), Some(1), "{refused:?}");
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("no such process: 999"),
+        "{refused:?}"
+    );
+    kill(Pid::from_raw(pid), Signal::SIGTERM).context("end the daemon")?;
+    ensure_eq!(wait_line_in(&out)?, "ctl killed SIGTERM");
+    Ok(())
+}
