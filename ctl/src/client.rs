@@ -199,6 +199,17 @@ impl Client {
         id_and_pid(reply)
     }
 
+    /// Has archon run `command` when process `id` ends (`OnExit`), with what ended in its
+    /// environment (`ARCHON_ID`, `ARCHON_KIND`, `ARCHON_PID`, `ARCHON_EXIT`, `ARCHON_STATUS`); at
+    /// once when it has ended already.
+    pub fn on_exit(&mut self, id: Id, command: &Command) -> Result<(), Error> {
+        let request = Request::OnExit {
+            target: Target::Id(id),
+            command: command.clone(),
+        };
+        done(self.request(&request, &[])?)
+    }
+
     /// Stops process `id`: SIGTERM to its process group, SIGKILL after `grace_ms` milliseconds
     /// (archon's `--stop-grace` when `None`). Returns how it ended, once it has.
     pub fn stop(&mut self, id: Id, grace_ms: Option<u64>) -> Result<Status, Error> {

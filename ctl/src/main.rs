@@ -82,6 +82,9 @@ sub-commands (TARGET is a service's NAME or a process's ID):
                           the same, unless it is one word that is a service name
   list                    list the processes archon started or watches
   monitor PID [--pidfd]   watch a process archon did not start; print ID and PID
+  on-exit ID [-e NAME=VALUE]... [--] CMD [ARG]...
+                          run CMD when process ID ends (at once if it has),
+                          told what ended in ARCHON_EXIT, ARCHON_STATUS, ...
   ping                    check that archon answers
   version                 print archon's version
   poweroff, reboot, halt  stop everything, then power off, reboot or halt the
@@ -247,6 +250,7 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
             };
             print_ok(format!("{id} {pid}\n"))
         }
+        Action::OnExit { id, command } => done(client.on_exit(id, &command)),
         Action::Ping => {
             client.ping()?;
             print_ok("pong\n".to_string())

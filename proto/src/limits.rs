@@ -61,6 +61,15 @@ pub const MAX_STOP_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
 /// ended; the oldest record goes first.
 pub const MAX_ENDED_KEPT: usize = 128;
 
+/// Most exit actions (`OnExit`) one process may have waiting for its end (8). Beyond:
+/// `Error,too many exit actions for <id> (limit 8)`, and nothing changes.
+pub const MAX_EXIT_ACTIONS_PER_PROCESS: usize = 8;
+
+/// Most exit actions waiting, over every process (256). Each holds a command of up to
+/// [`MAX_REQUEST_LEN`] bytes, so this bounds what they cost archon (16 MiB at the very worst).
+/// Beyond: `Error,too many exit actions waiting (limit 256)`, and nothing changes.
+pub const MAX_EXIT_ACTIONS: usize = 256;
+
 /// Most services and tasks one configuration may declare (16384). It bounds the rows of the
 /// service replies: a `Status` reply has one row per service and task (so at most this many) and
 /// one per process that `List` shows; a `Config` reply has one row per field of each service

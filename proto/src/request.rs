@@ -166,6 +166,15 @@ pub enum Request {
         /// Send it to the process group the process leads, not to the process alone.
         group: bool,
     },
+    /// `OnExit,<target>,<command>`: when the process ends, run `command` (a `Run` nobody
+    /// waits for) with what ended in its environment; at once when it has ended already and
+    /// archon still keeps its record. Answered `Ok,<id>`.
+    OnExit {
+        /// The process, by its id (a service is refused: its exits go to its Lua handlers).
+        target: Target,
+        /// What to run.
+        command: Command,
+    },
     /// `List`: every supervised process, and the recently ended ones.
     List,
     /// `Ping`: answered `Pong`.
@@ -273,6 +282,8 @@ pub mod verb {
     pub const STOP: &str = "Stop";
     /// [`super::Request::Signal`]
     pub const SIGNAL: &str = "Signal";
+    /// [`super::Request::OnExit`]
+    pub const ON_EXIT: &str = "OnExit";
     /// [`super::Request::List`]
     pub const LIST: &str = "List";
     /// [`super::Request::Ping`]
@@ -562,6 +573,13 @@ impl Request {
                     group,
                 }
             }
+            b"OnExit" => {
+                let target = target_arg(args)?;
+                Request::OnExit {
+                    target,
+                    command: Command::from_fields(args.get(1..).unwrap_or_default())?,
+                }
+            }
             b"List" => {
                 no_more(args, 0, verb::LIST)?;
                 Request::List
@@ -668,6 +686,7 @@ impl Request {
             Request::Monitor { .. } => verb::MONITOR,
             Request::Stop { .. } => verb::STOP,
             Request::Signal { .. } => verb::SIGNAL,
+            Request::OnExit { .. } => verb::ON_EXIT,
             Request::List => verb::LIST,
             Request::Ping => verb::PING,
             Request::Version => verb::VERSION,
@@ -713,6 +732,10 @@ impl Request {
         match self {
             Request::Run(c) | Request::StartDaemon(c) => out.extend(c.to_fields()),
             Request::Monitor { pid } => out.push(num(*pid as u64)),
+            Request::OnExit { target, command } => {
+                out.push(target.to_field());
+                out.extend(command.to_fields());
+            }
             Request::Stop { target, grace_ms } => {
                 out.push(target.to_field());
                 out.extend(grace_ms.map(num));
@@ -780,6 +803,7 @@ impl Request {
         match self {
             Request::Stop { target, .. }
             | Request::Signal { target, .. }
+            | Request::OnExit { target, .. }
             | Request::Pause { target }
             | Request::Resume { target } => target.check(),
             Request::Start { name } | Request::Restart { name } => {
@@ -1297,6 +1321,66 @@ mod tests {
             },
         ] {
             assert!(bad.encode().is_err(), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod on_exit_tests {
+    use super::*;
+
+    #[test]
+    fn on_exit_reads_a_target_then_a_command_in_either_form() {
+        let parse = |l: &str| Request::parse(l.as_bytes());
+        let want = Request::OnExit {
+            target: Target::Id(3),
+            command: Command {
+                argv: vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"echo $X".to_vec()],
+                env: vec![crate::EnvEntry::set("X", "1")],
+            },
+        };
+        assert_eq!(parse("OnExit,3,/bin/sh,-c,echo $X,X=1"), Ok(want.clone()));
+        assert_eq!(
+            want.encode(),
+            Ok(b"OnExit,3,/bin/sh,-c,echo $X,X=1\n".to_vec())
+        );
+        let explicit = Request::OnExit {
+            target: Target::Id(4),
+            command: Command::new(["/bin/echo", "A=1"]),
+        };
+        assert_eq!(parse("OnExit,4,,2,/bin/echo,A=1"), Ok(explicit.clone()));
+        assert_eq!(
+            explicit.encode(),
+            Ok(b"OnExit,4,,2,/bin/echo,A=1\n".to_vec())
+        );
+        // A name reads as a target: archon, not the grammar, says a service takes none.
+        assert!(matches!(
+            parse("OnExit,web,/bin/true"),
+            Ok(Request::OnExit {
+                target: Target::Service(_),
+                ..
+            })
+        ));
+        assert!(want.check_fds(0).is_ok());
+        assert_eq!(
+            want.check_fds(1).map_err(|e| e.to_string()),
+            Err("OnExit takes no fds, got 1".into())
+        );
+        for (line, reason) in [
+            ("OnExit", "missing target"),
+            ("OnExit,", "missing target"),
+            ("OnExit,3", "missing command"),
+            ("OnExit,3,", "missing command"),
+            ("OnExit,3,,0,x", "explicit form: bad argument count"),
+            ("OnExit,3,,1,", "empty program name"),
+            ("OnExit,99999999999999999999,x", "bad id"),
+            ("OnExit,-1,x", "bad name: a name may not start with '-'"),
+        ] {
+            assert_eq!(
+                parse(line).map_err(|e| e.to_string()),
+                Err(reason.to_string()),
+                "{line}"
+            );
         }
     }
 }

@@ -407,7 +407,7 @@ fn gen_bind(rng: &mut Rng) -> BindAddr {
 
 /// A request archon can be sent: every variant, every value in the range the parser accepts.
 fn gen_request(rng: &mut Rng) -> Request {
-    match rng.below(24) {
+    match rng.below(25) {
         0..=2 => Request::Run(gen_command(rng)),
         3 | 4 => Request::StartDaemon(gen_command(rng)),
         5 => Request::MonitorFd,
@@ -459,6 +459,10 @@ fn gen_request(rng: &mut Rng) -> Request {
         },
         21 => Request::Power(rng.pick(&Power::ALL)),
         22 => Request::Bind(gen_bind(rng)),
+        23 => Request::OnExit {
+            target: gen_target(rng),
+            command: gen_command(rng),
+        },
         _ => Request::Reload,
     }
 }

@@ -844,6 +844,7 @@ impl Supervisor {
                     | Request::StartDaemon(_)
                     | Request::MonitorFd
                     | Request::Monitor { .. }
+                    | Request::OnExit { .. }
             )
         {
             return self.reply(to, Reply::error("shutting down"));
@@ -859,16 +860,13 @@ impl Supervisor {
                 },
             ),
             Request::List => self.reply(to, Reply::List(self.table.rows())),
-            Request::Run(cmd) => match self.table.admit_run(PendingRun { to, cmd, fds, by }) {
-                Admission::Start(run) => self.start_run(run),
-                Admission::Queued => {}
-                Admission::Busy(run) => {
-                    let (running, waiting) = self.table.run_counts();
-                    warn!("Run refused: {running} running and {waiting} waiting");
-                    // Its fds close with it.
-                    self.reply(run.to, Reply::error("busy"))
-                }
-            },
+            Request::Run(cmd) => self.admit_run(PendingRun {
+                to: Some(to),
+                cmd,
+                fds,
+                by,
+                action_of: None,
+            }),
             Request::StartDaemon(cmd) => self.start_daemon(to, cmd, fds, by),
             Request::MonitorFd => match fds.into_iter().next() {
                 Some(fd) => self.monitor(to, fd, by),
@@ -884,6 +882,27 @@ impl Supervisor {
                     Reply::error(format!("cannot open a pidfd for {pid}: {e}")),
                 ),
             },
+            Request::OnExit {
+                target: Target::Id(id),
+                command,
+            } => {
+                let reply = match self.on_exit(id, command, by) {
+                    Ok(()) => Reply::Ok(vec![id.to_string().into_bytes()]),
+                    Err(reason) => Reply::error(reason),
+                };
+                self.reply(to, reply)
+            }
+            Request::OnExit {
+                target: Target::Service(name),
+                ..
+            } => self.reply(
+                to,
+                Reply::error(format!(
+                    "OnExit takes a process id, not a service: {} (a service's exits go to \
+                     its configuration's handlers)",
+                    String::from_utf8_lossy(&name)
+                )),
+            ),
             Request::Stop {
                 target: Target::Id(id),
                 grace_ms,
@@ -1033,12 +1052,14 @@ impl Supervisor {
 
     /// Starts `cmd`; on failure says why, in the words of an `Error` reply. A program that could
     /// not be executed leaves no record: its child has exited 127 and is reaped as an orphan.
+    /// `why` is the reason its `spawn` event gives.
     fn spawn(
         &mut self,
         kind: Kind,
         cmd: &Command,
         fds: &[OwnedFd],
         by: Cause,
+        why: String,
     ) -> Result<Id, String> {
         let exec = Exec::prepare(cmd, &self.base_env).map_err(|e| e.to_string())?;
         let stdio = self.stdio(fds);
@@ -1049,11 +1070,23 @@ impl Supervisor {
             } => exec_failure(&cmd.argv, errno),
             e => e.to_string(),
         })?;
-        Ok(self.track(kind, child, &cmd.argv, by))
+        Ok(self.track_why(kind, child, &cmd.argv, by, why))
     }
 
     /// Lists a child just started and watches its pidfd.
     fn track(&mut self, kind: Kind, child: Child, argv: &[Vec<u8>], by: Cause) -> Id {
+        self.track_why(kind, child, argv, by, String::new())
+    }
+
+    /// As [`Self::track`], with `why` as the reason of its `spawn` event.
+    fn track_why(
+        &mut self,
+        kind: Kind,
+        child: Child,
+        argv: &[Vec<u8>],
+        by: Cause,
+        why: String,
+    ) -> Id {
         let raw = child.pidfd.as_raw_fd();
         let mut proc = Proc::new(kind, child.pid, now_ms(), argv.to_vec());
         proc.pidfd = Some(child.pidfd);
@@ -1067,28 +1100,109 @@ impl Supervisor {
             child.pid,
             String::from_utf8_lossy(&argv.join(&b' '))
         );
-        if let Some(event) = self.table.get(id).map(|p| p.start_event(by)) {
+        if let Some(mut event) = self.table.get(id).map(|p| p.start_event(by)) {
+            event.reason = why.into_bytes();
             self.emit(event);
         }
         id
     }
 
+    /// A `Run` (or an exit action) asks for a pool slot: it starts, waits in the queue, or is
+    /// refused.
+    fn admit_run(&mut self, run: PendingRun) {
+        match self.table.admit_run(run) {
+            Admission::Start(run) => self.start_run(run),
+            Admission::Queued => {}
+            Admission::Busy(run) => {
+                let (running, waiting) = self.table.run_counts();
+                warn!("Run refused: {running} running and {waiting} waiting");
+                // Its fds close with it.
+                self.run_not_started(run.to, run.action_of, run.by, "busy".to_string());
+            }
+        }
+    }
+
     /// Starts a `Run` that has a pool slot; the slot goes back if it cannot start.
     fn start_run(&mut self, run: PendingRun) {
-        let PendingRun { to, cmd, fds, by } = run;
-        match self.spawn(Kind::Run, &cmd, &fds, by) {
+        let PendingRun {
+            to,
+            cmd,
+            fds,
+            by,
+            action_of,
+        } = run;
+        let why = action_of
+            .as_ref()
+            .map(crate::on_exit::spawn_reason)
+            .unwrap_or_default();
+        match self.spawn(Kind::Run, &cmd, &fds, by, why) {
             Ok(id) => {
-                if let Some(p) = self.table.get_mut(id) {
+                if let (Some(p), Some(to)) = (self.table.get_mut(id), to) {
                     p.waiters.push(Waiter::Run(to));
                 }
             }
             Err(reason) => {
                 self.table.release_run_slot();
-                self.reply(to, Reply::error(reason));
+                self.run_not_started(to, action_of, by, reason);
             }
         }
         // The child has its own copies of the fds; archon's close here.
         drop(fds);
+    }
+
+    /// A `Run` that could not start: its client is told; an exit action, nobody waits for, is
+    /// reported in the log and as a `fail` event of the process whose end it follows.
+    fn run_not_started(
+        &mut self,
+        to: Option<ReplyTo>,
+        action_of: Option<crate::on_exit::EndOf>,
+        by: Cause,
+        reason: String,
+    ) {
+        if let Some(to) = to {
+            self.reply(to, Reply::error(reason.clone()));
+        }
+        if let Some(end) = action_of {
+            warn!("exit action of {} not run: {reason}", end.id);
+            self.emit(crate::on_exit::failed_event(&end, &reason, by, now_ms()));
+        }
+    }
+
+    /// `OnExit`: gives process `id` an action to run when it ends, or runs it now when it has
+    /// ended already.
+    fn on_exit(&mut self, id: Id, cmd: Command, by: Cause) -> Result<(), String> {
+        let action = crate::on_exit::ExitAction { cmd, by };
+        match self.table.add_exit_action(id, action) {
+            Ok(None) => {
+                debug!(
+                    "exit action for {id} ({} waiting)",
+                    self.table.exit_actions()
+                );
+                Ok(())
+            }
+            Ok(Some((end, action))) => {
+                self.run_exit_action(end, action);
+                Ok(())
+            }
+            Err(refused) => Err(refused.to_string()),
+        }
+    }
+
+    /// Runs an exit action: a `Run` nobody waits for, with what ended in its environment. Not
+    /// during a shutdown, which would only stop it.
+    fn run_exit_action(&mut self, end: crate::on_exit::EndOf, action: crate::on_exit::ExitAction) {
+        if self.shutdown.is_some() {
+            let by = action.by;
+            return self.run_not_started(None, Some(end), by, "shutting down".to_string());
+        }
+        let cmd = crate::on_exit::command(&action, &end);
+        self.admit_run(PendingRun {
+            to: None,
+            cmd,
+            fds: Vec::new(),
+            by: action.by,
+            action_of: Some(end),
+        });
     }
 
     /// Starts queued `Run`s while slots are free.
@@ -1099,7 +1213,7 @@ impl Supervisor {
     }
 
     fn start_daemon(&mut self, to: ReplyTo, cmd: Command, fds: Vec<OwnedFd>, by: Cause) {
-        let reply = match self.spawn(Kind::Daemon, &cmd, &fds, by) {
+        let reply = match self.spawn(Kind::Daemon, &cmd, &fds, by, String::new()) {
             Ok(id) => Reply::started(id, self.table.get(id).map_or(0, |p| p.row.pid)),
             Err(reason) => Reply::error(reason),
         };
@@ -1437,6 +1551,7 @@ impl Supervisor {
         for (to, reply) in ended.replies {
             self.reply(to, reply);
         }
+
         for p in ended.evicted {
             if let Some(key) = p.kill_timer {
                 self.timers.cancel(key);
@@ -1447,6 +1562,10 @@ impl Supervisor {
         }
         if ended.freed_run_slot {
             self.start_queued_runs();
+        }
+        // After the queued runs: an action waits its turn like any `Run`.
+        for (end, action) in ended.actions {
+            self.run_exit_action(end, action);
         }
     }
 
@@ -1535,7 +1654,7 @@ impl Supervisor {
             everyone: None,
         });
         for run in self.table.take_queue() {
-            self.reply(run.to, Reply::error("shutting down"));
+            self.run_not_started(run.to, run.action_of, run.by, "shutting down".to_string());
         }
         for id in live {
             let _ = self.stop(id, self.opts.stop_grace, None, Cause::Archon);

@@ -1,10 +1,21 @@
-//! archon's own log: one line per message on stderr, `<UTC time> archon[<pid>]: <level>: <text>`.
+//! archon's own log: one line per message on stderr, `<UTC time> archon[<pid>]: <level>: <text>`;
+//! or, as process 1 without a usable stderr, one record per message in the kernel's log.
 //!
 //! The loop must never block on its log. Setting O_NONBLOCK on fd 2 would also change it for every
 //! child that shares it, so for a pipe or a terminal archon writes through a second open file
 //! description (reopened through /proc/self/fd/2) that alone is non-blocking, and for a socket it
 //! uses `send(MSG_DONTWAIT)`. A line that would block is dropped and counted; the count is reported
 //! with the next line that gets through.
+//!
+//! Process 1 has nobody to hand its log to when stderr goes nowhere: a container runtime or a
+//! kernel that gave it none (`/dev/null` from [`crate::sys::ensure_stdio_open`]), or a console or
+//! a pipe that went away. Then archon writes to `/dev/kmsg` ([`Sink::Kmsg`]), as systemd does
+//! early at boot: one record per message, `<N>archon[1]: <text>`, the syslog priority (facility
+//! daemon) in front, no newline inside, at most [`KMSG_RECORD_MAX`] bytes. Stderr is not usable
+//! ([`stderr_usable`]) when it is closed or `/dev/null` at [`init`], or when a write fails with
+//! EBADF, EPIPE, EIO or ENXIO later (a full pipe is usable: its lines are dropped and counted).
+//! Writes to `/dev/kmsg` do not block. Where it cannot be opened (a container without it), archon
+//! carries on as before, silently.
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -37,6 +48,17 @@ impl Level {
         }
     }
 
+    /// The syslog(3) level of a message at this level: `LOG_ERR`, `LOG_WARNING`, `LOG_INFO`,
+    /// `LOG_DEBUG`.
+    fn syslog_level(self) -> u8 {
+        match self {
+            Level::Error => 3,
+            Level::Warn => 4,
+            Level::Info => 6,
+            Level::Debug => 7,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Level::Error => "error",
@@ -63,7 +85,23 @@ enum Sink {
     Reopened = 1,
     /// send(2) with MSG_DONTWAIT on a socket (journald's stdout stream).
     Socket = 2,
+    /// write(2) of one record at a time on `/dev/kmsg`: process 1 without a usable stderr.
+    Kmsg = 3,
 }
+
+/// Longest record archon writes to `/dev/kmsg`, in bytes, its priority prefix and final newline
+/// counted: under the least the kernel has taken in one write (`LOG_LINE_MAX`, 992 bytes before
+/// Linux 6.x, which takes 1024). A longer message is cut and ends with `...`.
+pub const KMSG_RECORD_MAX: usize = 976;
+
+/// The kernel's log, where process 1 writes when its stderr is not usable.
+const KMSG: &std::ffi::CStr = c"/dev/kmsg";
+
+/// `LOG_DAEMON` of syslog(3), the facility of archon's records in the kernel's log.
+const LOG_DAEMON: u8 = 3 << 3;
+
+/// The switch to `/dev/kmsg` was tried (it is tried once).
+static KMSG_TRIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 static SINK: AtomicI32 = AtomicI32::new(Sink::Direct as i32);
 
@@ -77,13 +115,21 @@ pub fn init(level: Level) {
         // SAFETY: the reopened copy of stderr, archon's own; nothing else holds it now.
         unsafe { libc::close(old) };
     }
+    KMSG_TRIED.store(false, Ordering::Relaxed);
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: st is a valid stat buffer.
-    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
+    let st = (unsafe { libc::fstat(2, st.as_mut_ptr()) } == 0).then(|| {
+        // SAFETY: fstat succeeded and filled st.
+        unsafe { st.assume_init() }
+    });
+    let usable = stderr_usable(st.as_ref().map(|st| (st.st_mode, st.st_rdev)));
+    if !usable && crate::sys::is_pid1() && use_kmsg() {
         return;
     }
-    // SAFETY: fstat succeeded and filled st.
-    let mode = unsafe { st.assume_init() }.st_mode & libc::S_IFMT;
+    let Some(st) = st else {
+        return;
+    };
+    let mode = st.st_mode & libc::S_IFMT;
     match mode {
         libc::S_IFSOCK => SINK.store(Sink::Socket as i32, Ordering::Relaxed),
         libc::S_IFIFO | libc::S_IFCHR => {
@@ -103,6 +149,69 @@ pub fn init(level: Level) {
     }
 }
 
+/// Whether stderr takes archon's log, from its `fstat` (`None` when that failed: fd 2 is
+/// closed): not when it is `/dev/null` (the character device 1:3), where every line is lost.
+pub fn stderr_usable(stat: Option<(libc::mode_t, libc::dev_t)>) -> bool {
+    match stat {
+        None => false,
+        Some((mode, rdev)) => mode & libc::S_IFMT != libc::S_IFCHR || rdev != libc::makedev(1, 3),
+    }
+}
+
+/// Whether a write that failed with `errno` says that stderr has gone for good (closed, its
+/// reader gone, its terminal hung up), rather than that it is full for now.
+fn stderr_gone(errno: i32) -> bool {
+    matches!(errno, libc::EBADF | libc::EPIPE | libc::EIO | libc::ENXIO)
+}
+
+/// Opens `/dev/kmsg` and makes it the log's sink, once; false when it cannot be opened.
+fn use_kmsg() -> bool {
+    if KMSG_TRIED.swap(true, Ordering::Relaxed) {
+        return SINK.load(Ordering::Relaxed) == Sink::Kmsg as i32;
+    }
+    // SAFETY: opening a path; the fd returned is ours and is kept for archon's life.
+    let fd = unsafe {
+        libc::open(
+            KMSG.as_ptr(),
+            libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let old = FD.swap(fd, Ordering::Relaxed);
+    SINK.store(Sink::Kmsg as i32, Ordering::Relaxed);
+    if old != 2 {
+        // SAFETY: the reopened copy of stderr, archon's own; nothing else holds it now.
+        unsafe { libc::close(old) };
+    }
+    true
+}
+
+/// One record of the kernel's log: `<priority>archon[<pid>]: <text>\n`, the priority the
+/// daemon facility's and `level`'s; every CR and LF of `text` a space, so that it stays one
+/// record; cut to [`KMSG_RECORD_MAX`] bytes at a character boundary, ending with `...`.
+pub fn kmsg_record(level: Level, pid: u32, text: &str) -> Vec<u8> {
+    let prefix = format!("<{}>archon[{pid}]: ", LOG_DAEMON | level.syslog_level());
+    let room = KMSG_RECORD_MAX - prefix.len() - 1;
+    let mut body: String = text
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    if body.len() > room {
+        let mut cut = room - 3;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+        body.push_str("...");
+    }
+    let mut record = prefix.into_bytes();
+    record.extend_from_slice(body.as_bytes());
+    record.push(b'\n');
+    record
+}
+
 /// True when messages of `level` are written.
 pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
@@ -112,6 +221,9 @@ pub fn enabled(level: Level) -> bool {
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
+    }
+    if SINK.load(Ordering::Relaxed) == Sink::Kmsg as i32 {
+        return write_kmsg(level, &args.to_string());
     }
     let mut line = String::with_capacity(128);
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
@@ -128,24 +240,52 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
         std::process::id(),
         level.name()
     ));
-    put(&line);
+    if let Err(errno) = put(line.as_bytes()) {
+        // The count this line carried is still owed.
+        DROPPED.fetch_add(dropped, Ordering::Relaxed);
+        if stderr_gone(errno) && crate::sys::is_pid1() && use_kmsg() {
+            write_kmsg(level, &args.to_string());
+        } else {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes one message as a record of the kernel's log, after one that says how many were
+/// dropped before, if any were.
+fn write_kmsg(level: Level, text: &str) {
+    let pid = std::process::id();
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let note = format!("{dropped} log lines dropped");
+        let _ = put(&kmsg_record(Level::Warn, pid, &note));
+    }
+    if put(&kmsg_record(level, pid, text)).is_err() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Writes a line a service wrote, as `<time> <service>[<stream>]: <text>`, whatever the log
-/// level (`--echo-logs`).
+/// level (`--echo-logs`). Not to the kernel's log, which is for archon's own messages: a service
+/// that floods its output would push them out.
 pub fn echo(service: &str, stream: &str, text: &[u8]) {
-    put(&format!(
+    if SINK.load(Ordering::Relaxed) == Sink::Kmsg as i32 {
+        return;
+    }
+    let line = format!(
         "{} {service}[{stream}]: {}\n",
         timestamp(),
         String::from_utf8_lossy(text)
-    ));
+    );
+    if put(line.as_bytes()).is_err() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-/// Writes `line` to the log's sink without ever blocking: what does not fit is counted as
-/// dropped.
-fn put(line: &str) {
+/// Writes `bytes` to the log's sink without ever blocking; on failure, the errno (EAGAIN for
+/// what does not fit now).
+fn put(bytes: &[u8]) -> Result<(), i32> {
     let fd: RawFd = FD.load(Ordering::Relaxed);
-    let bytes = line.as_bytes();
     let mut off = 0;
     while off < bytes.len() {
         let rest = &bytes[off..];
@@ -166,12 +306,19 @@ fn put(line: &str) {
             off += n as usize;
             continue;
         }
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+        let errno = if n < 0 {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            libc::EAGAIN
+        };
+        if errno == libc::EINTR {
             continue;
         }
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-        return;
+        return Err(errno);
     }
+    Ok(())
 }
 
 /// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
@@ -226,6 +373,65 @@ macro_rules! debug { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Deb
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kmsg_records_carry_the_priority_and_stay_one_line() {
+        let cases = [
+            (Level::Error, "<27>"),
+            (Level::Warn, "<28>"),
+            (Level::Info, "<30>"),
+            (Level::Debug, "<31>"),
+        ];
+        for (level, prio) in cases {
+            assert_eq!(
+                kmsg_record(level, 1, "up"),
+                format!("{prio}archon[1]: up\n").into_bytes()
+            );
+        }
+        assert_eq!(
+            kmsg_record(Level::Info, 1, "a\nb\r\nc\n"),
+            b"<30>archon[1]: a b  c \n"
+        );
+        let long = "é".repeat(KMSG_RECORD_MAX);
+        let record = kmsg_record(Level::Warn, 1, &long);
+        assert!(record.len() <= KMSG_RECORD_MAX, "{}", record.len());
+        assert!(
+            record.len() >= KMSG_RECORD_MAX - 4,
+            "cut no shorter than needed"
+        );
+        let text = String::from_utf8(record);
+        assert!(
+            text.as_ref()
+                .is_ok_and(|t| t.starts_with("<28>archon[1]: éé") && t.ends_with("é...\n")),
+            "cut at a character boundary: {text:?}"
+        );
+        let exact = "x".repeat(KMSG_RECORD_MAX - "<30>archon[1]: \n".len());
+        assert_eq!(kmsg_record(Level::Info, 1, &exact).len(), KMSG_RECORD_MAX);
+        assert!(!String::from_utf8_lossy(&kmsg_record(Level::Info, 1, &exact)).contains("..."));
+    }
+
+    #[test]
+    fn stderr_is_unusable_closed_or_dev_null() {
+        assert!(!stderr_usable(None));
+        assert!(!stderr_usable(Some((
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3)
+        ))));
+        // /dev/zero, a terminal, a pipe, a file, a socket take lines.
+        assert!(stderr_usable(Some((
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 5)
+        ))));
+        assert!(stderr_usable(Some((
+            libc::S_IFCHR | 0o620,
+            libc::makedev(136, 0)
+        ))));
+        for mode in [libc::S_IFIFO, libc::S_IFREG, libc::S_IFSOCK] {
+            assert!(stderr_usable(Some((mode | 0o600, libc::makedev(1, 3)))));
+        }
+        assert!(stderr_gone(libc::EPIPE) && stderr_gone(libc::EBADF) && stderr_gone(libc::EIO));
+        assert!(!stderr_gone(libc::EAGAIN) && !stderr_gone(libc::ENOSPC));
+    }
 
     #[test]
     fn utc_formatting() {

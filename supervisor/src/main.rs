@@ -24,6 +24,7 @@ mod log;
 mod logs;
 mod memory;
 mod notify;
+mod on_exit;
 mod pid1;
 mod procstat;
 mod service;

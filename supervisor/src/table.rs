@@ -3,8 +3,8 @@
 //!
 //! This is bookkeeping only: it never makes a system call, so every rule here is tested without
 //! forking. The event loop does the kernel's side and tells the table what happened; the table
-//! answers with the replies now due and the event of each change ([`Proc::event`],
-//! [`Ended::event`]).
+//! answers with the replies now due, the event of each change ([`Proc::event`],
+//! [`Ended::event`]) and the exit actions to run ([`Ended::actions`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -14,7 +14,9 @@ use archon_proto::{
     Cause, Command, Event, EventKind, Id, Kind, ProcState, ProcessRow, Reply, ServiceState, Status,
 };
 
+use crate::on_exit::{EndOf, ExitAction, Refused};
 use crate::timers::TimerKey;
+use archon_proto::limits::{MAX_EXIT_ACTIONS, MAX_EXIT_ACTIONS_PER_PROCESS};
 
 /// A connection, by the number archon gave it (never reused).
 pub type ClientId = u64;
@@ -52,6 +54,8 @@ pub struct Proc {
     /// Who asked for the stop in progress: its end is theirs. Archon otherwise (a process that
     /// ends unasked).
     pub stop_by: Cause,
+    /// What to run when it ends (`OnExit`), in the order asked.
+    pub on_exit: Vec<ExitAction>,
 }
 
 impl Proc {
@@ -71,6 +75,7 @@ impl Proc {
             waiters: Vec::new(),
             kill_timer: None,
             stop_by: Cause::Archon,
+            on_exit: Vec::new(),
         }
     }
 
@@ -125,6 +130,17 @@ impl Proc {
         self.row.state != ProcState::Exited
     }
 
+    /// What its exit actions are told, once it has ended.
+    pub fn end_of(&self) -> Option<EndOf> {
+        let status = self.row.status.filter(|_| !self.is_live())?;
+        Some(EndOf {
+            id: self.row.id,
+            kind: self.row.kind,
+            pid: self.row.pid,
+            status,
+        })
+    }
+
     /// True for a process archon started (its child, which it reaps).
     pub fn is_child(&self) -> bool {
         self.row.kind != Kind::Monitor
@@ -134,14 +150,16 @@ impl Proc {
 /// A `Run` with a slot in the pool or waiting for one: who asked, what, and its stdio.
 #[derive(Debug)]
 pub struct PendingRun {
-    /// Where the `ExitStatus` goes.
-    pub to: ReplyTo,
+    /// Where the `ExitStatus` goes; nowhere for an exit action, whose end nobody waits for.
+    pub to: Option<ReplyTo>,
     /// The command.
     pub cmd: Command,
     /// The fds sent with the request.
     pub fds: Vec<OwnedFd>,
     /// Who asked.
     pub by: Cause,
+    /// The end it is the exit action of.
+    pub action_of: Option<EndOf>,
 }
 
 /// What became of a new `Run`.
@@ -166,6 +184,8 @@ pub struct Ended {
     pub evicted: Vec<Proc>,
     /// The event of its end: the stop's asker's when it was stopped, else archon's.
     pub event: Option<Event>,
+    /// Its exit actions, to run now, with what ended.
+    pub actions: Vec<(EndOf, ExitAction)>,
 }
 
 /// The table.
@@ -180,6 +200,8 @@ pub struct Table {
     max_queue: usize,
     queue: VecDeque<PendingRun>,
     ended_kept: usize,
+    /// Exit actions waiting in the records of live processes.
+    exit_actions: usize,
 }
 
 impl Table {
@@ -196,6 +218,7 @@ impl Table {
             max_queue,
             queue: VecDeque::new(),
             ended_kept,
+            exit_actions: 0,
         }
     }
 
@@ -292,9 +315,38 @@ impl Table {
         self.procs.values()
     }
 
+    /// Gives process `id` an exit action. It waits for the end of a live process (within
+    /// [`MAX_EXIT_ACTIONS_PER_PROCESS`] for it and [`MAX_EXIT_ACTIONS`] in all); for one that has
+    /// ended, it comes back with what ended, to be run at once. Refused, nothing changes.
+    pub fn add_exit_action(
+        &mut self,
+        id: Id,
+        action: ExitAction,
+    ) -> Result<Option<(EndOf, ExitAction)>, Refused> {
+        let proc = self.procs.get_mut(&id).ok_or(Refused::NoSuchProcess(id))?;
+        if let Some(end) = proc.end_of() {
+            return Ok(Some((end, action)));
+        }
+        if proc.on_exit.len() >= MAX_EXIT_ACTIONS_PER_PROCESS {
+            return Err(Refused::TooManyFor(id));
+        }
+        if self.exit_actions >= MAX_EXIT_ACTIONS {
+            return Err(Refused::TooMany);
+        }
+        proc.on_exit.push(action);
+        self.exit_actions += 1;
+        Ok(None)
+    }
+
+    /// Exit actions waiting, over every process.
+    pub fn exit_actions(&self) -> usize {
+        self.exit_actions
+    }
+
     /// Removes a record at once (a process that could not be watched after all).
     pub fn remove(&mut self, id: Id) -> Option<Proc> {
         let proc = self.procs.remove(&id)?;
+        self.exit_actions -= proc.on_exit.len().min(self.exit_actions);
         if self.children.get(&proc.row.pid) == Some(&id) {
             self.children.remove(&proc.row.pid);
         }
@@ -310,6 +362,7 @@ impl Table {
             freed_run_slot: false,
             evicted: Vec::new(),
             event: None,
+            actions: Vec::new(),
         };
         let Some(proc) = self.procs.get_mut(&id) else {
             return out;
@@ -336,6 +389,10 @@ impl Table {
                 Waiter::Run(to) => (to, Reply::ExitStatus(status)),
                 Waiter::Stop(to) => (to, Reply::stopped(id, status)),
             });
+        }
+        if let Some(end) = proc.end_of() {
+            self.exit_actions -= proc.on_exit.len().min(self.exit_actions);
+            out.actions = proc.on_exit.drain(..).map(|a| (end, a)).collect();
         }
         if proc.row.kind == Kind::Run {
             self.runs_active = self.runs_active.saturating_sub(1);
@@ -369,10 +426,11 @@ mod tests {
 
     fn run(seq: u64) -> PendingRun {
         PendingRun {
-            to: to(seq),
+            to: Some(to(seq)),
             cmd: Command::new(["x"]),
             fds: Vec::new(),
             by: Cause::Archon,
+            action_of: None,
         }
     }
 
@@ -390,7 +448,7 @@ mod tests {
         assert_eq!(t.run_counts(), (2, 1));
         assert!(t.next_run().is_none(), "no slot is free yet");
         t.release_run_slot();
-        assert_eq!(t.next_run().map(|r| r.to), Some(to(2)));
+        assert_eq!(t.next_run().and_then(|r| r.to), Some(to(2)));
         assert_eq!(t.run_counts(), (2, 0));
         assert!(t.next_run().is_none(), "the queue is empty");
     }
@@ -533,5 +591,80 @@ mod tests {
         let end = t.end(m, Status::Exited(0), 9).event;
         assert_eq!(end.map(|e| e.cause), Some(Cause::Archon));
         assert!(t.end(m, Status::Exited(0), 9).event.is_none());
+    }
+
+    fn action(word: &str) -> ExitAction {
+        ExitAction {
+            cmd: Command::new([word]),
+            by: Cause::Client { uid: 0, pid: 1 },
+        }
+    }
+
+    #[test]
+    fn exit_actions_wait_for_the_end_then_come_back_once_in_order() {
+        let mut t = Table::new(1, 1, 8);
+        let d = t.insert(Proc::new(Kind::Daemon, 10, 0, vec![]));
+        for word in ["a", "b"] {
+            assert_eq!(t.add_exit_action(d, action(word)), Ok(None));
+        }
+        assert_eq!(t.exit_actions(), 2);
+        let ended = t.end(d, Status::Signaled(9), 0);
+        let end = EndOf {
+            id: d,
+            kind: Kind::Daemon,
+            pid: 10,
+            status: Status::Signaled(9),
+        };
+        assert_eq!(ended.actions, vec![(end, action("a")), (end, action("b"))]);
+        assert_eq!(t.exit_actions(), 0);
+        assert!(t.end(d, Status::Exited(0), 0).actions.is_empty());
+        // Ended and kept: at once, with what ended; nothing waits.
+        assert_eq!(
+            t.add_exit_action(d, action("c")),
+            Ok(Some((end, action("c"))))
+        );
+        assert_eq!(t.exit_actions(), 0);
+        assert_eq!(
+            t.add_exit_action(99, action("d")),
+            Err(Refused::NoSuchProcess(99))
+        );
+    }
+
+    #[test]
+    fn exit_actions_are_bounded_per_process_and_in_all() {
+        let mut t = Table::new(1, 1, 8);
+        let first = t.insert(Proc::new(Kind::Monitor, 1, 0, vec![]));
+        for _ in 0..MAX_EXIT_ACTIONS_PER_PROCESS {
+            assert_eq!(t.add_exit_action(first, action("x")), Ok(None));
+        }
+        assert_eq!(
+            t.add_exit_action(first, action("x")),
+            Err(Refused::TooManyFor(first))
+        );
+        let mut pid = 2;
+        while t.exit_actions() < MAX_EXIT_ACTIONS {
+            let id = t.insert(Proc::new(Kind::Monitor, pid, 0, vec![]));
+            pid += 1;
+            while t.exit_actions() < MAX_EXIT_ACTIONS
+                && t.get(id)
+                    .is_some_and(|p| p.on_exit.len() < MAX_EXIT_ACTIONS_PER_PROCESS)
+            {
+                assert_eq!(t.add_exit_action(id, action("x")), Ok(None));
+            }
+        }
+        let fresh = t.insert(Proc::new(Kind::Daemon, 5000, 0, vec![]));
+        assert_eq!(t.add_exit_action(fresh, action("x")), Err(Refused::TooMany));
+        assert!(t.get(fresh).is_some_and(|p| p.on_exit.is_empty()));
+        // An end makes room; a removed record gives its actions back too.
+        assert_eq!(
+            t.end(first, Status::Exited(0), 0).actions.len(),
+            MAX_EXIT_ACTIONS_PER_PROCESS
+        );
+        assert_eq!(t.add_exit_action(fresh, action("x")), Ok(None));
+        t.remove(fresh);
+        assert_eq!(
+            t.exit_actions(),
+            MAX_EXIT_ACTIONS - MAX_EXIT_ACTIONS_PER_PROCESS
+        );
     }
 }

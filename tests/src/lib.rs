@@ -266,9 +266,22 @@ const SCRUBBED_ENV: [&str; 7] = [
     "WATCHDOG_PID",
 ];
 
+/// Where archon's stderr goes, when not to its log file.
+#[derive(Debug)]
+pub enum StderrTo {
+    /// Closed: archon starts without a fd 2.
+    Closed,
+    /// `/dev/null`.
+    DevNull,
+    /// This fd (the write end of a pipe, say).
+    Fd(OwnedFd),
+}
+
 /// How to start an [`Archon`]: extra arguments, environment, socket path.
 #[derive(Debug, Default)]
 pub struct Builder {
+    /// Where its stderr goes; `<dir>/archon.log` when `None`.
+    stderr: Option<StderrTo>,
     args: Vec<OsString>,
     env: Vec<(OsString, Option<OsString>)>,
     env_clear: bool,
@@ -290,6 +303,12 @@ impl Builder {
     /// Adds command-line arguments.
     pub fn args<I: IntoIterator<Item = A>, A: Into<OsString>>(mut self, args: I) -> Self {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sends archon's stderr elsewhere than its log file ([`Archon::log_text`] is then empty).
+    pub fn stderr(mut self, to: StderrTo) -> Self {
+        self.stderr = Some(to);
         self
     }
 
@@ -403,8 +422,22 @@ impl Builder {
         }
         cmd.current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(stdout_file)
-            .stderr(log_file);
+            .stdout(stdout_file);
+        match self.stderr {
+            None => cmd.stderr(log_file),
+            Some(StderrTo::DevNull) => cmd.stderr(Stdio::null()),
+            Some(StderrTo::Fd(fd)) => cmd.stderr(Stdio::from(fd)),
+            Some(StderrTo::Closed) => {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: close(2) is async-signal-safe; it runs after the stdio is in place.
+                unsafe {
+                    cmd.stderr(Stdio::null()).pre_exec(|| {
+                        libc::close(2);
+                        Ok(())
+                    })
+                }
+            }
+        };
         let child = cmd.spawn().context("spawn archon")?;
         let mut archon = Archon {
             pid: child.id() as i32,

@@ -280,6 +280,22 @@ enum archon_result archon_monitor_fd(struct archon *a, int pidfd, uint64_t *id, 
 enum archon_result archon_monitor(struct archon *a, pid_t pid, uint64_t *id);
 
 /**
+ * Has archon run a command when process `id` ends (`OnExit`): `argv` and `envp` as for
+ * `archon_run`; archon adds `ARCHON_ID`, `ARCHON_KIND`, `ARCHON_PID`, `ARCHON_EXIT` and
+ * `ARCHON_STATUS`, which say what ended. Returns once archon has taken it; it runs at once
+ * when the process has ended already. `ARCHON_RESULT_REFUSED` for an id that names no process
+ * archon keeps, or beyond the limits of exit actions waiting.
+ *
+ * # Safety
+ * `a` is NULL or a live handle; `argv` and `envp` are NULL or NULL-terminated arrays of C
+ * strings.
+ */
+enum archon_result archon_on_exit(struct archon *a,
+                                  uint64_t id,
+                                  const char *const *argv,
+                                  const char *const *envp);
+
+/**
  * Stops process `id` (`Stop`): SIGTERM, then SIGKILL after `grace_ms` milliseconds (negative:
  * archon's default, 7000 unless its `--stop-grace` says otherwise; at most 86400000). Returns
  * once it has ended, with how in `*wstatus` (a wait(2) status, or `ARCHON_STATUS_UNKNOWN`;

@@ -373,6 +373,31 @@ pub unsafe extern "C" fn archon_monitor(
     })
 }
 
+/// Has archon run a command when process `id` ends (`OnExit`): `argv` and `envp` as for
+/// `archon_run`; archon adds `ARCHON_ID`, `ARCHON_KIND`, `ARCHON_PID`, `ARCHON_EXIT` and
+/// `ARCHON_STATUS`, which say what ended. Returns once archon has taken it; it runs at once
+/// when the process has ended already. `ARCHON_RESULT_REFUSED` for an id that names no process
+/// archon keeps, or beyond the limits of exit actions waiting.
+///
+/// # Safety
+/// `a` is NULL or a live handle; `argv` and `envp` are NULL or NULL-terminated arrays of C
+/// strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn archon_on_exit(
+    a: *mut Archon,
+    id: u64,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> ArchonResult {
+    guard(|| {
+        // SAFETY (both): passed on from the caller.
+        let h = unsafe { handle(a) }?;
+        let command = unsafe { args::command(argv, envp) }?;
+        h.call(|c| c.on_exit(id, &command))?;
+        Ok(())
+    })
+}
+
 /// Stops process `id` (`Stop`): SIGTERM, then SIGKILL after `grace_ms` milliseconds (negative:
 /// archon's default, 7000 unless its `--stop-grace` says otherwise; at most 86400000). Returns
 /// once it has ended, with how in `*wstatus` (a wait(2) status, or `ARCHON_STATUS_UNKNOWN`;

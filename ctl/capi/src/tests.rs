@@ -121,6 +121,7 @@ fn null_handles_are_invalid_arguments() {
             archon_monitor_fd(ptr::null_mut(), 0, ptr::null_mut(), ptr::null_mut()),
             archon_monitor(ptr::null_mut(), 1, ptr::null_mut()),
             archon_stop(ptr::null_mut(), 1, -1, ptr::null_mut()),
+            archon_on_exit(ptr::null_mut(), 1, argv.as_ptr(), ptr::null()),
             archon_status(ptr::null_mut(), ptr::null(), None, ptr::null_mut()),
             archon_connect(ptr::null(), ptr::null_mut()),
         ]
@@ -365,6 +366,8 @@ fn typed_calls_speak_the_protocol_and_fill_their_out_parameters() {
             ("Stop,4,250\n", "Ok,4,SIGTERM\n"),
             ("Stop,5\n", "Ok,5,unknown\n"),
             ("Stop,9\n", "Error,no such process: 9\n"),
+            ("OnExit,4,/bin/sh,-c,exit 3,A=1\n", "Ok,4\n"),
+            ("OnExit,9,sleep,100\n", "Error,no such process: 9\n"),
         ],
     );
     let run = [
@@ -424,6 +427,16 @@ fn typed_calls_speak_the_protocol_and_fill_their_out_parameters() {
         assert_eq!(status, ARCHON_STATUS_UNKNOWN);
         assert_eq!(
             archon_stop(a, 9, -1, ptr::null_mut()),
+            ArchonResult::Refused
+        );
+        assert_eq!(message(), "no such process: 9");
+        let set = [c"A=1".as_ptr(), ptr::null()];
+        assert_eq!(
+            archon_on_exit(a, 4, run.as_ptr(), set.as_ptr()),
+            ArchonResult::Ok
+        );
+        assert_eq!(
+            archon_on_exit(a, 9, sleep.as_ptr(), ptr::null()),
             ArchonResult::Refused
         );
         assert_eq!(message(), "no such process: 9");

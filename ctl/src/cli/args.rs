@@ -104,6 +104,13 @@ pub enum Action {
         /// How to print them.
         format: Format,
     },
+    /// `on-exit ID [-e NAME=VALUE]... [--] CMD [ARG]...`: run CMD when process ID ends.
+    OnExit {
+        /// The process.
+        id: u64,
+        /// What to run.
+        command: Command,
+    },
     /// `monitor PID [--pidfd]`.
     Monitor {
         /// The process.
@@ -195,6 +202,7 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
         b"events" => events(rest)?,
         b"logs" => logs(rest)?,
         b"monitor" => monitor(rest)?,
+        b"on-exit" => on_exit(rest)?,
         b"ping" => none(rest, Action::Ping)?,
         b"version" => none(rest, Action::ArchonVersion)?,
         b"poweroff" => none(rest, Action::Power(Power::Poweroff))?,
@@ -655,6 +663,21 @@ fn monitor(args: &[OsString]) -> Result<Action, UsageError> {
     })
 }
 
+/// `on-exit ID [-e NAME=VALUE]... [--] CMD [ARG]...`.
+fn on_exit(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some((id, rest)) = args.split_first() else {
+        return Err(usage("missing ID"));
+    };
+    if matches!(id.as_bytes(), b"-h" | b"--help") {
+        return Ok(Action::Help);
+    }
+    let id = number(id, "ID")?;
+    Ok(match command(rest, Action::Run)? {
+        Action::Run(command) => Action::OnExit { id, command },
+        other => other,
+    })
+}
+
 fn none(args: &[OsString], action: Action) -> Result<Action, UsageError> {
     let Some(Split {
         positionals: pos, ..
@@ -789,6 +812,18 @@ mod tests {
         );
         assert_eq!(action(&["start", "--help"]), Action::Help);
         assert_eq!(action(&["daemon", "db"]), daemon(&["db"]));
+        assert_eq!(
+            action(&["on-exit", "7", "-e", "A=1", "--", "/bin/sh", "-c", "x"]),
+            Action::OnExit {
+                id: 7,
+                command: Command {
+                    argv: fields(&["/bin/sh", "-c", "x"]),
+                    env: vec![EnvEntry::set("A", "1")],
+                },
+            }
+        );
+        assert_eq!(action(&["on-exit", "--help"]), Action::Help);
+        assert_eq!(action(&["on-exit", "7", "--help"]), Action::Help);
         assert_eq!(
             action(&["daemon", "--", "/usr/bin/sleep", "1"]),
             daemon(&["/usr/bin/sleep", "1"])
@@ -998,6 +1033,10 @@ mod tests {
             &["start", "--"],
             &["daemon"],
             &["daemon", "-e", "X"],
+            &["on-exit"],
+            &["on-exit", "7"],
+            &["on-exit", "web", "/bin/true"],
+            &["on-exit", "-1", "/bin/true"],
             &["restart"],
             &["restart", "7"],
             &["restart", "a", "b"],
