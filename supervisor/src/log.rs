@@ -213,6 +213,11 @@ pub fn kmsg_record(level: Level, pid: u32, text: &str) -> Vec<u8> {
 }
 
 /// True when messages of `level` are written.
+/// Whether archon's log goes to the kernel's log already (process 1 without a usable stderr).
+pub fn to_kmsg() -> bool {
+    SINK.load(Ordering::Relaxed) == Sink::Kmsg as i32
+}
+
 pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
 }

@@ -40,8 +40,11 @@ pub fn install_panic_hook() {
 /// ever. Never returns.
 pub fn emergency(reason: &str) -> ! {
     error!("emergency: {reason}");
-    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open(KMSG) {
-        let _ = writeln!(kmsg, "{KMSG_LEVEL}archon: emergency: {reason}");
+    // In the kernel's log once: the line above went there already when archon's log does.
+    if !crate::log::to_kmsg() {
+        if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open(KMSG) {
+            let _ = writeln!(kmsg, "{KMSG_LEVEL}archon: emergency: {reason}");
+        }
     }
     let shell = start_shell();
     match shell {
