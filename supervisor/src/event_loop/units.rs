@@ -423,7 +423,27 @@ impl Supervisor {
 
     /// An argv or env value with its `${service.port}` references replaced by the ports of the
     /// sockets archon holds (checked when the file was loaded; a failure here is a bug).
+    /// Where a `tcp` health check connects: its address, with the port of the socket a
+    /// `${service.port}` names.
+    fn probe_addr(&self, target: &archon_lua::TcpTarget) -> io::Result<std::net::SocketAddr> {
+        let port = match &target.port {
+            archon_lua::Port::Number(n) => *n,
+            archon_lua::Port::Of(r) => self.port_of(r).map_err(|e| {
+                io::Error::other(format!("${{{}}}: {e}", String::from_utf8_lossy(r)))
+            })?,
+        };
+        Ok(target.with_port(port))
+    }
+
+    /// `text` with its `${service.port}` references replaced by the ports bound.
     fn substitute(&self, text: &[u8]) -> Result<Vec<u8>, String> {
+        archon_lua::refs::substitute(text, |r| {
+            self.port_of(r).map(|p| p.to_string().into_bytes())
+        })
+    }
+
+    /// The port of the socket the reference `r` (`db.port`) names, as bound.
+    fn port_of(&self, r: &[u8]) -> Result<u16, String> {
         let services = &self.services;
         let lookup = |name: &str| {
             services
@@ -431,13 +451,10 @@ impl Supervisor {
                 .and_then(|id| services.spec(id))
                 .map(|s| s.sockets.as_slice())
         };
-        archon_lua::refs::substitute(text, |r| {
-            let (service, i) = archon_lua::refs::find(r, lookup)?;
-            self.sockets
-                .port(service, i)
-                .map(|p| p.to_string().into_bytes())
-                .ok_or_else(|| format!("the socket of {service} is not bound"))
-        })
+        let (service, i) = archon_lua::refs::find(r, lookup)?;
+        self.sockets
+            .port(service, i)
+            .ok_or_else(|| format!("the socket of {service} is not bound"))
     }
 
     /// The service process `pid` belongs to: the one whose cgroup holds it, else the one whose
@@ -1011,12 +1028,16 @@ impl Supervisor {
             return;
         }
         let started = match &h.check {
-            Check::Tcp(addr) => TcpProbe::start(*addr).and_then(|mut p| {
-                self.poll
-                    .registry()
-                    .register(&mut p, unit_token(id, SUB_PROBE), Interest::WRITABLE)
-                    .map(|()| Probe::Tcp(p))
-            }),
+            Check::Tcp(target) => {
+                self.probe_addr(target)
+                    .and_then(TcpProbe::start)
+                    .and_then(|mut p| {
+                        self.poll
+                            .registry()
+                            .register(&mut p, unit_token(id, SUB_PROBE), Interest::WRITABLE)
+                            .map(|()| Probe::Tcp(p))
+                    })
+            }
             Check::Command(argv) => self.spawn_probe(id, argv),
         };
         match started {

@@ -36,6 +36,7 @@ fn svc(name: &str) -> Service {
         stop_timeout_ms: 7000,
         enabled: true,
         autostart: true,
+        on_demand: false,
         critical: false,
         early: false,
         requires: Vec::new(),
