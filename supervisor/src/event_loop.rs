@@ -1461,6 +1461,7 @@ impl Supervisor {
         self.sockets
             .apply(&config, &path.display().to_string())
             .map_err(|e| e.to_string())?;
+        self.rewatch();
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();
         }
