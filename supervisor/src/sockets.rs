@@ -254,6 +254,24 @@ impl Sockets {
         self.of(service).get(index)?.local.port()
     }
 
+    /// Where the sockets of `service` are bound, for `Status`: `tcp:127.0.0.1:43211
+    /// unix:/run/web.sock`, in declaration order; empty for none.
+    pub fn summary(&self, service: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, b) in self.of(service).iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(b.local.transport().as_bytes());
+            out.push(b':');
+            match &b.local {
+                Listen::Tcp(a) | Listen::Udp(a) => out.extend_from_slice(a.to_string().as_bytes()),
+                Listen::Unix(a) | Listen::UnixGram(a) => out.extend_from_slice(&a.as_bytes()),
+            }
+        }
+        out
+    }
+
     /// Where each socket of `service` is bound, for the `Config` dump.
     pub fn locals(&self, service: &str) -> Vec<Option<Listen>> {
         self.of(service)
@@ -645,6 +663,11 @@ mod tests {
         sockets.apply(&second, "t.lua")?;
         assert_eq!(sockets.of("a")[0].fd(), fd);
         assert_eq!(sockets.port("a", 0), Some(port));
+        assert_eq!(
+            String::from_utf8_lossy(&sockets.summary("a")),
+            format!("tcp:127.0.0.1:{port}")
+        );
+        assert!(sockets.summary("b").is_empty());
         assert!(sockets.of("b").is_empty());
         assert_eq!(sockets.of("c").len(), 1);
         let addr = tcp(&format!("127.0.0.1:{port}"))?;

@@ -1280,7 +1280,9 @@ impl Supervisor {
             Some(rt) if rt.pidfd.is_some() => self.usage(rt),
             _ => (None, None),
         };
+        let sockets = self.sockets.summary(&v.name);
         Some(ServiceRow {
+            sockets,
             name: v.name.into_bytes(),
             kind: match v.kind {
                 UnitKind::Service => ServiceKind::Service,
@@ -1437,5 +1439,6 @@ fn process_row(row: &archon_proto::ProcessRow) -> ServiceRow {
         rss_kib: None,
         cpu_ms: None,
         reason: Vec::new(),
+        sockets: Vec::new(),
     }
 }
