@@ -311,3 +311,41 @@ service "web" { argv = {"/bin/sleep", "100"},
     );
     Ok(())
 }
+
+#[test]
+fn a_reload_watches_the_sockets_it_declares_now() -> Result {
+    let a = start(
+        r#"
+service "echo" { argv = {"@PYTHON@", "@DIR@/once.py", "@DIR@/got"}, on_demand = true,
+                 sockets = {{name = "old", tcp = "127.0.0.1:0"}} }
+"#,
+    )?;
+    let old = listed_port(&a.service("echo")?, "tcp")?;
+    // While echo waits, its socket changes (another name on port 0 is another socket), and a
+    // new on-demand service comes.
+    a.config().write(
+        &r#"
+service "echo" { argv = {"@PYTHON@", "@DIR@/once.py", "@DIR@/got"}, on_demand = true,
+                 sockets = {{name = "new", tcp = "127.0.0.1:0"}} }
+service "more" { argv = {"@PYTHON@", "@DIR@/once.py", "@DIR@/got"}, on_demand = true,
+                 sockets = {{unix = "@DIR@/more.sock"}} }
+"#
+        .replace("@DIR@", &a.config().dir().display().to_string())
+        .replace("@PYTHON@", PYTHON),
+    )?;
+    ensure_eq!(a.request("Reload")?, "Ok,1,0,1,0");
+    let row = a.service("echo")?;
+    ensure_eq!(row.state, ServiceState::Stopped, "{}", show_row(&row));
+    let new = listed_port(&row, "tcp")?;
+    ensure!(new != old, "a new socket: {old} then {new}");
+    ensure!(
+        TcpStream::connect(("127.0.0.1", old)).is_err(),
+        "the old socket is closed"
+    );
+    let answer = read_answer(TcpStream::connect(("127.0.0.1", new)).context("connect")?)?;
+    ensure!(answer.ends_with(" new\n"), "echo's answer {answer:?}");
+    let more = a.config().dir().join("more.sock");
+    let answer = read_answer(UnixStream::connect(&more).context("connect more.sock")?)?;
+    ensure!(answer.ends_with(" more\n"), "more's answer {answer:?}");
+    Ok(())
+}
