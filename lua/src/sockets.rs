@@ -356,10 +356,18 @@ pub(crate) fn check_all(services: &[Service]) -> Result<(), (u32, String)> {
         }
         if let Some(Check::Tcp(target)) = s.health.as_deref().map(|h| &h.check) {
             if let Port::Of(r) = &target.port {
-                refs::find(r, lookup).map_err(|e| {
+                let at = |e: String| {
                     let r = String::from_utf8_lossy(r);
                     (s.line, format!("{}: health.tcp: ${{{r}}}: {e}", s.name))
-                })?;
+                };
+                let (service, i) = refs::find(r, lookup).map_err(at)?;
+                let socket = lookup(service).and_then(|l| l.get(i));
+                if let Some(socket) = socket.filter(|x| !matches!(x.listen, Listen::Tcp(_))) {
+                    return Err(at(format!(
+                        "the socket {} of {service} is {}: a tcp check connects to a TCP port",
+                        socket.name, socket.listen
+                    )));
+                }
             }
         }
     }

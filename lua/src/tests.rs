@@ -1900,6 +1900,12 @@ fn references_must_name_a_port() -> Res {
             Some(2),
             "web: health.tcp: ${db.port}: db declares no sockets",
         ),
+        (
+            "service \"db\" { argv = {\"/bin/db\"}, sockets = {{udp = \"127.0.0.1:53\"}} }\n\
+             service \"web\" { argv = {\"/bin/web\"}, health = {tcp = \"127.0.0.1:${db.port}\"} }",
+            Some(2),
+            "web: health.tcp: ${db.port}: the socket db of db is udp 127.0.0.1:53: a tcp check connects to a TCP port",
+        ),
     ])
 }
 
