@@ -1630,6 +1630,8 @@ task "mig" { argv = {"/bin/sh", "-c", "caf\195\169 \1"}, before = {"web"}, group
 service "web" { argv = {"/bin/web", "--db=${db.port}", "$${db.port}"}, requires = {"db"},
   after = {"mig"}, health = {tcp = "[::1]:80"}, user = 4000000000, group = 4,
   sockets = {{unix = "/run/web.sock", group = 0}}, bind_shim = true, env = {V6 = "${db.v6.port}"} }
+service "lazy" { argv = {"/bin/lazy"}, on_demand = true, health = {tcp = "127.0.0.1:${db.main.port}"},
+  sockets = {{name = "g", unixgram = "/run/g.sock", mode = "0600"}, {name = "a", unix = "@lazy"}} }
 "#;
     let first = load(src).map_err(|e| e.to_string())?;
     let mut again = String::new();
