@@ -879,7 +879,7 @@ mod tests {
                 ("Signal,db,SIGHUP,group\n", "Ok,db\n"),
                 (
                     "Status\n",
-                    "Status,1\nService,db,service,ready,5,1.000,0,,yes,-,100,20,\n",
+                    "Status,1\nService,db,service,ready,5,1.000,0,,yes,-,100,20,,tcp:127.0.0.1:5\n",
                 ),
                 ("Status,db,web\n", "Status,0\n"),
                 ("Tree,db\n", "Tree,1\nNode,db,5,1,redis-server\n"),

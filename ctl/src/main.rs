@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn csv_output_is_the_rows_as_received() {
-        let raw = b"Status,2\nService,a,service,ready,1,1.000,0,,yes,-,,,\"x\ny\"\r\nService,3,daemon,running,2,1.000,0,,-,-,,,\n";
+        let raw = b"Status,2\nService,a,service,ready,1,1.000,0,,yes,-,,,\"x\ny\",\r\nService,3,daemon,running,2,1.000,0,,-,-,,,,\n";
         let rows = &raw[b"Status,2\n".len()..];
         assert_eq!(rows_only(raw), rows);
         assert_eq!(rows_only(b"Status,0\r\n"), b"");

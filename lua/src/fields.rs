@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -16,7 +16,8 @@ use crate::error::nearest;
 use crate::model::{
     Backoff, Check, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
     DEFAULT_HEALTH_START_PERIOD_MS, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_LOG, DEFAULT_READY_FD, Flap,
-    Health, Log, MAX_LOG_KEEP, MAX_LOG_RING, RESOURCES, Ready, Restart, Rlimit, Service, UnitKind,
+    Health, Log, MAX_LOG_KEEP, MAX_LOG_RING, Port, RESOURCES, Ready, Restart, Rlimit, Service,
+    TcpTarget, UnitKind,
 };
 use crate::users::{self, Who};
 use crate::value::{
@@ -24,7 +25,7 @@ use crate::value::{
 };
 
 /// Every field of a declaration, in the order they are checked and dumped.
-pub(crate) const FIELDS: [&str; 29] = [
+pub(crate) const FIELDS: [&str; 30] = [
     "argv",
     "env",
     "cwd",
@@ -41,6 +42,7 @@ pub(crate) const FIELDS: [&str; 29] = [
     "stop_timeout",
     "enabled",
     "autostart",
+    "on_demand",
     "critical",
     "early",
     "requires",
@@ -233,6 +235,12 @@ pub(crate) fn service(
     if let Some(v) = f.get("autostart") {
         s.autostart = boolean(v, "autostart")?;
     }
+    if let Some(v) = f.get("on_demand") {
+        s.on_demand = boolean(v, "on_demand")?;
+    }
+    if s.on_demand {
+        on_demand(&mut s, &f)?;
+    }
     if let Some(v) = f.get("critical") {
         s.critical = boolean(v, "critical")?;
     }
@@ -295,12 +303,42 @@ pub(crate) fn service(
         s.bind_shim = crate::sockets::bind_shim(v)?;
     }
     crate::sockets::check_ready_fd(&s)?;
+    if s.on_demand && s.sockets.is_empty() {
+        return Err(
+            "on_demand needs sockets: the service starts at the first connection on one of them"
+                .to_string(),
+        );
+    }
     if let Some(v) = f.get("log") {
         let l = log(v)?;
         room.take(l.file.as_ref().map_or(0, |p| p.as_os_str().len()))?;
         s.log = (l != DEFAULT_LOG).then(|| Box::new(l));
     }
     Ok(s)
+}
+
+/// What `on_demand = true` says of the other fields: a service, not started at load
+/// (`autostart = true` contradicts it), restarted only after a failure unless `restart` says
+/// otherwise (a clean exit goes back to waiting for a connection). Its sockets are checked
+/// once they are read.
+fn on_demand(s: &mut Service, f: &Fields) -> Res<()> {
+    if s.kind == UnitKind::Task {
+        return Err(
+            "on_demand is for services; a task runs when it is started or required".to_string(),
+        );
+    }
+    if s.autostart && f.get("autostart").is_some() {
+        return Err(
+            "on_demand starts the service at the first connection on its sockets; it cannot also \
+             have autostart = true"
+                .to_string(),
+        );
+    }
+    s.autostart = false;
+    if f.get("restart").is_none() {
+        s.restart = Restart::OnFailure;
+    }
+    Ok(())
 }
 
 /// A size in bytes: a whole number, or a string of one with a suffix `K`, `M` or `G` (powers
@@ -796,11 +834,36 @@ fn health(lua: &Lua, v: &Value, room: &Room) -> Res<Health> {
     Ok(h)
 }
 
-fn tcp(v: &Value) -> Res<SocketAddr> {
-    const EXPECTED: &str = "an address like \"127.0.0.1:8080\" or \"[::1]:8080\"";
+/// `"127.0.0.1:8080"`, `"[::1]:8080"`, or with a reference for the port:
+/// `"127.0.0.1:${db.port}"` (checked against the declarations later).
+fn tcp(v: &Value) -> Res<TcpTarget> {
+    const EXPECTED: &str = "an address like \"127.0.0.1:8080\", \"[::1]:8080\" or \
+                            \"127.0.0.1:${db.port}\"";
     let bytes = string(v, "health.tcp", EXPECTED)?;
-    std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("health.tcp must be {EXPECTED}, got {}", describe(v)))
+    let bad = || format!("health.tcp must be {EXPECTED}, got {}", describe(v));
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(TcpTarget {
+            ip: addr.ip(),
+            port: Port::Number(addr.port()),
+        });
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip: IpAddr = host.parse().map_err(|_| bad())?;
+    if matches!(ip, IpAddr::V6(_)) && !text.starts_with('[') {
+        return Err(bad());
+    }
+    let reference = port
+        .strip_prefix("${")
+        .and_then(|p| p.strip_suffix('}'))
+        .filter(|r| crate::refs::is_reference(r.as_bytes()))
+        .ok_or_else(bad)?;
+    Ok(TcpTarget {
+        ip,
+        port: Port::Of(reference.as_bytes().to_vec()),
+    })
 }

@@ -41,8 +41,8 @@ use std::path::Path;
 
 pub use error::LoadError;
 pub use model::{
-    Backoff, BindShim, Check, Config, Credentials, Flap, Health, Listen, Log, Ready, Restart,
-    Rlimit, Service, Socket, UnitKind,
+    Backoff, BindShim, Check, Config, Credentials, Flap, Health, Listen, Log, Port, Ready, Restart,
+    Rlimit, Service, Socket, TcpTarget, UnitKind, UnixAddr,
 };
 pub use sockets::check_name as check_socket_name;
 

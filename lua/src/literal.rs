@@ -1,7 +1,7 @@
 //! Values written back as Lua literals, for the `Config` dump: what the file would say to get
 //! the same value again.
 
-use crate::model::{Check, Health, Listen, Log, RESOURCES, Rlimit, Socket};
+use crate::model::{Check, Health, Listen, Log, RESOURCES, Rlimit, Socket, UnixAddr};
 
 /// Lua's reserved words, which cannot be bare table keys.
 const KEYWORDS: [&str; 22] = [
@@ -153,18 +153,19 @@ pub(crate) fn sockets(sockets: &[Socket], bound: &[Option<Listen>]) -> String {
         match listen {
             Listen::Tcp(a) => out.push_str(&format!("tcp = {}", string(a.to_string().as_bytes()))),
             Listen::Udp(a) => out.push_str(&format!("udp = {}", string(a.to_string().as_bytes()))),
-            Listen::Unix(p) => {
-                use std::os::unix::ffi::OsStrExt;
-                out.push_str(&format!("unix = {}", string(p.as_os_str().as_bytes())));
-            }
+            Listen::Unix(a) | Listen::UnixGram(a) => out.push_str(&format!(
+                "{} = {}",
+                listen.transport(),
+                string(&a.as_bytes())
+            )),
         }
-        if let Listen::Unix(_) = listen {
+        if listen.unix().and_then(UnixAddr::path).is_some() {
             out.push_str(&format!(", mode = \"{:04o}\"", s.mode));
             if let Some((uid, gid)) = s.owner {
                 out.push_str(&format!(", owner = {uid}, group = {gid}"));
             }
         }
-        if !matches!(listen, Listen::Udp(_)) {
+        if listen.is_stream() {
             out.push_str(&format!(", backlog = {}", s.backlog));
         }
         out.push('}');

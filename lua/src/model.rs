@@ -221,7 +221,47 @@ pub enum Check {
     /// Run this command; exit 0 is healthy.
     Command(Vec<Vec<u8>>),
     /// Connect to this address; a connection is healthy.
-    Tcp(SocketAddr),
+    Tcp(TcpTarget),
+}
+
+/// The address a `tcp` health check connects to: an IP address and a port, which may be the
+/// port of a declared socket (`"127.0.0.1:${db.port}"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpTarget {
+    /// The IP address.
+    pub ip: std::net::IpAddr,
+    /// The port.
+    pub port: Port,
+}
+
+/// A port as the file gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Port {
+    /// A number.
+    Number(u16),
+    /// A reference, `${db.port}`: the text between `${` and `}` (see [`crate::refs`]),
+    /// resolved to the port the socket is bound to each time it is used.
+    Of(Vec<u8>),
+}
+
+impl TcpTarget {
+    /// The address, with `port` for a reference.
+    pub fn with_port(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, port)
+    }
+}
+
+impl std::fmt::Display for TcpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip {
+            std::net::IpAddr::V4(ip) => write!(f, "{ip}:")?,
+            std::net::IpAddr::V6(ip) => write!(f, "[{ip}]:")?,
+        }
+        match &self.port {
+            Port::Number(n) => write!(f, "{n}"),
+            Port::Of(r) => write!(f, "${{{}}}", String::from_utf8_lossy(r)),
+        }
+    }
 }
 
 /// A service's health check.
@@ -239,6 +279,41 @@ pub struct Health {
     pub start_period_ms: u64,
 }
 
+/// A Unix socket's address: a file, or a name in the abstract namespace (no file).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UnixAddr {
+    /// `"/run/web.sock"`: an absolute path, where the socket's file is made.
+    Path(PathBuf),
+    /// `"@web"`: the abstract name `web` (the bytes after `@`), which has no file, mode or
+    /// owner, and goes with the socket's last descriptor.
+    Abstract(Vec<u8>),
+}
+
+impl UnixAddr {
+    /// As the file writes it: the path, or `@` and the name.
+    pub fn as_bytes(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            UnixAddr::Path(p) => p.as_os_str().as_bytes().to_vec(),
+            UnixAddr::Abstract(name) => [b"@".as_slice(), name].concat(),
+        }
+    }
+
+    /// The path, for a socket that has a file.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            UnixAddr::Path(p) => Some(p),
+            UnixAddr::Abstract(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for UnixAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.as_bytes()))
+    }
+}
+
 /// Where a socket is bound.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Listen {
@@ -246,17 +321,42 @@ pub enum Listen {
     Tcp(SocketAddr),
     /// `udp = "[::]:5353"`: a UDP socket (port 0: archon picks a free one).
     Udp(SocketAddr),
-    /// `unix = "/run/web.sock"`: a listening Unix stream socket at this absolute path.
-    Unix(PathBuf),
+    /// `unix = "/run/web.sock"` or `"@web"`: a listening Unix stream socket.
+    Unix(UnixAddr),
+    /// `unixgram = "/run/log.sock"` or `"@log"`: a Unix datagram socket.
+    UnixGram(UnixAddr),
 }
 
 impl Listen {
-    /// `tcp`, `udp` or `unix`: the field that declares it, and the word of a `Bind` request.
+    /// `tcp`, `udp`, `unix` or `unixgram`: the field that declares it (the first three are also
+    /// the words of a `Bind` request).
     pub fn transport(&self) -> &'static str {
         match self {
             Listen::Tcp(_) => "tcp",
             Listen::Udp(_) => "udp",
             Listen::Unix(_) => "unix",
+            Listen::UnixGram(_) => "unixgram",
+        }
+    }
+
+    /// Whether it listens for connections (TCP, Unix stream), rather than takes datagrams.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Listen::Tcp(_) | Listen::Unix(_))
+    }
+
+    /// The Unix address of a Unix socket.
+    pub fn unix(&self) -> Option<&UnixAddr> {
+        match self {
+            Listen::Unix(a) | Listen::UnixGram(a) => Some(a),
+            Listen::Tcp(_) | Listen::Udp(_) => None,
+        }
+    }
+
+    /// The port of a TCP or UDP socket.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Listen::Tcp(a) | Listen::Udp(a) => Some(a.port()),
+            Listen::Unix(_) | Listen::UnixGram(_) => None,
         }
     }
 }
@@ -265,7 +365,7 @@ impl std::fmt::Display for Listen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Listen::Tcp(a) | Listen::Udp(a) => write!(f, "{} {a}", self.transport()),
-            Listen::Unix(p) => write!(f, "unix {}", p.display()),
+            Listen::Unix(a) | Listen::UnixGram(a) => write!(f, "{} {a}", self.transport()),
         }
     }
 }
@@ -279,11 +379,12 @@ pub struct Socket {
     pub name: String,
     /// Where it is bound.
     pub listen: Listen,
-    /// The listen backlog, in connections (TCP and Unix sockets; UDP does not listen).
+    /// The listen backlog, in connections (TCP and Unix stream sockets; datagram sockets do
+    /// not listen).
     pub backlog: u32,
-    /// A Unix socket file's mode.
+    /// A Unix socket file's mode (a socket bound to a path).
     pub mode: u32,
-    /// A Unix socket file's owner and group (`None`: archon's).
+    /// A Unix socket file's owner and group (`None`: archon's; a socket bound to a path).
     pub owner: Option<(u32, u32)>,
 }
 
@@ -336,6 +437,9 @@ pub struct Service {
     pub enabled: bool,
     /// `false`: started only when asked, or when something that requires it starts.
     pub autostart: bool,
+    /// Started by the first connection or datagram on one of its sockets, when it is down
+    /// (services with sockets only; `autostart` is then `false`).
+    pub on_demand: bool,
     /// When it fails, archon stops everything and exits 1.
     pub critical: bool,
     /// A task of the early boot: every unit that is not early starts only once the early tasks
@@ -394,6 +498,7 @@ impl Service {
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             enabled: true,
             autostart: true,
+            on_demand: false,
             critical: false,
             early: false,
             requires: Vec::new(),
@@ -475,6 +580,7 @@ impl Service {
             ("stop_timeout", duration(self.stop_timeout_ms)),
             ("enabled", self.enabled.to_string()),
             ("autostart", self.autostart.to_string()),
+            ("on_demand", self.on_demand.to_string()),
             ("critical", self.critical.to_string()),
             ("early", self.early.to_string()),
             (

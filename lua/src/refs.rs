@@ -1,8 +1,9 @@
-//! `${service.port}` and `${service.socket.port}` in an argv or env value: the port of a socket
+//! `${service.port}` and `${service.socket.port}` in an argv or env value, or as the port of a
+//! `health.tcp` address: the port of a socket
 //! a service declares, known once archon has bound it (a declared port 0 becomes the port the
 //! kernel picked). The configuration is checked when it is loaded, so that a reference that names
 //! nothing is an error with its file and line; the supervisor substitutes the ports each time it
-//! starts a process.
+//! starts a process or a health check.
 //!
 //! A reference is `${`, a name made of letters, digits and `_ . @ : -`, `.port` and `}`.
 //! Anything else stays as it is, so that `${HOME}` or `${HOST:-127.0.0.1}` still reach a shell
@@ -10,7 +11,7 @@
 //! its socket named `admin`. A reference does not order the services: the socket is bound
 //! whether or not its service runs.
 
-use crate::model::{Listen, Socket};
+use crate::model::Socket;
 
 /// The one attribute a reference may name.
 const PORT: &[u8] = b".port";
@@ -52,14 +53,19 @@ pub fn substitute(
     Ok(out)
 }
 
+/// Whether `content` (what would be between `${` and `}`) is a reference: a name and `.port`.
+pub fn is_reference(content: &[u8]) -> bool {
+    content.iter().all(|&b| name_byte(b))
+        && content.strip_suffix(PORT).is_some_and(|n| !n.is_empty())
+}
+
 /// The name of the reference `text` starts with (`db.port` for `${db.port}`), if it starts
 /// with one.
 fn reference(text: &[u8]) -> Option<&[u8]> {
     let body = text.strip_prefix(b"${")?;
     let end = body.iter().position(|&b| !name_byte(b))?;
     let content = &body[..end];
-    let named = content.strip_suffix(PORT).is_some_and(|n| !n.is_empty());
-    (body.get(end) == Some(&b'}') && named).then_some(content)
+    (body.get(end) == Some(&b'}') && is_reference(content)).then_some(content)
 }
 
 /// The service and the index of its socket that a reference names (`content` is what is between
@@ -98,12 +104,12 @@ pub fn find<'c, 's>(
         }
     }
     match found.as_slice() {
-        [(service, i, socket)] => match socket.listen {
-            Listen::Unix(_) => Err(format!(
+        [(service, i, socket)] => match socket.listen.port() {
+            None => Err(format!(
                 "the socket {} of {service} is a Unix socket: it has no port",
                 socket.name
             )),
-            _ => Ok((service, *i)),
+            Some(_) => Ok((service, *i)),
         },
         [] => Err(match service_seen {
             Some(service) if service == name => format!("{service} declares no sockets"),
@@ -127,14 +133,14 @@ pub fn find<'c, 's>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DEFAULT_BACKLOG, DEFAULT_SOCKET_MODE};
+    use crate::model::{DEFAULT_BACKLOG, DEFAULT_SOCKET_MODE, Listen, UnixAddr};
     use std::collections::HashMap;
 
     fn socket(name: &str, listen: &str) -> Socket {
         let listen = match listen.split_once(' ') {
             Some(("tcp", a)) => Listen::Tcp(a.parse().unwrap_or(([0; 4], 1).into())),
             Some(("udp", a)) => Listen::Udp(a.parse().unwrap_or(([0; 4], 1).into())),
-            _ => Listen::Unix(listen.into()),
+            _ => Listen::Unix(UnixAddr::Path(listen.into())),
         };
         Socket {
             name: name.to_string(),

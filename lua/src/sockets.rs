@@ -11,16 +11,16 @@ use mlua::Value;
 
 use crate::error::nearest;
 use crate::model::{
-    BindShim, DEFAULT_BACKLOG, DEFAULT_SOCKET_MODE, LISTEN_FDS_START, Listen, MAX_BACKLOG,
-    MAX_SOCKETS, Ready, Service, Socket,
+    BindShim, Check, DEFAULT_BACKLOG, DEFAULT_SOCKET_MODE, LISTEN_FDS_START, Listen, MAX_BACKLOG,
+    MAX_SOCKETS, Port, Ready, Service, Socket, UnixAddr,
 };
 use crate::refs;
 use crate::users;
 use crate::value::{self, Res, describe, integer, list, no_nul, quote, string};
 
 /// The fields of one socket's table.
-const SOCKET_FIELDS: [&str; 8] = [
-    "name", "tcp", "udp", "unix", "backlog", "mode", "owner", "group",
+const SOCKET_FIELDS: [&str; 9] = [
+    "name", "tcp", "udp", "unix", "unixgram", "backlog", "mode", "owner", "group",
 ];
 
 /// The longest socket name, in bytes.
@@ -114,17 +114,21 @@ fn socket(v: &Value, at: &str) -> Res<(Option<String>, Socket)> {
         }
         None => None,
     };
-    let given: Vec<&str> = ["tcp", "udp", "unix"]
+    let given: Vec<&str> = ["tcp", "udp", "unix", "unixgram"]
         .into_iter()
         .filter(|k| fields.contains_key(k))
         .collect();
     let listen = match given.as_slice() {
         ["tcp"] => Listen::Tcp(inet(&fields["tcp"], &format!("{at}.tcp"))?),
         ["udp"] => Listen::Udp(inet(&fields["udp"], &format!("{at}.udp"))?),
-        ["unix"] => Listen::Unix(unix_path(&fields["unix"], &format!("{at}.unix"))?),
+        ["unix"] => Listen::Unix(unix_addr(&fields["unix"], &format!("{at}.unix"))?),
+        ["unixgram"] => {
+            Listen::UnixGram(unix_addr(&fields["unixgram"], &format!("{at}.unixgram"))?)
+        }
         [] => {
             return Err(format!(
-                "{at} needs one of tcp = \"host:port\", udp = \"host:port\" or unix = \"/path\""
+                "{at} needs one of tcp = \"host:port\", udp = \"host:port\", unix = \"/path\" or \
+                 unixgram = \"/path\""
             ));
         }
         more => {
@@ -134,19 +138,21 @@ fn socket(v: &Value, at: &str) -> Res<(Option<String>, Socket)> {
             ));
         }
     };
-    let is_unix = matches!(listen, Listen::Unix(_));
-    for unix_only in ["mode", "owner", "group"] {
-        if fields.contains_key(unix_only) && !is_unix {
+    let has_file = listen.unix().and_then(UnixAddr::path).is_some();
+    for file_only in ["mode", "owner", "group"] {
+        if fields.contains_key(file_only) && !has_file {
             return Err(format!(
-                "{at}.{unix_only} is for Unix sockets (unix = \"/path\")"
+                "{at}.{file_only} is for Unix sockets bound to a path (unix = \"/path\"): \
+                 {} has no file",
+                listen
             ));
         }
     }
     let mut backlog = DEFAULT_BACKLOG;
     if let Some(v) = fields.get("backlog") {
-        if let Listen::Udp(_) = listen {
+        if !listen.is_stream() {
             return Err(format!(
-                "{at}.backlog is for tcp and unix sockets: UDP does not listen"
+                "{at}.backlog is for tcp and unix sockets: a datagram socket does not listen"
             ));
         }
         backlog = integer(
@@ -211,23 +217,27 @@ fn inet(v: &Value, at: &str) -> Res<SocketAddr> {
     Ok(addr)
 }
 
-fn unix_path(v: &Value, at: &str) -> Res<PathBuf> {
-    let path = string(v, at, "an absolute path")?;
+/// An absolute path, or `@name`: a name in the abstract namespace.
+fn unix_addr(v: &Value, at: &str) -> Res<UnixAddr> {
+    let path = string(v, at, "an absolute path or @name")?;
     no_nul(&path, at)?;
-    if !path.starts_with(b"/") {
-        return Err(format!(
-            "{at} must be an absolute path, got {}",
-            describe(v)
-        ));
-    }
     if path.len() > archon_proto::bind::MAX_UNIX_PATH {
         return Err(format!(
-            "{at} is {} bytes long; a Unix socket path is at most {}",
+            "{at} is {} bytes long; a Unix socket address is at most {}",
             path.len(),
             archon_proto::bind::MAX_UNIX_PATH
         ));
     }
-    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&path)))
+    match path.split_first() {
+        Some((b'/', _)) => Ok(UnixAddr::Path(PathBuf::from(std::ffi::OsStr::from_bytes(
+            &path,
+        )))),
+        Some((b'@', name)) if !name.is_empty() => Ok(UnixAddr::Abstract(name.to_vec())),
+        _ => Err(format!(
+            "{at} must be an absolute path or @name (an abstract socket), got {}",
+            describe(v)
+        )),
+    }
 }
 
 fn socket_mode(v: &Value, at: &str) -> Res<u32> {
@@ -293,16 +303,18 @@ pub(crate) fn check_ready_fd(s: &Service) -> Res<()> {
 }
 
 /// What a socket's address is, for finding one declared twice: the port 0 of a TCP or UDP
-/// socket is any free port, so two such are never the same.
+/// socket is any free port, so two such are never the same; a Unix stream and a Unix datagram
+/// socket share one namespace of paths and abstract names.
 fn key(listen: &Listen) -> Option<Listen> {
     match listen {
         Listen::Tcp(a) | Listen::Udp(a) if a.port() == 0 => None,
+        Listen::UnixGram(a) => Some(Listen::Unix(a.clone())),
         other => Some(other.clone()),
     }
 }
 
 /// The checks across declarations: no address declared twice, and every `${...}` reference
-/// of an argv or env resolves. The error is the line of the declaration at fault and what is
+/// of an argv, env or `health.tcp` resolves. The error is the line of the declaration at fault and what is
 /// wrong, without the file.
 pub(crate) fn check_all(services: &[Service]) -> Result<(), (u32, String)> {
     let mut seen: HashMap<Listen, (&str, usize)> = HashMap::new();
@@ -341,6 +353,22 @@ pub(crate) fn check_all(services: &[Service]) -> Result<(), (u32, String)> {
         for (what, text) in args.chain(env) {
             refs::substitute(text, |r| refs::find(r, lookup).map(|_| Vec::new()))
                 .map_err(|e| (s.line, format!("{}: {what}: {e}", s.name)))?;
+        }
+        if let Some(Check::Tcp(target)) = s.health.as_deref().map(|h| &h.check) {
+            if let Port::Of(r) = &target.port {
+                let at = |e: String| {
+                    let r = String::from_utf8_lossy(r);
+                    (s.line, format!("{}: health.tcp: ${{{r}}}: {e}", s.name))
+                };
+                let (service, i) = refs::find(r, lookup).map_err(at)?;
+                let socket = lookup(service).and_then(|l| l.get(i));
+                if let Some(socket) = socket.filter(|x| !matches!(x.listen, Listen::Tcp(_))) {
+                    return Err(at(format!(
+                        "the socket {} of {service} is {}: a tcp check connects to a TCP port",
+                        socket.name, socket.listen
+                    )));
+                }
+            }
         }
     }
     Ok(())

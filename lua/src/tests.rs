@@ -416,7 +416,10 @@ fn health_checks() -> Res {
     assert_eq!(
         s.health.as_deref(),
         Some(&Health {
-            check: Check::Tcp("[::1]:8080".parse().map_err(|_| "addr")?),
+            check: Check::Tcp(crate::TcpTarget {
+                ip: "::1".parse().map_err(|_| "addr")?,
+                port: crate::Port::Number(8080)
+            }),
             interval_ms: 10_000,
             timeout_ms: 5_000,
             retries: 3,
@@ -1067,7 +1070,7 @@ fn field_type_and_value_errors() -> Res {
         ),
         (
             "health = {tcp = \"localhost:80\"}",
-            "health.tcp must be an address like \"127.0.0.1:8080\" or \"[::1]:8080\", got \"localhost:80\"",
+            "health.tcp must be an address like \"127.0.0.1:8080\", \"[::1]:8080\" or \"127.0.0.1:${db.port}\", got \"localhost:80\"",
         ),
         (
             "health = {command = {}}",
@@ -1586,6 +1589,7 @@ fn settings_name_every_field_in_order() -> Res {
         ("stop_timeout", "\"7000ms\""),
         ("enabled", "true"),
         ("autostart", "true"),
+        ("on_demand", "false"),
         ("critical", "false"),
         ("early", "false"),
         ("requires", "{}"),
@@ -1626,6 +1630,8 @@ task "mig" { argv = {"/bin/sh", "-c", "caf\195\169 \1"}, before = {"web"}, group
 service "web" { argv = {"/bin/web", "--db=${db.port}", "$${db.port}"}, requires = {"db"},
   after = {"mig"}, health = {tcp = "[::1]:80"}, user = 4000000000, group = 4,
   sockets = {{unix = "/run/web.sock", group = 0}}, bind_shim = true, env = {V6 = "${db.v6.port}"} }
+service "lazy" { argv = {"/bin/lazy"}, on_demand = true, health = {tcp = "127.0.0.1:${db.main.port}"},
+  sockets = {{name = "g", unixgram = "/run/g.sock", mode = "0600"}, {name = "a", unix = "@lazy"}} }
 "#;
     let first = load(src).map_err(|e| e.to_string())?;
     let mut again = String::new();
@@ -1692,7 +1698,7 @@ fn sockets_every_kind_and_default() -> Res {
         },
         Socket {
             name: "ctl".into(),
-            listen: Listen::Unix("/run/x.sock".into()),
+            listen: Listen::Unix(crate::model::UnixAddr::Path("/run/x.sock".into())),
             backlog: 16,
             mode: 0o640,
             owner: Some((0, 0)),
@@ -1705,6 +1711,34 @@ fn sockets_every_kind_and_default() -> Res {
     assert_eq!(
         with("bind_shim = \"/l/libarchon_bind.so\"")?.bind_shim,
         BindShim::Path("/l/libarchon_bind.so".into())
+    );
+    // Unix datagram sockets, and abstract names (which have no file, so no mode or owner).
+    let s = with(
+        r#"sockets = {{name = "log", unixgram = "/run/log.sock", mode = "0620"},
+          {name = "at", unix = "@archon-web"}, {name = "atg", unixgram = "@archon-log"}}"#,
+    )?;
+    let listens: Vec<&Listen> = s.sockets.iter().map(|s| &s.listen).collect();
+    assert_eq!(
+        listens,
+        [
+            &Listen::UnixGram(UnixAddr::Path("/run/log.sock".into())),
+            &Listen::Unix(UnixAddr::Abstract(b"archon-web".to_vec())),
+            &Listen::UnixGram(UnixAddr::Abstract(b"archon-log".to_vec())),
+        ]
+    );
+    assert_eq!(s.sockets[0].mode, 0o620);
+    let dump = s.settings_bound(&[]);
+    let sockets = dump
+        .iter()
+        .find(|(k, _)| *k == "sockets")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        sockets,
+        Some(
+            "{{name = \"log\", unixgram = \"/run/log.sock\", mode = \"0620\"}, \
+             {name = \"at\", unix = \"@archon-web\", backlog = 4096}, \
+             {name = \"atg\", unixgram = \"@archon-log\"}}"
+        )
     );
     // Named after the service when it is the only one.
     let s = one(r#"service "getty@tty1" { argv = {"/bin/true"}, sockets = {{tcp = "[::1]:1"}} }"#)?;
@@ -1721,7 +1755,7 @@ fn socket_errors_name_what_is_wrong() -> Res {
         ),
         (
             "sockets = {{}}",
-            "sockets[1] needs one of tcp = \"host:port\", udp = \"host:port\" or unix = \"/path\"",
+            "sockets[1] needs one of tcp = \"host:port\", udp = \"host:port\", unix = \"/path\" or unixgram = \"/path\"",
         ),
         (
             "sockets = {{tcp = \"127.0.0.1:1\", udp = \"127.0.0.1:1\"}}",
@@ -1737,15 +1771,31 @@ fn socket_errors_name_what_is_wrong() -> Res {
         ),
         (
             "sockets = {{unix = \"rel.sock\"}}",
-            "sockets[1].unix must be an absolute path, got \"rel.sock\"",
+            "sockets[1].unix must be an absolute path or @name (an abstract socket), got \"rel.sock\"",
+        ),
+        (
+            "sockets = {{unixgram = \"@\"}}",
+            "sockets[1].unixgram must be an absolute path or @name (an abstract socket), got \"@\"",
+        ),
+        (
+            "sockets = {{unix = \"/a\", unixgram = \"/b\"}}",
+            "sockets[1] has both unix and unixgram; give one",
+        ),
+        (
+            "sockets = {{unix = \"@web\", mode = \"0600\"}}",
+            "sockets[1].mode is for Unix sockets bound to a path (unix = \"/path\"): unix @web has no file",
+        ),
+        (
+            "sockets = {{unixgram = \"/log\", backlog = 5}}",
+            "sockets[1].backlog is for tcp and unix sockets: a datagram socket does not listen",
         ),
         (
             "sockets = {{udp = \"127.0.0.1:1\", backlog = 5}}",
-            "sockets[1].backlog is for tcp and unix sockets: UDP does not listen",
+            "sockets[1].backlog is for tcp and unix sockets: a datagram socket does not listen",
         ),
         (
             "sockets = {{tcp = \"127.0.0.1:1\", mode = \"0600\"}}",
-            "sockets[1].mode is for Unix sockets (unix = \"/path\")",
+            "sockets[1].mode is for Unix sockets bound to a path (unix = \"/path\"): tcp 127.0.0.1:1 has no file",
         ),
         (
             "sockets = {{unix = \"/a\", mode = \"999\"}}",
@@ -1803,6 +1853,11 @@ fn an_address_is_declared_once() -> Res {
             Some(1),
             "a: sockets[2]: unix /s is also declared by sockets[1]",
         ),
+        (
+            "service \"a\" { argv = {\"/bin/true\"}, sockets = {{name = \"x\", unix = \"@s\"}, {name = \"y\", unixgram = \"@s\"}} }",
+            Some(1),
+            "a: sockets[2]: unixgram @s is also declared by sockets[1]",
+        ),
     ])?;
     // Port 0 is any free port; and TCP and UDP on one port are two sockets.
     load(
@@ -1841,7 +1896,83 @@ fn references_must_name_a_port() -> Res {
             Some(2),
             "web: argv[2]: ${db.port}: the socket db of db is a Unix socket: it has no port",
         ),
+        (
+            "service \"db\" { argv = {\"/bin/db\"} }\n\
+             service \"web\" { argv = {\"/bin/web\"}, health = {tcp = \"127.0.0.1:${db.port}\"} }",
+            Some(2),
+            "web: health.tcp: ${db.port}: db declares no sockets",
+        ),
+        (
+            "service \"db\" { argv = {\"/bin/db\"}, sockets = {{udp = \"127.0.0.1:53\"}} }\n\
+             service \"web\" { argv = {\"/bin/web\"}, health = {tcp = \"127.0.0.1:${db.port}\"} }",
+            Some(2),
+            "web: health.tcp: ${db.port}: the socket db of db is udp 127.0.0.1:53: a tcp check connects to a TCP port",
+        ),
     ])
+}
+
+#[test]
+fn a_health_check_may_name_a_port() -> Res {
+    let c = load(
+        "service \"db\" { argv = {\"/bin/db\"}, sockets = {{tcp = \"127.0.0.1:0\"}} }\n\
+         service \"web\" { argv = {\"/bin/web\"}, health = {tcp = \"[::1]:${db.port}\"} }",
+    )
+    .map_err(|e| e.to_string())?;
+    let check = c.services[1].health.as_deref().map(|h| &h.check);
+    let want = Check::Tcp(crate::TcpTarget {
+        ip: "::1".parse().map_err(|_| "ip")?,
+        port: crate::Port::Of(b"db.port".to_vec()),
+    });
+    assert_eq!(check, Some(&want));
+    // Dumped as written, and read back.
+    let dump = c.services[1].settings();
+    let health = dump
+        .iter()
+        .find(|(k, _)| *k == "health")
+        .map(|(_, v)| v.as_str());
+    assert!(
+        health.is_some_and(|h| h.starts_with("{tcp = \"[::1]:${db.port}\", ")),
+        "{health:?}"
+    );
+    field_errors(&[
+        (
+            "health = {tcp = \"127.0.0.1:${db}\"}",
+            "health.tcp must be an address like \"127.0.0.1:8080\", \"[::1]:8080\" or \"127.0.0.1:${db.port}\", got \"127.0.0.1:${db}\"",
+        ),
+        (
+            "health = {tcp = \"::1:${db.port}\"}",
+            "health.tcp must be an address like \"127.0.0.1:8080\", \"[::1]:8080\" or \"127.0.0.1:${db.port}\", got \"::1:${db.port}\"",
+        ),
+    ])
+}
+
+#[test]
+fn on_demand_services() -> Res {
+    let s = with("sockets = {{tcp = \"127.0.0.1:0\"}}, on_demand = true")?;
+    assert!(s.on_demand);
+    assert!(!s.autostart);
+    assert_eq!(s.restart, Restart::OnFailure);
+    let s = with(
+        "sockets = {{tcp = \"127.0.0.1:0\"}}, on_demand = true, restart = \"always\", autostart = false",
+    )?;
+    assert_eq!(s.restart, Restart::Always);
+    assert!(!with("on_demand = false")?.on_demand);
+    field_errors(&[
+        (
+            "on_demand = true",
+            "on_demand needs sockets: the service starts at the first connection on one of them",
+        ),
+        (
+            "sockets = {{tcp = \"127.0.0.1:0\"}}, on_demand = true, autostart = true",
+            "on_demand starts the service at the first connection on its sockets; it cannot also have autostart = true",
+        ),
+        ("on_demand = 1", "on_demand must be true or false, got 1"),
+    ])?;
+    errors(&[(
+        "task \"t\" { argv = {\"/bin/true\"}, sockets = {{tcp = \"127.0.0.1:0\"}}, on_demand = true }",
+        Some(1),
+        "t: on_demand is for services; a task runs when it is started or required",
+    )])
 }
 
 // ---- never a panic ----

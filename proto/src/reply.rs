@@ -241,6 +241,10 @@ pub struct ServiceRow {
     pub cpu_ms: Option<u64>,
     /// Why it is failed, in backoff or stopped, for people; may be empty.
     pub reason: Vec<u8>,
+    /// Where its sockets are bound, in the order declared, separated by a space, each as
+    /// `<transport>:<address>` (`tcp:127.0.0.1:43211`, `udp:[::1]:5353`, `unix:/run/web.sock`,
+    /// `unixgram:@log`): a port 0 is the port archon got. Empty for none, and for a process.
+    pub sockets: Vec<u8>,
 }
 
 /// One row of a `Tree` reply: `Node,<name>,<pid>,<ppid>,<comm>`.
@@ -606,7 +610,7 @@ fn opt_num(n: Option<impl ToString>) -> Vec<u8> {
     n.map(|n| n.to_string().into_bytes()).unwrap_or_default()
 }
 
-fn service_fields(row: &ServiceRow) -> [Vec<u8>; 13] {
+fn service_fields(row: &ServiceRow) -> [Vec<u8>; 14] {
     let word = |s: &str| s.as_bytes().to_vec();
     [
         word(kind::SERVICE),
@@ -626,6 +630,7 @@ fn service_fields(row: &ServiceRow) -> [Vec<u8>; 13] {
         opt_num(row.rss_kib),
         opt_num(row.cpu_ms),
         row.reason.clone(),
+        row.sockets.clone(),
     ]
 }
 
@@ -855,9 +860,10 @@ fn parse_service(fields: &[Vec<u8>]) -> Result<ServiceRow, ReplyError> {
         rss,
         cpu,
         reason,
+        sockets,
     ] = fields
     else {
-        return Err(bad("a Service row has 13 fields"));
+        return Err(bad("a Service row has 14 fields"));
     };
     if head != kind::SERVICE.as_bytes() {
         return Err(bad("expected a Service row"));
@@ -890,6 +896,7 @@ fn parse_service(fields: &[Vec<u8>]) -> Result<ServiceRow, ReplyError> {
         rss_kib: optional(rss, parse_u64, "rss")?,
         cpu_ms: optional(cpu, parse_u64, "cpu")?,
         reason: reason.clone(),
+        sockets: sockets.clone(),
     })
 }
 
@@ -1054,6 +1061,7 @@ mod tests {
             rss_kib: Some(12_600),
             cpu_ms: Some(1_500),
             reason: Vec::new(),
+            sockets: b"tcp:127.0.0.1:43211 unix:/run/web.sock".to_vec(),
         }
     }
 
@@ -1071,6 +1079,7 @@ mod tests {
             rss_kib: None,
             cpu_ms: None,
             reason: b"stopped, \"on request\"".to_vec(),
+            sockets: Vec::new(),
         }
     }
 
@@ -1079,8 +1088,9 @@ mod tests {
         assert_eq!(
             Reply::Status(vec![service_row(), process_row()]).encode(),
             &b"Status,2\n\
-               Service,web,service,ready,4242,1763769600.250,2,SIGKILL,yes,healthy,12600,1500,\n\
-               Service,3,daemon,exited,77,0.005,0,0,-,-,,,\"stopped, \"\"on request\"\"\"\n"[..]
+               Service,web,service,ready,4242,1763769600.250,2,SIGKILL,yes,healthy,12600,1500,,\
+               tcp:127.0.0.1:43211 unix:/run/web.sock\n\
+               Service,3,daemon,exited,77,0.005,0,0,-,-,,,\"stopped, \"\"on request\"\"\",\n"[..]
         );
         let stopped = ServiceRow {
             name: b"db".to_vec(),
@@ -1090,12 +1100,13 @@ mod tests {
             last: None,
             ready: Some(false),
             health: Some(Health::Starting),
+            sockets: Vec::new(),
             ..service_row()
         };
         assert_eq!(
             Reply::Status(vec![stopped]).encode(),
             &b"Status,1\n\
-               Service,db,task,stopped,,1763769600.250,2,,no,starting,12600,1500,\n"[..]
+               Service,db,task,stopped,,1763769600.250,2,,no,starting,12600,1500,,\n"[..]
         );
         assert_eq!(Reply::Status(vec![]).encode(), b"Status,0\n");
         let node = TreeNode {
@@ -1257,31 +1268,31 @@ Setting,web,argv,"{""/usr/bin/python3"",""-m""}"
 
     #[test]
     fn malformed_service_rows_are_errors() {
-        let good = "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,";
+        let good = "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,";
         let split = |s: &str| record::split(s.as_bytes());
         let mut p = ReplyParser::new();
         assert_eq!(p.push(&split("Status,1")), Ok(None));
         assert!(matches!(p.push(&split(good)), Ok(Some(Reply::Status(_)))));
         for row in [
-            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500",
-            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,x",
-            "Process,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
-            "Service,,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
-            "Service,12,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
-            "Service,web,daemon,running,4242,1.250,2,SIGKILL,-,-,12600,1500,",
-            "Service,web,unit,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
-            "Service,web,service,exited,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
-            "Service,3,daemon,ready,4242,1.250,2,SIGKILL,-,-,12600,1500,",
-            "Service,web,service,ready,0,1.250,2,SIGKILL,yes,healthy,12600,1500,",
-            "Service,web,service,ready,4242,1.25,2,SIGKILL,yes,healthy,12600,1500,",
-            "Service,web,service,ready,4242,1.250,4294967296,SIGKILL,yes,healthy,12600,1500,",
-            "Service,web,service,ready,4242,1.250,2,-,yes,healthy,12600,1500,",
-            "Service,web,service,ready,4242,1.250,2,SIGKILL,,healthy,12600,1500,",
-            "Service,web,service,ready,4242,1.250,2,SIGKILL,true,healthy,12600,1500,",
-            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,,12600,1500,",
-            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,sick,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,x,y",
+            "Process,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,12,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,web,daemon,running,4242,1.250,2,SIGKILL,-,-,12600,1500,,",
+            "Service,web,unit,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,web,service,exited,4242,1.250,2,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,3,daemon,ready,4242,1.250,2,SIGKILL,-,-,12600,1500,,",
+            "Service,web,service,ready,0,1.250,2,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,web,service,ready,4242,1.25,2,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,web,service,ready,4242,1.250,4294967296,SIGKILL,yes,healthy,12600,1500,,",
+            "Service,web,service,ready,4242,1.250,2,-,yes,healthy,12600,1500,,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,,healthy,12600,1500,,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,true,healthy,12600,1500,,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,,12600,1500,,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,sick,12600,1500,,",
             "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,-,1500,",
-            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1.5,",
+            "Service,web,service,ready,4242,1.250,2,SIGKILL,yes,healthy,12600,1.5,,",
         ] {
             let mut p = ReplyParser::new();
             assert_eq!(p.push(&split("Status,2")), Ok(None));

@@ -559,6 +559,11 @@ fn gen_service_row(rng: &mut Rng) -> ServiceRow {
         } else {
             gen_bytes(rng)
         },
+        sockets: if rng.chance(1, 2) {
+            Vec::new()
+        } else {
+            gen_bytes(rng)
+        },
     }
 }
 

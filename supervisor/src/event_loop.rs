@@ -1585,6 +1585,7 @@ impl Supervisor {
         self.sockets
             .apply(&config, &source.name())
             .map_err(|e| e.to_string())?;
+        self.rewatch();
         if self.cgroups.is_none() && !config.services.is_empty() {
             self.cgroups = Cgroups::discover().ok();
         }

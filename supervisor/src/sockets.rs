@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use archon_lua::{Config, Listen, LoadError, Service, Socket};
+use archon_lua::{Config, Listen, LoadError, Service, Socket, UnixAddr};
 use archon_proto::BindAddr;
 use archon_proto::bind::Transport;
 
@@ -63,9 +63,9 @@ impl Bound {
                 let local = Listen::Udp(local_addr(&fd)?);
                 (fd, local, None)
             }
-            Listen::Unix(path) => {
-                let (fd, id) = unix_socket(path, decl)?;
-                (fd, decl.listen.clone(), Some(id))
+            Listen::Unix(addr) | Listen::UnixGram(addr) => {
+                let (fd, id) = unix_socket(addr, decl)?;
+                (fd, decl.listen.clone(), id)
             }
         };
         Ok(Bound {
@@ -89,10 +89,10 @@ impl Bound {
     /// Takes a new declaration of the same address: a new name, backlog, mode or owner is
     /// applied to the socket as it is (`listen` again changes the backlog of a listening socket).
     fn redeclare(&mut self, decl: &Socket) -> io::Result<()> {
-        if decl.backlog != self.decl.backlog && !matches!(self.local, Listen::Udp(_)) {
+        if decl.backlog != self.decl.backlog && self.local.is_stream() {
             listen(&self.fd, decl.backlog)?;
         }
-        if let Listen::Unix(path) = &self.local {
+        if let Some(path) = self.local.unix().and_then(UnixAddr::path) {
             if decl.owner != self.decl.owner {
                 if let Some((uid, gid)) = decl.owner {
                     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
@@ -120,7 +120,7 @@ impl Bound {
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        if let (Listen::Unix(path), Some(id)) = (&self.local, self.file_id) {
+        if let (Some(path), Some(id)) = (self.local.unix().and_then(UnixAddr::path), self.file_id) {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if (meta.dev(), meta.ino()) == id {
                     let _ = std::fs::remove_file(path);
@@ -148,7 +148,9 @@ pub fn serves(local: &Listen, addr: &BindAddr) -> bool {
                 addr: b,
             },
         ) => same(a, b),
-        (Listen::Unix(p), BindAddr::Unix(q)) => p.as_os_str().as_bytes() == q.as_slice(),
+        (Listen::Unix(UnixAddr::Path(p)), BindAddr::Unix(q)) => {
+            p.as_os_str().as_bytes() == q.as_slice()
+        }
         _ => false,
     }
 }
@@ -249,10 +251,25 @@ impl Sockets {
 
     /// The port socket `index` of `service` is bound to (`None` for a Unix socket).
     pub fn port(&self, service: &str, index: usize) -> Option<u16> {
-        match self.of(service).get(index)?.local {
-            Listen::Tcp(a) | Listen::Udp(a) => Some(a.port()),
-            Listen::Unix(_) => None,
+        self.of(service).get(index)?.local.port()
+    }
+
+    /// Where the sockets of `service` are bound, for `Status`: `tcp:127.0.0.1:43211
+    /// unix:/run/web.sock`, in declaration order; empty for none.
+    pub fn summary(&self, service: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, b) in self.of(service).iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(b.local.transport().as_bytes());
+            out.push(b':');
+            match &b.local {
+                Listen::Tcp(a) | Listen::Udp(a) => out.extend_from_slice(a.to_string().as_bytes()),
+                Listen::Unix(a) | Listen::UnixGram(a) => out.extend_from_slice(&a.as_bytes()),
+            }
         }
+        out
     }
 
     /// Where each socket of `service` is bound, for the `Config` dump.
@@ -462,18 +479,37 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     }
 }
 
-/// A Unix stream socket bound at `path`, with its file's mode and owner as declared, listening.
+/// A Unix socket (stream and listening, or datagram, as `decl` says) bound at `addr`: for a
+/// path, with its file's mode and owner as declared, and the file's device and inode.
 ///
 /// A socket file already there is removed when nobody listens on it any more (a connection is
 /// refused); one that is in use, or a path that is not a socket, is left alone: `AddrInUse`,
 /// `AlreadyExists`. The file is made mode 0600 (less the umask), given its owner, then its mode,
 /// and only then does the socket listen, so that nobody connects through wider permissions
-/// than declared.
-fn unix_socket(path: &Path, decl: &Socket) -> io::Result<(OwnedFd, (u64, u64))> {
-    let addr = crate::sys::sockaddr_un(path)?;
+/// than declared. (A datagram socket's file is writable from its bind on, but only by archon's
+/// user until its mode is set.) An abstract name has no file: one in use is `AddrInUse`.
+fn unix_socket(addr: &UnixAddr, decl: &Socket) -> io::Result<(OwnedFd, Option<(u64, u64)>)> {
+    let stream = decl.listen.is_stream();
+    let kind = if stream {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let path = match addr {
+        UnixAddr::Abstract(name) => {
+            let fd = new_socket(libc::AF_UNIX, kind)?;
+            crate::sys::bind_abstract(&fd, name)?;
+            if stream {
+                listen(&fd, decl.backlog)?;
+            }
+            return Ok((fd, None));
+        }
+        UnixAddr::Path(path) => path,
+    };
+    let sun = crate::sys::sockaddr_un(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if listened_on(&addr)? {
+            if in_use(&sun, kind)? {
                 return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
             }
             std::fs::remove_file(path)?;
@@ -482,8 +518,8 @@ fn unix_socket(path: &Path, decl: &Socket) -> io::Result<(OwnedFd, (u64, u64))> 
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let fd = new_socket(libc::AF_UNIX, libc::SOCK_STREAM)?;
-    crate::sys::bind_unix(&fd, &addr)?;
+    let fd = new_socket(libc::AF_UNIX, kind)?;
+    crate::sys::bind_unix(&fd, &sun)?;
     let meta = std::fs::symlink_metadata(path)?;
     let id = (meta.dev(), meta.ino());
     let finish = || -> io::Result<()> {
@@ -491,20 +527,23 @@ fn unix_socket(path: &Path, decl: &Socket) -> io::Result<(OwnedFd, (u64, u64))> 
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(decl.mode))?;
-        listen(&fd, decl.backlog)
+        if stream {
+            listen(&fd, decl.backlog)?;
+        }
+        Ok(())
     };
     if let Err(e) = finish() {
         let _ = std::fs::remove_file(path);
         return Err(e);
     }
-    Ok((fd, id))
+    Ok((fd, Some(id)))
 }
 
-/// Whether some process listens on the Unix socket at `addr`: a connection that is not refused.
-/// Non-blocking, so that a listener with a full backlog does not hold archon's loop (it is
-/// `EAGAIN`: in use).
-fn listened_on(addr: &libc::sockaddr_un) -> io::Result<bool> {
-    let fd = new_socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK)?;
+/// Whether some process holds the Unix socket of type `kind` at `addr`: a connection that is
+/// not refused. Non-blocking, so that a listener with a full backlog does not hold archon's loop
+/// (it is `EAGAIN`: in use). A socket of the other type answers `EPROTOTYPE`: in use too.
+fn in_use(addr: &libc::sockaddr_un, kind: libc::c_int) -> io::Result<bool> {
+    let fd = new_socket(libc::AF_UNIX, kind | libc::SOCK_NONBLOCK)?;
     // SAFETY: addr is a valid sockaddr_un of the length given.
     let ret = unsafe {
         libc::connect(
@@ -519,7 +558,7 @@ fn listened_on(addr: &libc::sockaddr_un) -> io::Result<bool> {
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => Ok(false),
-        Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
+        Some(libc::EAGAIN | libc::EINPROGRESS | libc::EPROTOTYPE) => Ok(true),
         _ => Err(e),
     }
 }
@@ -586,7 +625,7 @@ mod tests {
         let v6 = Listen::Tcp("[::1]:80".parse()?);
         assert!(serves(&v6, &tcp("[::1]:80")?));
         assert!(!serves(&v6, &tcp("127.0.0.1:80")?));
-        let unix = Listen::Unix("/run/a.sock".into());
+        let unix = Listen::Unix(UnixAddr::Path("/run/a.sock".into()));
         assert!(serves(&unix, &BindAddr::Unix(b"/run/a.sock".to_vec())));
         assert!(!serves(&unix, &BindAddr::Unix(b"/run/b.sock".to_vec())));
         assert!(!serves(&unix, &tcp("127.0.0.1:80")?));
@@ -624,6 +663,11 @@ mod tests {
         sockets.apply(&second, "t.lua")?;
         assert_eq!(sockets.of("a")[0].fd(), fd);
         assert_eq!(sockets.port("a", 0), Some(port));
+        assert_eq!(
+            String::from_utf8_lossy(&sockets.summary("a")),
+            format!("tcp:127.0.0.1:{port}")
+        );
+        assert!(sockets.summary("b").is_empty());
         assert!(sockets.of("b").is_empty());
         assert_eq!(sockets.of("c").len(), 1);
         let addr = tcp(&format!("127.0.0.1:{port}"))?;
@@ -667,7 +711,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("archon-sockets-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("s.sock");
-        let mut d = decl("s", Listen::Unix(path.clone()));
+        let mut d = decl("s", Listen::Unix(UnixAddr::Path(path.clone())));
         d.mode = 0o640;
         let b = Bound::bind(&d)?;
         assert_eq!(
@@ -688,6 +732,47 @@ mod tests {
         std::fs::write(&path, b"x")?;
         let e = Bound::bind(&d).err().and_then(|e| e.raw_os_error());
         assert_eq!(e, Some(libc::EEXIST));
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn datagram_and_abstract_unix_sockets() -> TestResult {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram, UnixStream};
+        let dir = std::env::temp_dir().join(format!("archon-dgram-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("log.sock");
+        let mut d = decl("log", Listen::UnixGram(UnixAddr::Path(path.clone())));
+        d.mode = 0o620;
+        let b = Bound::bind(&d)?;
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o620
+        );
+        UnixDatagram::unbound()?.send_to(b"hello", &path)?;
+        let mut buf = [0u8; 8];
+        // SAFETY: recv into a buffer we own, on the socket b holds.
+        let n = unsafe { libc::recv(b.fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert_eq!(&buf[..usize::try_from(n)?], b"hello");
+        // A stream socket on the same path is refused while the datagram one is held.
+        let stream = decl("s", Listen::Unix(UnixAddr::Path(path.clone())));
+        let again = Bound::bind(&stream).err().and_then(|e| e.raw_os_error());
+        assert_eq!(again, Some(libc::EADDRINUSE));
+        drop(b);
+        assert!(!path.exists());
+        // An abstract name: no file, and a second bind is refused.
+        let name = format!("archon-test-{}", std::process::id());
+        let d = decl(
+            "at",
+            Listen::Unix(UnixAddr::Abstract(name.clone().into_bytes())),
+        );
+        let b = Bound::bind(&d)?;
+        let addr = UnixSocketAddr::from_abstract_name(name.as_bytes())?;
+        UnixStream::connect_addr(&addr)?;
+        let again = Bound::bind(&d).err().and_then(|e| e.raw_os_error());
+        assert_eq!(again, Some(libc::EADDRINUSE));
+        drop(b);
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -441,6 +441,34 @@ pub fn bind_unix(fd: &OwnedFd, addr: &libc::sockaddr_un) -> io::Result<()> {
     .map(drop)
 }
 
+/// Binds a Unix socket `fd` to `name` in the abstract namespace (no file: the address is a NUL
+/// byte and the name, and its length says where the name ends).
+pub fn bind_abstract(fd: &OwnedFd, name: &[u8]) -> io::Result<()> {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if name.len() + 1 > addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "abstract socket name too long",
+        ));
+    }
+    for (dst, &src) in addr.sun_path[1..].iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len();
+    // SAFETY: addr is a valid sockaddr_un, of which len bytes are the address.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    }
+    .into())
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,7 @@ struct search {
     pid_t pid;
     int last_status;
     int ready;
+    char sockets[16];
 };
 
 static int find_row(const archon_status_row *row, void *ctx)
@@ -110,6 +111,7 @@ static int find_row(const archon_status_row *row, void *ctx)
         s->pid = row->pid;
         s->last_status = row->last_status;
         s->ready = row->ready;
+        snprintf(s->sockets, sizeof s->sockets, "%s", row->sockets ? row->sockets : "(null)");
     }
     return s->stop_after > 0 && s->rows >= s->stop_after;
 }
@@ -252,9 +254,10 @@ static void daemons(archon *a)
     rc = status_of(a, id, &s);
     check(rc == ARCHON_RESULT_OK && s.found == 1 &&
               strcmp(s.kind, "daemon") == 0 && strcmp(s.state, "running") == 0 &&
-              s.pid == pid && s.last_status == ARCHON_STATUS_NONE && s.ready == -1,
-          "status: the daemon's row: kind %s, state %s, pid %d, of %d rows", s.kind, s.state,
-          (int)s.pid, s.rows);
+              s.pid == pid && s.last_status == ARCHON_STATUS_NONE && s.ready == -1 &&
+              strcmp(s.sockets, "") == 0,
+          "status: the daemon's row: kind %s, state %s, pid %d, sockets \"%s\", of %d rows",
+          s.kind, s.state, (int)s.pid, s.sockets, s.rows);
     memset(&s, 0, sizeof s);
     s.stop_after = 1;
     check(archon_status(a, NULL, find_row, &s) == ARCHON_RESULT_OK && s.rows == 1,

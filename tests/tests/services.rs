@@ -863,7 +863,7 @@ task "once" { argv = {"/bin/true"} }
     for l in &lines {
         ensure_eq!(
             archon_proto::record::split(l.as_bytes()).len(),
-            13,
+            14,
             "fields of {l:?}"
         );
     }
@@ -1014,7 +1014,7 @@ service "a-rather-long-service-name" { argv = {"/nonexistent"}, restart = "never
         lines[0].split_whitespace().collect::<Vec<_>>(),
         vec![
             "NAME", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "READY", "HEALTH", "RSS",
-            "CPU", "REASON"
+            "CPU", "SOCKETS", "REASON"
         ],
         "the header: {text:?}"
     );

@@ -138,6 +138,11 @@ typedef struct archon_status_row {
      * Why it is failed, in backoff or stopped, for people; may be empty.
      */
     const char *reason;
+    /**
+     * Where its sockets are bound, separated by a space (`tcp:127.0.0.1:43211
+     * unix:/run/web.sock`; a port 0 is the port archon got); empty for none.
+     */
+    const char *sockets;
 } archon_status_row;
 
 /**

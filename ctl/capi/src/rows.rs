@@ -40,6 +40,9 @@ pub struct ArchonStatusRow {
     pub cpu_ms: i64,
     /// Why it is failed, in backoff or stopped, for people; may be empty.
     pub reason: *const c_char,
+    /// Where its sockets are bound, separated by a space (`tcp:127.0.0.1:43211
+    /// unix:/run/web.sock`; a port 0 is the port archon got); empty for none.
+    pub sockets: *const c_char,
 }
 
 /// The callback `archon_status` calls once per row, with the `ctx` it was given. Returning
@@ -50,7 +53,7 @@ pub type ArchonStatusFn =
 /// A row with the strings its pointers point into.
 pub(crate) struct OwnedRow {
     row: ArchonStatusRow,
-    _strings: [CString; 5],
+    _strings: [CString; 6],
 }
 
 impl OwnedRow {
@@ -66,6 +69,7 @@ impl OwnedRow {
             c(row.state.as_str().as_bytes())?,
             c(row.health.map_or(&b""[..], |h| h.as_str().as_bytes()))?,
             c(&row.reason)?,
+            c(&row.sockets)?,
         ];
         let known = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
         // The pointers stay valid when the strings move into the struct: their bytes are on the
@@ -83,6 +87,7 @@ impl OwnedRow {
             rss_kib: known(row.rss_kib),
             cpu_ms: known(row.cpu_ms),
             reason: strings[4].as_ptr(),
+            sockets: strings[5].as_ptr(),
         };
         Ok(OwnedRow {
             row,
@@ -122,6 +127,7 @@ mod tests {
             rss_kib: Some(1024),
             cpu_ms: None,
             reason: b"a, \"b\"".to_vec(),
+            sockets: b"tcp:127.0.0.1:43211".to_vec(),
         };
         let owned = OwnedRow::new(&row)?;
         let r = owned.get();
@@ -138,6 +144,7 @@ mod tests {
         assert!(libc::WIFSIGNALED(r.last_status) && libc::WTERMSIG(r.last_status) == 9);
         assert_eq!((r.ready, r.rss_kib, r.cpu_ms), (1, 1024, -1));
         assert_eq!(text(r.reason), "a, \"b\"");
+        assert_eq!(text(r.sockets), "tcp:127.0.0.1:43211");
 
         row.pid = None;
         row.last = None;

@@ -491,9 +491,9 @@ unsafe extern "C" fn collect(row: *const ArchonStatusRow, ctx: *mut c_void) -> c
 #[test]
 fn status_rows_go_to_the_callback_until_it_says_stop() {
     let (a, server) = pair();
-    let rows = "Status,3\nService,db,service,ready,5,1.000,0,,yes,-,100,20,\n\
-                Service,web,service,stopped,,2.000,1,SIGTERM,-,-,,,why\n\
-                Service,3,daemon,running,7,3.000,0,,-,-,,,\n";
+    let rows = "Status,3\nService,db,service,ready,5,1.000,0,,yes,-,100,20,,tcp:127.0.0.1:5\n\
+                Service,web,service,stopped,,2.000,1,SIGTERM,-,-,,,why,\n\
+                Service,3,daemon,running,7,3.000,0,,-,-,,,,\n";
     let server = serve(
         server,
         vec![

@@ -11,16 +11,16 @@ use archon_proto::{ServiceRow, ServiceState};
 use super::table::{columns, printable, status_text};
 
 /// The column titles.
-const HEADER: [&str; 12] = [
+const HEADER: [&str; 13] = [
     "NAME", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "READY", "HEALTH", "RSS", "CPU",
-    "REASON",
+    "SOCKETS", "REASON",
 ];
 
 /// The table, header included, every line ended by `\n`. `now_ms` (milliseconds since the Unix
 /// epoch) is what uptimes are counted to.
 pub fn render(rows: &[ServiceRow], now_ms: u64) -> String {
     let none = || ready::NONE.to_string();
-    let cells: Vec<[String; 12]> = rows
+    let cells: Vec<[String; 13]> = rows
         .iter()
         .map(|r| {
             [
@@ -39,6 +39,11 @@ pub fn render(rows: &[ServiceRow], now_ms: u64) -> String {
                 r.health.map_or_else(none, |h| h.to_string()),
                 r.rss_kib.map_or_else(none, memory),
                 r.cpu_ms.map_or_else(none, cpu),
+                if r.sockets.is_empty() {
+                    none()
+                } else {
+                    printable(&r.sockets)
+                },
                 printable(&r.reason),
             ]
         })
@@ -172,6 +177,7 @@ mod tests {
             rss_kib: None,
             cpu_ms: None,
             reason: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 
@@ -188,6 +194,7 @@ mod tests {
                 health: Some(Health::Healthy),
                 rss_kib: Some(12_600),
                 cpu_ms: Some(1_500),
+                sockets: b"tcp:127.0.0.1:43211".to_vec(),
                 ..row("web", ServiceKind::Service, ServiceState::Ready)
             },
             ServiceRow {
@@ -210,16 +217,16 @@ mod tests {
             },
         ];
         let want = "\
-NAME       KIND     STATE    PID   UPTIME  RESTARTS  LAST     READY  HEALTH   RSS    CPU   REASON
-web        service  ready    4242  3h12m   2         SIGKILL  yes    healthy  12.3M  1.5s
-worker-10  service  failed   -     -       5         1        -      -        -      -     exited with code 1\\nafter 0.1s
-migrate    task     done     -     -       0         0        -      -        -      -
-3          daemon   running  77    0s      0         -        -      -        800K   0.0s
+NAME       KIND     STATE    PID   UPTIME  RESTARTS  LAST     READY  HEALTH   RSS    CPU   SOCKETS              REASON
+web        service  ready    4242  3h12m   2         SIGKILL  yes    healthy  12.3M  1.5s  tcp:127.0.0.1:43211
+worker-10  service  failed   -     -       5         1        -      -        -      -     -                    exited with code 1\\nafter 0.1s
+migrate    task     done     -     -       0         0        -      -        -      -     -
+3          daemon   running  77    0s      0         -        -      -        800K   0.0s  -
 ";
         assert_eq!(render(&rows, now), want);
         assert_eq!(
             render(&[], now),
-            "NAME  KIND  STATE  PID  UPTIME  RESTARTS  LAST  READY  HEALTH  RSS  CPU  REASON\n"
+            "NAME  KIND  STATE  PID  UPTIME  RESTARTS  LAST  READY  HEALTH  RSS  CPU  SOCKETS  REASON\n"
         );
     }
 }

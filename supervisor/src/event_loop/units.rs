@@ -59,6 +59,8 @@ const SUB_PROBE: u64 = 3;
 const SUB_EXEC: u64 = 4;
 /// stdout's log pipe; stderr's is the next.
 const SUB_LOG: u64 = 5;
+/// The sockets of an on-demand service, while it is down.
+const SUB_SOCKETS: u64 = 7;
 const SUB_BITS: u32 = 3;
 
 fn unit_token(id: UnitId, sub: u64) -> Token {
@@ -93,7 +95,17 @@ pub(super) struct UnitRt {
     /// The pipes of its stdout and stderr, made at its first start and kept until it is
     /// removed; its ring and log file (boxed: the ring's lines are the bulk).
     log: Option<Box<ServiceLog>>,
+    /// For an on-demand service that is down: its sockets, watched for a connection.
+    watch: Option<Watch>,
 }
+
+/// The sockets of an on-demand service registered with the poll, as copies of archon's (close-on
+/// exec): the registration belongs to these copies, so that it ends when the watch is dropped,
+/// whatever becomes of the sockets archon holds (a reload may close them). All share the unit's
+/// `SUB_SOCKETS` token: the first connection or datagram on any of them starts the service, and
+/// the watch ends then. The poll is edge-triggered: a socket that has something waiting when it
+/// is registered wakes the loop once, and nothing more wakes it until something new comes.
+pub(super) struct Watch(Vec<OwnedFd>);
 
 /// A unit's armed timers, one per kind: a short list, not a hash map, since a unit has one or
 /// two at a time and thousands of units each keep theirs.
@@ -172,6 +184,12 @@ impl Supervisor {
                 self.begin_shutdown(super::ShutdownCause::Critical);
             }
             Action::Emit(event) => self.emit(event),
+            Action::Watch { unit, on } => {
+                self.unwatch(unit);
+                if on {
+                    self.watch(unit);
+                }
+            }
         }
     }
 
@@ -423,7 +441,27 @@ impl Supervisor {
 
     /// An argv or env value with its `${service.port}` references replaced by the ports of the
     /// sockets archon holds (checked when the file was loaded; a failure here is a bug).
+    /// Where a `tcp` health check connects: its address, with the port of the socket a
+    /// `${service.port}` names.
+    fn probe_addr(&self, target: &archon_lua::TcpTarget) -> io::Result<std::net::SocketAddr> {
+        let port = match &target.port {
+            archon_lua::Port::Number(n) => *n,
+            archon_lua::Port::Of(r) => self.port_of(r).map_err(|e| {
+                io::Error::other(format!("${{{}}}: {e}", String::from_utf8_lossy(r)))
+            })?,
+        };
+        Ok(target.with_port(port))
+    }
+
+    /// `text` with its `${service.port}` references replaced by the ports bound.
     fn substitute(&self, text: &[u8]) -> Result<Vec<u8>, String> {
+        archon_lua::refs::substitute(text, |r| {
+            self.port_of(r).map(|p| p.to_string().into_bytes())
+        })
+    }
+
+    /// The port of the socket the reference `r` (`db.port`) names, as bound.
+    fn port_of(&self, r: &[u8]) -> Result<u16, String> {
         let services = &self.services;
         let lookup = |name: &str| {
             services
@@ -431,13 +469,10 @@ impl Supervisor {
                 .and_then(|id| services.spec(id))
                 .map(|s| s.sockets.as_slice())
         };
-        archon_lua::refs::substitute(text, |r| {
-            let (service, i) = archon_lua::refs::find(r, lookup)?;
-            self.sockets
-                .port(service, i)
-                .map(|p| p.to_string().into_bytes())
-                .ok_or_else(|| format!("the socket of {service} is not bound"))
-        })
+        let (service, i) = archon_lua::refs::find(r, lookup)?;
+        self.sockets
+            .port(service, i)
+            .ok_or_else(|| format!("the socket of {service} is not bound"))
     }
 
     /// The service process `pid` belongs to: the one whose cgroup holds it, else the one whose
@@ -877,6 +912,14 @@ impl Supervisor {
         if let Some(mut s) = rt.notify.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
+        if let Some(Watch(fds)) = rt.watch.take() {
+            for fd in fds {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            }
+        }
         if let Some((probe, key)) = rt.probe.take().map(|b| *b) {
             self.timers.cancel(key);
             self.drop_probe(probe);
@@ -934,8 +977,78 @@ impl Supervisor {
             SUB_PROBE => self.on_probe(id),
             SUB_LOG => self.on_log(id, 0),
             s if s == SUB_LOG + 1 => self.on_log(id, 1),
+            SUB_SOCKETS => self.on_sockets(id),
             _ => {}
         }
+    }
+
+    // ----- on-demand services -----
+
+    /// Watches the sockets of `id` for a connection or a datagram.
+    fn watch(&mut self, id: UnitId) {
+        let Some(name) = self.services.spec(id).map(|s| s.name.clone()) else {
+            return;
+        };
+        let mut fds = Vec::new();
+        for b in self.sockets.of(&name) {
+            let registered = b.dup().and_then(|fd| {
+                self.poll
+                    .registry()
+                    .register(
+                        &mut SourceFd(&fd.as_raw_fd()),
+                        unit_token(id, SUB_SOCKETS),
+                        Interest::READABLE,
+                    )
+                    .map(|()| fd)
+            });
+            match registered {
+                Ok(fd) => fds.push(fd),
+                Err(e) => warn!("{name}: cannot watch socket {}: {e}", b.name()),
+            }
+        }
+        debug!("{name}: watching {} sockets", fds.len());
+        self.units.entry(id).or_default().watch = Some(Watch(fds));
+    }
+
+    /// Stops watching the sockets of `id`, if they were.
+    fn unwatch(&mut self, id: UnitId) {
+        let Some(Watch(fds)) = self.units.get_mut(&id).and_then(|rt| rt.watch.take()) else {
+            return;
+        };
+        for fd in fds {
+            // Before the copy closes: the registration is the open socket's, and would outlive
+            // this descriptor while another (archon's own, a child's) keeps the socket open.
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+    }
+
+    /// The sockets archon holds may have changed (a reload): every watch is made again on the
+    /// sockets held now.
+    pub(super) fn rewatch(&mut self) {
+        let watched: Vec<UnitId> = self
+            .units
+            .iter()
+            .filter(|(_, rt)| rt.watch.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in watched {
+            self.unwatch(id);
+            self.watch(id);
+        }
+    }
+
+    /// A connection or a datagram came to the sockets of an on-demand service: the manager
+    /// starts it, and ends the watch. archon reads nothing from the sockets: what came waits
+    /// there for the service.
+    fn on_sockets(&mut self, id: UnitId) {
+        if self.units.get(&id).is_none_or(|rt| rt.watch.is_none()) {
+            return;
+        }
+        self.services.activate(id, now_ms());
+        self.run_actions();
     }
 
     /// A main process of a unit has ended (SIGCHLD found it): its exec is settled first. True
@@ -1011,12 +1124,16 @@ impl Supervisor {
             return;
         }
         let started = match &h.check {
-            Check::Tcp(addr) => TcpProbe::start(*addr).and_then(|mut p| {
-                self.poll
-                    .registry()
-                    .register(&mut p, unit_token(id, SUB_PROBE), Interest::WRITABLE)
-                    .map(|()| Probe::Tcp(p))
-            }),
+            Check::Tcp(target) => {
+                self.probe_addr(target)
+                    .and_then(TcpProbe::start)
+                    .and_then(|mut p| {
+                        self.poll
+                            .registry()
+                            .register(&mut p, unit_token(id, SUB_PROBE), Interest::WRITABLE)
+                            .map(|()| Probe::Tcp(p))
+                    })
+            }
             Check::Command(argv) => self.spawn_probe(id, argv),
         };
         match started {
@@ -1163,7 +1280,9 @@ impl Supervisor {
             Some(rt) if rt.pidfd.is_some() => self.usage(rt),
             _ => (None, None),
         };
+        let sockets = self.sockets.summary(&v.name);
         Some(ServiceRow {
+            sockets,
             name: v.name.into_bytes(),
             kind: match v.kind {
                 UnitKind::Service => ServiceKind::Service,
@@ -1344,5 +1463,6 @@ fn process_row(row: &archon_proto::ProcessRow) -> ServiceRow {
         rss_kib: None,
         cpu_ms: None,
         reason: Vec::new(),
+        sockets: Vec::new(),
     }
 }

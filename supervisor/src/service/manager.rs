@@ -12,6 +12,11 @@
 //! (ready, done, stopped, failed, paused), and archon for what it does on its own (a process
 //! that ends unasked, a timer, a restart policy, boot, shutdown).
 //!
+//! An on-demand service (`on_demand = true`) is not started at load: while it is down
+//! ([`Unit::dormant`]) the loop watches its sockets ([`Action::Watch`]) and tells
+//! [`Manager::activate`] of the first connection or datagram, which starts it as archon's doing.
+//! A unit that requires it does not start it: the sockets stand in for it ([`Unit::stands_in`]).
+//!
 //! Early tasks (`early = true`) are ordered before every unit that is not early, as if each of
 //! those named them all in its `after`; the edge lives here, not in the units' specs, so that a
 //! reload that adds or drops an early task does not count every other unit as changed.
@@ -194,6 +199,14 @@ pub enum Action {
     Exit(u8),
     /// A unit changed: record the event (its `seq` is given by the loop's events).
     Emit(Event),
+    /// Watch the sockets of an on-demand service for a connection or a datagram, then call
+    /// [`Manager::activate`] (`on`), or stop watching them.
+    Watch {
+        /// The unit.
+        unit: UnitId,
+        /// Watch, or stop watching.
+        on: bool,
+    },
 }
 
 /// A reply owed when a unit gets somewhere.
@@ -255,6 +268,9 @@ struct Unit {
     stop_why: String,
     /// Who removed it from the configuration (the reload's client, or archon for SIGHUP).
     removed_by: Cause,
+    /// An on-demand service whose sockets the loop watches for a connection (it was told so
+    /// with [`Action::Watch`]).
+    watching: bool,
 }
 
 impl Unit {
@@ -288,6 +304,7 @@ impl Unit {
             stop_what: EventKind::Stop,
             stop_why: String::new(),
             removed_by: Cause::Archon,
+            watching: false,
         }
     }
 
@@ -302,6 +319,23 @@ impl Unit {
             UnitKind::Service => self.state == State::Ready,
             UnitKind::Task => self.state == State::Done,
         }
+    }
+
+    /// An on-demand service that is down and may be started by a connection: its sockets are
+    /// to be watched (while archon is not shutting down).
+    fn dormant(&self) -> bool {
+        self.spec.on_demand
+            && self.spec.enabled
+            && !self.removing
+            && self.want == Want::Down
+            && self.state == State::Stopped
+            && !self.has_process()
+    }
+
+    /// An on-demand service that a unit requiring it need not wait for: its sockets are bound
+    /// and the first connection starts it, unless it has failed.
+    fn stands_in(&self) -> bool {
+        self.spec.on_demand && self.spec.enabled && self.state != State::Failed
     }
 
     /// On its way up: something ordered after it waits.
@@ -377,10 +411,23 @@ impl Manager {
             .map(|(&id, _)| id)
             .collect();
         for id in boot {
-            m.want_up(id, false, Cause::Archon, EventKind::Start, now_ms);
+            m.want_up(id, false, Cause::Archon, EventKind::Start, "", now_ms);
         }
+        m.touch_on_demand();
         m.settle(now_ms);
         m
+    }
+
+    /// Marks every on-demand service for the next settle, which watches the sockets of those
+    /// that are down.
+    fn touch_on_demand(&mut self) {
+        let ids: Vec<UnitId> = self
+            .units
+            .iter()
+            .filter(|(_, u)| u.spec.on_demand)
+            .map(|(&id, _)| id)
+            .collect();
+        self.dirty.extend(ids);
     }
 
     fn insert(&mut self, spec: Service, now_ms: u64) -> UnitId {
@@ -454,10 +501,12 @@ impl Manager {
     /// What `Status` shows of a unit.
     pub fn view(&self, id: UnitId) -> Option<UnitView> {
         let u = self.units.get(&id)?;
-        let reason = if u.reason.is_empty() {
-            u.status_text.clone()
-        } else {
+        let reason = if u.watching {
+            "waiting for a connection on its sockets".to_string()
+        } else if !u.reason.is_empty() {
             u.reason.clone()
+        } else {
+            u.status_text.clone()
         };
         Some(UnitView {
             name: u.spec.name.clone(),
@@ -617,9 +666,19 @@ impl Manager {
     // ----- requests -----
 
     /// Asks `id` (and, first, everything it requires) to come up, on behalf of `by`; its event
-    /// is `what` (a start or a restart), those of what it requires are starts. `explicit`: asked
-    /// by name, so a done task runs again and a failed unit is given a fresh start.
-    fn want_up(&mut self, id: UnitId, explicit: bool, by: Cause, what: EventKind, now_ms: u64) {
+    /// is `what` (a start or a restart) for the reason `why`, those of what it requires are
+    /// starts. `explicit`: asked by name, so a done task runs again and a failed unit is given a
+    /// fresh start. An on-demand service it requires is not started (its sockets, bound, stand
+    /// in for it until a connection starts it), unless it has failed.
+    fn want_up(
+        &mut self,
+        id: UnitId,
+        explicit: bool,
+        by: Cause,
+        what: EventKind,
+        why: &str,
+        now_ms: u64,
+    ) {
         let mut stack: Vec<(UnitId, bool, Option<String>)> = vec![(id, explicit, None)];
         let mut seen = BTreeSet::new();
         while let Some((id, explicit, required_by)) = stack.pop() {
@@ -634,7 +693,7 @@ impl Manager {
             }
             u.want = Want::Up;
             let (what, why) = match &required_by {
-                None => (what, String::new()),
+                None => (what, why.to_string()),
                 Some(name) => (EventKind::Start, format!("required by {name}")),
             };
             let state = u.state;
@@ -660,9 +719,13 @@ impl Manager {
             self.touch(id);
             if let Some(u) = self.units.get(&id) {
                 for name in &u.spec.requires {
-                    if let Some(&dep) = self.by_name.get(name) {
-                        stack.push((dep, false, Some(u.spec.name.clone())));
+                    let Some(&dep) = self.by_name.get(name) else {
+                        continue;
+                    };
+                    if self.units.get(&dep).is_some_and(|d| d.stands_in()) {
+                        continue;
                     }
+                    stack.push((dep, false, Some(u.spec.name.clone())));
                 }
             }
         }
@@ -688,7 +751,7 @@ impl Manager {
             return Err(format!("{name} is paused (resume it)"));
         }
         let already = u.satisfies() && !(u.spec.kind == UnitKind::Task);
-        self.want_up(id, true, by, EventKind::Start, now_ms);
+        self.want_up(id, true, by, EventKind::Start, "", now_ms);
         match to {
             Some(to) if already => self.reply(to, Reply::Ok(vec![name.as_bytes().to_vec()])),
             Some(to) => {
@@ -819,7 +882,7 @@ impl Manager {
             }
             self.want_down(id, None, by, EventKind::Restart, now_ms);
         } else {
-            self.want_up(id, true, by, EventKind::Restart, now_ms);
+            self.want_up(id, true, by, EventKind::Restart, "", now_ms);
         }
         self.settle(now_ms);
         Ok(())
@@ -942,6 +1005,41 @@ impl Manager {
     }
 
     // ----- what the loop reports -----
+
+    /// A connection or a datagram came to the sockets of `id`, which the loop was watching: the
+    /// service starts, on archon's behalf. Each such start counts as a restart for its `flap`
+    /// limit, so that a service that exits without taking what woke it (which would wake
+    /// archon again at once) fails instead of being started again and again.
+    pub fn activate(&mut self, id: UnitId, now_ms: u64) {
+        let shutting_down = self.shutting_down;
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        if !u.dormant() || shutting_down {
+            return;
+        }
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
+            let flap = u.spec.flap;
+            let why = format!(
+                "started by its sockets more than {} times within {}",
+                flap.restarts,
+                ms_text(flap.within_ms)
+            );
+            self.fail(id, why, EventKind::Fail, now_ms);
+            self.settle(now_ms);
+            return;
+        }
+        info!("{}: a connection on its sockets: starting", u.spec.name);
+        // want_up starts a stopped unit afresh; the count of recent starts is kept.
+        let (recent, consecutive) = (std::mem::take(&mut u.recent), u.consecutive);
+        let why = "a connection on its sockets";
+        self.want_up(id, false, Cause::Archon, EventKind::Start, why, now_ms);
+        if let Some(u) = self.units.get_mut(&id) {
+            u.recent = recent;
+            u.consecutive = consecutive;
+        }
+        self.settle(now_ms);
+    }
 
     /// The process of `id` runs (its exec succeeded).
     pub fn spawned(&mut self, id: UnitId, pid: i32, now_ms: u64) {
@@ -1181,7 +1279,7 @@ impl Manager {
                 }
                 u.restart_pending = false;
             }
-            self.want_up(x, false, by, EventKind::Start, now_ms);
+            self.want_up(x, false, by, EventKind::Start, "", now_ms);
             if let Some(rs) = self.requirers.get(&x) {
                 stack.extend(rs.iter().copied());
             }
@@ -1430,6 +1528,21 @@ impl Manager {
     }
 
     fn step(&mut self, id: UnitId, now_ms: u64) {
+        self.step_state(id, now_ms);
+        let shutting_down = self.shutting_down;
+        if let Some(u) = self.units.get_mut(&id) {
+            let watch = u.dormant() && !shutting_down;
+            if watch != u.watching {
+                u.watching = watch;
+                self.actions.push(Action::Watch {
+                    unit: id,
+                    on: watch,
+                });
+            }
+        }
+    }
+
+    fn step_state(&mut self, id: UnitId, now_ms: u64) {
         let Some(u) = self.units.get(&id) else {
             return;
         };
@@ -1475,7 +1588,7 @@ impl Manager {
             let Some(dep) = self.by_name.get(name).and_then(|d| self.units.get(d)) else {
                 return Gate::Never(format!("requires {name}, which is not declared"));
             };
-            if dep.satisfies() {
+            if dep.satisfies() || dep.stands_in() {
                 continue;
             }
             if !dep.spec.enabled {
@@ -1597,7 +1710,7 @@ impl Manager {
                     u.respawn = true;
                 }
             } else if auto && u.want == Want::Down && u.state == State::Stopped {
-                self.want_up(id, false, by, EventKind::Start, now_ms);
+                self.want_up(id, false, by, EventKind::Start, "", now_ms);
             }
             self.touch(id);
         }
@@ -1607,8 +1720,9 @@ impl Manager {
             };
             let (start, state) = (u.spec.enabled && u.spec.autostart, u.state);
             self.emit(id, EventKind::Add, None, Some(state), "", by, now_ms);
+            self.touch(id);
             if start && !self.shutting_down {
-                self.want_up(id, false, by, EventKind::Start, now_ms);
+                self.want_up(id, false, by, EventKind::Start, "", now_ms);
             }
         }
         self.settle(now_ms);

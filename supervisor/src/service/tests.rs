@@ -1,6 +1,6 @@
 //! The manager's rules, driven by hand: no process is forked; "spawning" is a number.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use archon_lua::{Backoff, Config, Flap, Ready, Restart, Service, UnitKind};
@@ -36,6 +36,7 @@ fn svc(name: &str) -> Service {
         stop_timeout_ms: 7000,
         enabled: true,
         autostart: true,
+        on_demand: false,
         critical: false,
         early: false,
         requires: Vec::new(),
@@ -94,6 +95,8 @@ struct World {
     exits: Vec<u8>,
     checks: Vec<String>,
     events: Vec<Event>,
+    /// The on-demand units whose sockets are watched.
+    watched: BTreeSet<String>,
 }
 
 impl World {
@@ -113,6 +116,7 @@ impl World {
             exits: Vec::new(),
             checks: Vec::new(),
             events: Vec::new(),
+            watched: BTreeSet::new(),
         };
         w.run();
         w
@@ -165,6 +169,15 @@ impl World {
                     Action::Reply(to, r) => self.replies.push((to, r)),
                     Action::Exit(code) => self.exits.push(code),
                     Action::Emit(e) => self.events.push(e),
+                    Action::Watch { unit, on } => {
+                        let name = self.name(unit);
+                        assert_ne!(self.watched.contains(&name), on, "{name}: watch {on} twice");
+                        if on {
+                            self.watched.insert(name);
+                        } else {
+                            self.watched.remove(&name);
+                        }
+                    }
                 }
             }
         }
@@ -1041,4 +1054,130 @@ fn a_reload_while_a_failing_exec_is_pending_does_not_restart_it() {
         "the new process is not restarted"
     );
     assert_eq!(w.state("s"), State::Ready);
+}
+
+// ---- on-demand services ----
+
+fn on_demand(name: &str) -> Service {
+    Service {
+        on_demand: true,
+        autostart: false,
+        restart: Restart::OnFailure,
+        ..svc(name)
+    }
+}
+
+#[test]
+fn an_on_demand_service_waits_for_a_connection() {
+    let mut w = World::new(vec![on_demand("web"), svc("other")]);
+    assert_eq!(w.spawned, ["other"]);
+    assert_eq!(w.state("web"), State::Stopped);
+    assert_eq!(w.watched, BTreeSet::from(["web".to_string()]));
+    assert_eq!(w.reason("web"), "waiting for a connection on its sockets");
+    // A connection: it starts, and its sockets are no longer watched.
+    let id = w.id("web");
+    w.m.activate(id, w.now);
+    w.run();
+    assert_eq!(w.spawned, ["other", "web"]);
+    assert_eq!(w.state("web"), State::Ready);
+    assert!(w.watched.is_empty());
+    let start = w.events.iter().rev().find(|e| e.what == EventKind::Start);
+    assert_eq!(
+        start.map(|e| e.reason.as_slice()),
+        Some(b"a connection on its sockets".as_slice())
+    );
+    // A stale wake-up while it runs does nothing.
+    w.m.activate(id, w.now);
+    w.run();
+    assert_eq!(w.spawned.len(), 2);
+    // It exits cleanly: watched again, and the next connection starts it again.
+    w.now += 60_000;
+    w.exit("web", Status::Exited(0));
+    assert_eq!(w.state("web"), State::Stopped);
+    assert_eq!(w.watched, BTreeSet::from(["web".to_string()]));
+    w.m.activate(id, w.now);
+    w.run();
+    assert_eq!(w.spawned, ["other", "web", "web"]);
+    // Stopped by hand: watched again; started by hand: not watched.
+    w.m.stop("web", None, None, ARCHON, w.now).ok();
+    w.run();
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.watched.len(), 1);
+    w.m.start("web", None, ARCHON, w.now).ok();
+    w.run();
+    assert!(w.watched.is_empty());
+    // A shutdown stops watching.
+    w.m.stop("web", None, None, ARCHON, w.now).ok();
+    w.run();
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.watched.len(), 1);
+    w.m.shut_down(w.now);
+    w.run();
+    assert!(w.watched.is_empty());
+}
+
+#[test]
+fn a_failing_on_demand_service_backs_off_then_fails() {
+    let mut w = World::new(vec![on_demand("web")]);
+    let id = w.id("web");
+    w.m.activate(id, w.now);
+    w.run();
+    // A failure: the usual backoff (the first restart at once), its sockets not watched
+    // meanwhile.
+    w.exit("web", Status::Exited(1));
+    assert_eq!(w.spawned.len(), 2);
+    assert!(w.watched.is_empty());
+    w.exit("web", Status::Exited(1));
+    assert_eq!(w.state("web"), State::Backoff);
+    assert!(w.watched.is_empty());
+    for _ in 0..10 {
+        if w.state("web") == State::Failed {
+            break;
+        }
+        if w.state("web") == State::Backoff {
+            w.fire("web", TimerKind::Backoff);
+        }
+        w.exit("web", Status::Exited(1));
+    }
+    assert_eq!(w.state("web"), State::Failed);
+    assert!(w.watched.is_empty());
+}
+
+#[test]
+fn an_on_demand_service_that_exits_at_once_is_failed_by_its_flap_limit() {
+    let mut w = World::new(vec![on_demand("web")]);
+    let id = w.id("web");
+    // It exits cleanly each time without taking the connection: each wake-up starts it again,
+    // until the flap limit (5 within 10 s) fails it.
+    for _ in 0..6 {
+        w.m.activate(id, w.now);
+        w.run();
+        w.exit("web", Status::Exited(0));
+    }
+    assert_eq!(w.spawned.len(), 5);
+    assert_eq!(w.state("web"), State::Failed);
+    assert_eq!(
+        w.reason("web"),
+        "started by its sockets more than 5 times within 10s"
+    );
+    assert!(w.watched.is_empty());
+    // Later, the count starts over.
+    let mut w = World::new(vec![on_demand("web")]);
+    for _ in 0..10 {
+        w.now += 3_000;
+        w.m.activate(id, w.now);
+        w.run();
+        w.exit("web", Status::Exited(0));
+    }
+    assert_eq!(w.spawned.len(), 10);
+    assert_eq!(w.state("web"), State::Stopped);
+}
+
+#[test]
+fn what_requires_an_on_demand_service_does_not_start_it() {
+    let w = World::new(vec![on_demand("db"), requires(svc("web"), &["db"])]);
+    assert_eq!(w.spawned, ["web"]);
+    assert_eq!(w.state("web"), State::Ready);
+    assert_eq!(w.state("db"), State::Stopped);
+    assert_eq!(w.watched, BTreeSet::from(["db".to_string()]));
 }
