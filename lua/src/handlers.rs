@@ -406,11 +406,7 @@ impl Handlers {
         let error = match (fatal, run) {
             (Some(failure), _) => Some(failure),
             (None, Ok(Ok(()))) => None,
-            (None, Ok(Err(e))) => Some(sandbox::lua_failure(
-                &e,
-                shown,
-                &out_of_memory_message(),
-            )),
+            (None, Ok(Err(e))) => Some(sandbox::lua_failure(&e, shown, &out_of_memory_message())),
             (None, Err(_)) => Some((None, "internal error in a handler".to_string())),
         };
         let error = error.map(|(line, message)| match line.or(last_line) {
@@ -632,11 +628,7 @@ pub(crate) fn install(lua: &Lua, state: &Shared) -> mlua::Result<()> {
     let st = state.clone();
     let run = lua.create_function(move |_, argv: Value| {
         let argv = match &argv {
-            Value::String(s) => vec![
-                b"/bin/sh".to_vec(),
-                b"-c".to_vec(),
-                s.as_bytes().to_vec(),
-            ],
+            Value::String(s) => vec![b"/bin/sh".to_vec(), b"-c".to_vec(), s.as_bytes().to_vec()],
             Value::Table(t) => {
                 let mut out = Vec::new();
                 for v in t.sequence_values::<Value>() {
@@ -672,7 +664,10 @@ pub(crate) fn install(lua: &Lua, state: &Shared) -> mlua::Result<()> {
     let log = lua.create_function(move |lua, message: Value| {
         let text = crate::value::text(lua, &message, "archon.log: the message", "a string")
             .map_err(refuse)?;
-        queue(&st, Action::Log(String::from_utf8_lossy(&text).into_owned()))
+        queue(
+            &st,
+            Action::Log(String::from_utf8_lossy(&text).into_owned()),
+        )
     })?;
     archon.raw_set("log", log)?;
     let env = lua.create_function(|lua, name: Value| {
@@ -908,8 +903,14 @@ mod tests {
         };
         assert!(h.wants_log("db1", &line("x FATAL y", 3)));
         assert!(!h.wants_log("web", &line("x FATAL y", 3)));
-        assert!(!h.wants_log("db1", &line("x fatal y", 3)), "plain, case-sensitive");
-        assert!(!h.wants_log("db1", &line("x FATAL y", 6)), "info is below err");
+        assert!(
+            !h.wants_log("db1", &line("x fatal y", 3)),
+            "plain, case-sensitive"
+        );
+        assert!(
+            !h.wants_log("db1", &line("x FATAL y", 6)),
+            "info is below err"
+        );
         let o = one(h.run_log("db1", &line("x FATAL y", 2), &NoHost))?;
         assert_eq!(o.actions, [Action::Log("db1:x FATAL y:stderr:crit".into())]);
         Ok(())
@@ -937,10 +938,19 @@ mod tests {
     #[test]
     fn declarations_are_checked() {
         for (src, want) in [
-            (r#"on("boom", "x", function() end)"#, "'boom' is no event kind"),
-            (r#"on("exit", "a/b", function() end)"#, "bad subject pattern"),
+            (
+                r#"on("boom", "x", function() end)"#,
+                "'boom' is no event kind",
+            ),
+            (
+                r#"on("exit", "a/b", function() end)"#,
+                "bad subject pattern",
+            ),
             (r#"on("exit", "x")"#, "on takes an event kind"),
-            (r#"on("log", {nope = "x"}, function() end)"#, "unknown key nope"),
+            (
+                r#"on("log", {nope = "x"}, function() end)"#,
+                "unknown key nope",
+            ),
             (
                 r#"on("log", {level = "loud"}, function() end)"#,
                 "is no level",
@@ -982,7 +992,11 @@ mod tests {
                     signal: 9
                 },
                 Action::Run(vec![b"/bin/echo".to_vec(), b"x".to_vec(), b"1".to_vec()]),
-                Action::Run(vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"echo hi".to_vec()]),
+                Action::Run(vec![
+                    b"/bin/sh".to_vec(),
+                    b"-c".to_vec(),
+                    b"echo hi".to_vec()
+                ]),
                 Action::Log("nil".into()),
             ]
         );
@@ -991,7 +1005,10 @@ mod tests {
         let bad = &outs[1];
         assert!(bad.actions.is_empty(), "a failed run does nothing");
         let err = bad.error.clone().unwrap_or_default();
-        assert!(err.contains("h.lua:6:") && err.contains("no signal"), "{err}");
+        assert!(
+            err.contains("h.lua:6:") && err.contains("no signal"),
+            "{err}"
+        );
         Ok(())
     }
 
@@ -1048,7 +1065,10 @@ mod tests {
         assert!(e.contains("over 1000000 instructions"), "{e}");
         assert!(e.starts_with("h.lua:3:"), "{e}");
         let e = err(&mut h, "caught")?;
-        assert!(e.contains("over 1000000 instructions"), "pcall does not catch it: {e}");
+        assert!(
+            e.contains("over 1000000 instructions"),
+            "pcall does not catch it: {e}"
+        );
         let e = err(&mut h, "bomb")?;
         assert!(e.contains("memory"), "{e}");
         assert!(h.used_memory() < HANDLER_HEAP_BYTES, "{}", h.used_memory());
@@ -1067,8 +1087,20 @@ mod tests {
                on("exit", "*", function() on("exit", "*", function() end) end)"#,
         )?;
         let outs = h.run_event(&exit("x", Cause::Archon), &NoHost);
-        assert!(outs[0].error.as_deref().unwrap_or("").contains("only while"));
-        assert!(outs[1].error.as_deref().unwrap_or("").contains("declared by the file"));
+        assert!(
+            outs[0]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("only while")
+        );
+        assert!(
+            outs[1]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("declared by the file")
+        );
         Ok(())
     }
 }

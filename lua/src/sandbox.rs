@@ -197,7 +197,9 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Eval
         return Err((line.or(last), message));
     }
     let (slots, handlers) = {
-        let mut s = state.try_borrow_mut().map_err(|_| (None, busy().to_string()))?;
+        let mut s = state
+            .try_borrow_mut()
+            .map_err(|_| (None, busy().to_string()))?;
         (
             std::mem::take(&mut s.slots),
             std::mem::take(&mut s.handlers),
@@ -209,8 +211,13 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Eval
         drop(state);
         None
     } else {
-        let h = crate::handlers::Handlers::new(lua, state, handlers, shown.clone())
-            .map_err(|e| (None, format!("cannot keep the Lua state for the handlers: {e}")))?;
+        let h =
+            crate::handlers::Handlers::new(lua, state, handlers, shown.clone()).map_err(|e| {
+                (
+                    None,
+                    format!("cannot keep the Lua state for the handlers: {e}"),
+                )
+            })?;
         Some(h)
     };
     let mut services = Vec::with_capacity(slots.len());

@@ -600,6 +600,11 @@ impl Supervisor {
                 crate::log::echo(name, l.stream.as_str(), &l.text);
             }
         }
+        if self.lua.is_some() && !lines.is_empty() {
+            if let Some(name) = self.services.spec(id).map(|s| s.name.clone()) {
+                self.offer_lines_to_handlers(&name, &lines);
+            }
+        }
         self.stream_log_lines(id, &lines);
     }
 
@@ -1156,7 +1161,7 @@ impl Supervisor {
         Reply::Status(rows)
     }
 
-    fn unit_row(&self, id: UnitId) -> Option<ServiceRow> {
+    pub(super) fn unit_row(&self, id: UnitId) -> Option<ServiceRow> {
         let v = self.services.view(id)?;
         let rt = self.units.get(&id);
         let (rss_kib, cpu_ms) = match rt {
@@ -1291,11 +1296,11 @@ impl Supervisor {
     }
 }
 
-/// Evaluates a configuration file.
+/// Evaluates a configuration file, keeping its handlers.
 pub(super) fn evaluate(
     path: &std::path::Path,
-) -> Result<archon_lua::Config, archon_lua::LoadError> {
-    let config = archon_lua::load_file(path);
+) -> Result<archon_lua::Loaded, archon_lua::LoadError> {
+    let config = archon_lua::load(path);
     crate::memory::release();
     config
 }
