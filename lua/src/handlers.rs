@@ -165,9 +165,11 @@ impl Handlers {
         lua.gc_collect()?;
         lua.set_memory_limit(lua.used_memory().saturating_add(HANDLER_HEAP_BYTES))?;
         let archon: Table = lua.globals().raw_get("archon")?;
+        // The file's last component: a subject is a name, and a name holds no `/`.
+        let base = shown.rsplit('/').next().unwrap_or_default();
         let fits = |s: &str| archon_proto::name::check(format!("{s}:1").as_bytes()).is_ok();
-        let file = if fits(&shown) {
-            shown
+        let file = if fits(base) {
+            base.to_string()
         } else {
             "config".to_string()
         };
