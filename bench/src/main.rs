@@ -9,13 +9,15 @@
 //! `archon-bench [--archon PATH] services [...]` is the other bench: archon beside runit, s6,
 //! daemontools and supervisord with 100 to 10,000 services (`bench/services` installs them and
 //! runs it; see `services/mod.rs`). `archon-bench [--archon PATH] shim` measures what the bind
-//! shim adds to a `bind()` (see `shim.rs`; `bench/run shim`).
+//! shim adds to a `bind()` (see `shim.rs`; `bench/run shim`). `archon-bench [--archon PATH]
+//! handlers` measures what a Lua handler costs per event (see `handlers.rs`).
 
 mod archon;
 mod conn;
 mod cpu;
 mod direct;
 mod events;
+mod handlers;
 mod probes;
 mod services;
 mod shim;
@@ -76,7 +78,7 @@ fn main() -> ExitCode {
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(
-                "archon-bench: {e}\nusage: archon-bench [--archon PATH] [services ... | shim]"
+                "archon-bench: {e}\nusage: archon-bench [--archon PATH] [services ... | shim | handlers]"
             );
             return ExitCode::from(EXIT_USAGE);
         }
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
     let result = match services {
         Some(Bench::Services(args)) => services::run(&archon, &args),
         Some(Bench::Shim) => shim::run(&archon),
+        Some(Bench::Handlers) => handlers::run(&archon),
         None => bench(&archon),
     };
     match result {
@@ -101,6 +104,8 @@ enum Bench {
     Services(Vec<std::ffi::OsString>),
     /// `shim`.
     Shim,
+    /// `handlers`.
+    Handlers,
 }
 
 /// The archon binary to measure, and the other bench asked for; `None` after `--help`.
@@ -117,9 +122,10 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             Some("services") => services = Some(Bench::Services(args.by_ref().collect())),
             Some("shim") => services = Some(Bench::Shim),
+            Some("handlers") => services = Some(Bench::Handlers),
             Some("-h" | "--help") => {
                 println!(
-                    "usage: archon-bench [--archon PATH] [shim]\nprints a markdown table of archon's figures (shim: of the bind shim's cost)\n\n{}",
+                    "usage: archon-bench [--archon PATH] [shim | handlers]\nprints a markdown table of archon's figures (shim: of the bind shim's cost; handlers: of a Lua handler's)\n\n{}",
                     services::USAGE
                 );
                 return Ok(None);

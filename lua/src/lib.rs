@@ -8,7 +8,9 @@
 //! ```
 //!
 //! [`load_file`] and [`load_str`] return a [`Config`] (the supervisor never holds a Lua type) or a
-//! [`LoadError`] that says `file:line: what`. `archon.lua(5)` documents every field, default and
+//! [`LoadError`] that says `file:line: what`; [`load`] also returns the file's [`Handlers`]
+//! (`on`, `every`, `watch`), which keep the Lua state alive and are run by the supervisor
+//! through plain values ([`handlers`]). `archon.lua(5)` documents every field, default and
 //! error. The modules: [`model`] (the values), `sandbox` (the Lua state, its library and
 //! budgets), `fields` (one declaration's table), `sockets` (a declaration's sockets, addresses
 //! declared twice), [`refs`] (`${service.port}` references, checked here and substituted by the
@@ -27,6 +29,7 @@
 mod error;
 mod fields;
 mod graph;
+pub mod handlers;
 mod literal;
 pub mod model;
 pub mod refs;
@@ -40,6 +43,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub use error::LoadError;
+pub use handlers::{Action, Change, Handlers, Host, Outcome};
 pub use model::{
     Backoff, BindShim, Check, Config, Credentials, Flap, Health, Listen, Log, Port, Ready, Restart,
     Rlimit, Service, Socket, TcpTarget, UnitKind, UnixAddr,
@@ -62,6 +66,23 @@ pub const MAX_DECLARED_BYTES: usize = 64 << 20;
 /// 0.25 s of CPU in a release build.
 pub const MAX_EVAL_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The Lua VM instructions one run of a handler may take: a few milliseconds of work. A
+/// handler that takes more (an endless loop) is stopped and reported as a `handler` event.
+pub const MAX_HANDLER_INSTRUCTIONS: u64 = 1_000_000;
+/// The CPU time one run of a handler may take: a guard for what the instruction budget does
+/// not see (each instruction on a long string copies it).
+pub const MAX_HANDLER_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+/// The bytes of Lua heap the handlers' state may grow by past what the file left once
+/// evaluated (its globals, the handlers and what they hold): a handler that allocates more
+/// fails, and what it allocated is collected.
+pub const HANDLER_HEAP_BYTES: usize = 8 << 20;
+/// The most handlers (`on`, `every`, `watch` together) a file may declare.
+pub const MAX_HANDLERS: usize = 1024;
+/// The most actions (`archon.start`, ...) one run of a handler may ask for.
+pub const MAX_ACTIONS: usize = 64;
+/// The shortest period of `every`.
+pub const MIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 const LIMITS: sandbox::Limits = sandbox::Limits {
     instructions: MAX_INSTRUCTIONS,
     memory: MAX_MEMORY_BYTES,
@@ -69,8 +90,24 @@ const LIMITS: sandbox::Limits = sandbox::Limits {
     time: MAX_EVAL_TIME,
 };
 
+/// An evaluated file: its declarations, and its handlers when it declares any.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The services and tasks.
+    pub config: Config,
+    /// The handlers and the Lua state they run in; `None` (and no Lua state kept) when the file
+    /// declares none.
+    pub handlers: Option<Handlers>,
+}
+
 /// Reads and evaluates the configuration file at `path`. Errors name the file as `path` shows.
+/// Its handlers, if any, are dropped: [`load`] keeps them.
 pub fn load_file(path: &Path) -> Result<Config, LoadError> {
+    load(path).map(|l| l.config)
+}
+
+/// Reads and evaluates the configuration file at `path`, keeping its handlers.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let file = path.display().to_string();
     let error = |message: String| LoadError {
         file: file.clone(),
@@ -93,12 +130,17 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
     f.take(MAX_FILE_BYTES as u64 + 1)
         .read_to_end(&mut source)
         .map_err(|e| error(format!("cannot read: {e}")))?;
-    load_str(&file, &source)
+    load_source(&file, &source)
 }
 
 /// Evaluates `source` as a configuration file named `chunk_name` (in errors and in Lua's
 /// messages). Never panics: whatever the input, a [`Config`] or a [`LoadError`].
 pub fn load_str(chunk_name: &str, source: &[u8]) -> Result<Config, LoadError> {
+    load_source(chunk_name, source).map(|l| l.config)
+}
+
+/// As [`load_str`], keeping the handlers.
+pub fn load_source(chunk_name: &str, source: &[u8]) -> Result<Loaded, LoadError> {
     load_with(chunk_name, source, LIMITS)
 }
 
@@ -106,7 +148,7 @@ fn load_with(
     chunk_name: &str,
     source: &[u8],
     limits: sandbox::Limits,
-) -> Result<Config, LoadError> {
+) -> Result<Loaded, LoadError> {
     let error = |line: Option<u32>, message: String| LoadError {
         file: chunk_name.to_string(),
         line,
@@ -132,7 +174,10 @@ fn load_with(
         sandbox::evaluate(chunk_name, source, limits)
     }));
     match run {
-        Ok(Ok(services)) => Ok(Config { services }),
+        Ok(Ok((services, handlers))) => Ok(Loaded {
+            config: Config { services },
+            handlers,
+        }),
         Ok(Err((line, message))) => Err(error(line, message)),
         Err(_) => Err(error(
             None,

@@ -16,8 +16,13 @@
 //!
 //! Coroutines are left out because a hook is per thread: a coroutine created by Lua code runs
 //! without the budget's hook.
+//!
+//! The file may also declare handlers (`on`, `every`, `watch`, see [`crate::handlers`]). A file
+//! that declares none has its state dropped after the evaluation, as before; one that declares
+//! some keeps it, with its globals, for the handlers to run in: the same library, the same
+//! wrappers, a budget per call instead of one for the file.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -100,8 +105,17 @@ struct Slot {
     service: Option<Service>,
 }
 
+/// Whether the file is being evaluated, or its handlers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The file runs: `service`, `task`, `on`, `every`, `watch` declare; `archon.*` refuse.
+    Evaluating,
+    /// A handler runs: `archon.*` queue actions; declarations refuse.
+    Handling,
+}
+
 /// What the evaluation has collected, shared by the functions the file calls.
-struct State {
+pub(crate) struct State {
     /// The file as error messages name it.
     file: String,
     /// The chunk's source name as Lua holds it (`=` and the name its messages use).
@@ -113,12 +127,43 @@ struct State {
     /// Estimated bytes held by the collected declarations.
     declared: usize,
     limits: Limits,
+    /// Evaluating the file, or running a handler.
+    pub(crate) phase: Phase,
+    /// Hook calls since the budget was last set.
+    pub(crate) steps: u64,
+    /// The file's line at the last hook call: where a memory error that unwound past every
+    /// frame of the file (raised by an allocation outside a `pcall`) happened, near enough.
+    pub(crate) last_line: Option<u32>,
+    /// The instructions allowed until the budget is set again.
+    pub(crate) budget: u64,
+    /// The thread's CPU time past which the run is stopped.
+    pub(crate) deadline: Duration,
+    /// The handlers the file declared, in order.
+    pub(crate) handlers: Vec<crate::handlers::Registration>,
+    /// What the running handler has asked for.
+    pub(crate) actions: Vec<crate::handlers::Action>,
 }
 
-type Shared = Rc<RefCell<State>>;
+pub(crate) type Shared = Rc<RefCell<State>>;
 
-/// Runs `source` and returns its declarations, resolved and in order.
-pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Vec<Service>, Failure> {
+impl State {
+    /// The first fatal error, taken (a handler's run starts with none).
+    pub(crate) fn take_fatal(&mut self) -> Option<Failure> {
+        self.fatal.take()
+    }
+
+    /// The chunk's source name as Lua holds it.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// What an evaluation yields: the declarations, and the handlers with the state they run in
+/// when the file declared any.
+pub(crate) type Evaluated = (Vec<Service>, Option<crate::handlers::Handlers>);
+
+/// Runs `source` and returns its declarations, resolved and in order, and its handlers.
+pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Evaluated, Failure> {
     let shown = chunk_name(file);
     let state: Shared = Rc::new(RefCell::new(State {
         file: file.to_string(),
@@ -128,6 +173,13 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Vec<
         fatal: None,
         declared: 0,
         limits,
+        phase: Phase::Evaluating,
+        steps: 0,
+        last_line: None,
+        budget: limits.instructions,
+        deadline: cpu_time().saturating_add(limits.time),
+        handlers: Vec::new(),
+        actions: Vec::new(),
     }));
     let lua = sandbox(&state).map_err(|e| (None, format!("cannot set up Lua: {e}")))?;
     let run = lua
@@ -140,14 +192,36 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Vec<
         return Err(fatal);
     }
     if let Err(e) = run {
-        return Err(lua_failure(&e, &shown, limits));
+        let (line, message) = lua_failure(&e, &shown, &out_of_memory_message(limits));
+        let last = state.try_borrow().ok().and_then(|s| s.last_line);
+        return Err((line.or(last), message));
     }
-    drop(lua);
-    let state = Rc::try_unwrap(state)
-        .map_err(|_| (None, "the Lua state outlived its evaluation".to_string()))?
-        .into_inner();
-    let mut services = Vec::with_capacity(state.slots.len());
-    for slot in state.slots {
+    let (slots, handlers) = {
+        let mut s = state
+            .try_borrow_mut()
+            .map_err(|_| (None, busy().to_string()))?;
+        (
+            std::mem::take(&mut s.slots),
+            std::mem::take(&mut s.handlers),
+        )
+    };
+    let handlers = if handlers.is_empty() {
+        // No handler: the state goes now, and archon holds no Lua at all.
+        drop(lua);
+        drop(state);
+        None
+    } else {
+        let h =
+            crate::handlers::Handlers::new(lua, state, handlers, shown.clone()).map_err(|e| {
+                (
+                    None,
+                    format!("cannot keep the Lua state for the handlers: {e}"),
+                )
+            })?;
+        Some(h)
+    };
+    let mut services = Vec::with_capacity(slots.len());
+    for slot in slots {
         match slot.service {
             Some(s) => services.push(s),
             None => {
@@ -163,12 +237,12 @@ pub(crate) fn evaluate(file: &str, source: &[u8], limits: Limits) -> Result<Vec<
     }
     graph::resolve(&mut services).map_err(|(line, m)| (at(line), m))?;
     sockets::check_all(&services).map_err(|(line, m)| (at(line), m))?;
-    Ok(services)
+    Ok((services, handlers))
 }
 
 /// The name Lua's messages give the chunk: the file as named when short enough to be shown
 /// whole (Lua cuts names past 59 bytes), else its last component, else `config`.
-fn chunk_name(file: &str) -> String {
+pub(crate) fn chunk_name(file: &str) -> String {
     let fits = |s: &str| !s.is_empty() && s.len() <= 48 && !s.chars().any(char::is_control);
     if fits(file) {
         return file.to_string();
@@ -209,7 +283,11 @@ fn sandbox(state: &Shared) -> mlua::Result<Lua> {
         );
         if out_of_memory && s.fatal.is_none() {
             let line = current_line(lua, &s.source);
-            s.fatal = Some((line, out_of_memory_message(s.limits)));
+            let message = match s.phase {
+                Phase::Evaluating => out_of_memory_message(s.limits),
+                Phase::Handling => crate::handlers::out_of_memory_message(),
+            };
+            s.fatal = Some((line, message));
         }
         match &s.fatal {
             Some((_, message)) => Err(mlua::Error::RuntimeError(message.clone())),
@@ -231,30 +309,31 @@ fn sandbox(state: &Shared) -> mlua::Result<Lua> {
         let f = lua.create_function(move |lua, args: MultiValue| declare(lua, &st, kind, args))?;
         g.raw_set(kind.as_str(), f)?;
     }
+    crate::handlers::install(&lua, state)?;
 
-    let (budget, source) = {
-        let s = state.borrow();
-        (s.limits.instructions, s.source.clone())
-    };
+    let source = state.borrow().source.clone();
     let st = state.clone();
-    let steps = Cell::new(0u64);
-    let deadline = cpu_time().saturating_add(state.borrow().limits.time);
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(HOOK_STEP),
         move |lua, _| {
-            steps.set(steps.get() + 1);
-            let spent = steps.get().saturating_mul(u64::from(HOOK_STEP));
             let mut s = st.try_borrow_mut().map_err(|_| busy())?;
+            s.steps += 1;
+            s.last_line = current_line(lua, &source);
+            let spent = s.steps.saturating_mul(u64::from(HOOK_STEP));
+            let (budget, what) = (s.budget, s.phase.what());
             if s.fatal.is_none() && spent > budget {
-                let message = format!(
-                    "configuration did not finish: over {budget} instructions (an endless loop?)"
-                );
+                let message =
+                    format!("{what} did not finish: over {budget} instructions (an endless loop?)");
                 s.fatal = Some((current_line(lua, &source), message));
             }
-            if s.fatal.is_none() && cpu_time() > deadline {
+            if s.fatal.is_none() && cpu_time() > s.deadline {
+                let time = match s.phase {
+                    Phase::Evaluating => s.limits.time,
+                    Phase::Handling => crate::MAX_HANDLER_TIME,
+                };
                 let message = format!(
-                    "configuration did not finish in {} s of CPU time (an endless loop?)",
-                    s.limits.time.as_secs_f64()
+                    "{what} did not finish in {} s of CPU time (an endless loop?)",
+                    time.as_secs_f64()
                 );
                 s.fatal = Some((current_line(lua, &source), message));
             }
@@ -269,8 +348,18 @@ fn sandbox(state: &Shared) -> mlua::Result<Lua> {
     Ok(lua)
 }
 
+impl Phase {
+    /// What runs, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Phase::Evaluating => "configuration",
+            Phase::Handling => "handler",
+        }
+    }
+}
+
 /// The CPU time this thread has used (the evaluation runs on the caller's thread).
-fn cpu_time() -> Duration {
+pub(crate) fn cpu_time() -> Duration {
     use nix::sys::resource::{UsageWho, getrusage};
     match getrusage(UsageWho::RUSAGE_THREAD) {
         Ok(usage) => {
@@ -290,12 +379,12 @@ fn at(line: u32) -> Option<u32> {
     (line > 0).then_some(line)
 }
 
-fn busy() -> mlua::Error {
+pub(crate) fn busy() -> mlua::Error {
     mlua::Error::RuntimeError("archon's configuration state is busy".to_string())
 }
 
 /// The line the file is at: the innermost frame that runs the file's own chunk.
-fn current_line(lua: &Lua, source: &str) -> Option<u32> {
+pub(crate) fn current_line(lua: &Lua, source: &str) -> Option<u32> {
     (0..MAX_LEVELS)
         .map_while(|level| {
             lua.inspect_stack(level, |d| {
@@ -319,10 +408,20 @@ fn fail(st: &Shared, line: Option<u32>, message: String) -> mlua::Error {
 
 /// `service "name"` (returns the function that takes the table), `service("name", {...})`.
 fn declare(lua: &Lua, st: &Shared, kind: UnitKind, args: MultiValue) -> mlua::Result<Value> {
-    let (source, fatal) = {
+    let (source, fatal, phase) = {
         let s = st.try_borrow().map_err(|_| busy())?;
-        (s.source.clone(), s.fatal.as_ref().map(|(_, m)| m.clone()))
+        (
+            s.source.clone(),
+            s.fatal.as_ref().map(|(_, m)| m.clone()),
+            s.phase,
+        )
     };
+    if phase == Phase::Handling {
+        return Err(mlua::Error::RuntimeError(format!(
+            "{} declares only while the file is evaluated, not in a handler",
+            kind.as_str()
+        )));
+    }
     if let Some(message) = fatal {
         return Err(mlua::Error::RuntimeError(message));
     }
@@ -463,8 +562,8 @@ fn complete(lua: &Lua, st: &Shared, slot: usize, table: &Value) -> mlua::Result<
     Ok(())
 }
 
-/// An error Lua returned, as a line and a message.
-fn lua_failure(e: &mlua::Error, shown: &str, limits: Limits) -> Failure {
+/// An error Lua returned, as a line and a message; `oom` is the message for a memory error.
+pub(crate) fn lua_failure(e: &mlua::Error, shown: &str, oom: &str) -> Failure {
     match e {
         mlua::Error::SyntaxError { message, .. } => located(message, shown),
         mlua::Error::RuntimeError(message) => {
@@ -478,9 +577,9 @@ fn lua_failure(e: &mlua::Error, shown: &str, limits: Limits) -> Failure {
                 not_a_string(text),
             )
         }
-        mlua::Error::MemoryError(_) => (None, out_of_memory_message(limits)),
+        mlua::Error::MemoryError(_) => (None, oom.to_string()),
         mlua::Error::CallbackError { traceback, cause } => {
-            let (line, text) = lua_failure(cause, shown, limits);
+            let (line, text) = lua_failure(cause, shown, oom);
             (line.or_else(|| traced_line(traceback, shown)), text)
         }
         other => (None, one_line(&other.to_string())),

@@ -1456,7 +1456,9 @@ fn at_most_max_services() -> Res {
     );
     // With a hundredth of the instruction budget: the man page says so.
     let limits = small(MAX_INSTRUCTIONS / 100, MAX_MEMORY_BYTES, MAX_DECLARED_BYTES);
-    let config = load_with("t.lua", fits.as_bytes(), limits).map_err(|e| e.to_string())?;
+    let config = load_with("t.lua", fits.as_bytes(), limits)
+        .map(|l| l.config)
+        .map_err(|e| e.to_string())?;
     assert_eq!(config.services.len(), MAX_SERVICES);
     assert_eq!(
         config.services.last().map(|s| s.name.as_str()),

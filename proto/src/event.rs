@@ -55,8 +55,19 @@ wire_enum! {
         Add = "add",
         /// A reload removed it, and it is down: → none.
         Remove = "remove",
+        /// A Lua handler of the configuration failed: an error, its instruction, time or
+        /// memory budget spent, or an action it asked for refused. The subject is the handler
+        /// (kind `lua`); the reason says what went wrong. archon goes on.
+        Handler = "handler",
+        /// A Lua handler logged a message (`archon.log`): the subject is the handler (kind
+        /// `lua`), the reason the message.
+        Note = "note",
     }
 }
+
+/// The `<uid>` field of an event caused by a Lua handler; its `<cpid>` field is the handler's
+/// line.
+pub const LUA_CAUSE: &[u8] = b"lua";
 
 /// Who caused an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -74,23 +85,35 @@ pub enum Cause {
         /// namespace).
         pid: i32,
     },
+    /// A Lua handler of the configuration, by the line of the `on`, `every` or `watch` call
+    /// that declared it: what it asked for (`archon.start`, ...) and what archon did on its
+    /// behalf until done.
+    Lua {
+        /// The line of the configuration file.
+        line: u32,
+    },
 }
 
 impl Cause {
-    /// The two fields `<uid>,<cpid>`; both empty for archon.
+    /// The two fields `<uid>,<cpid>`; both empty for archon; `lua,<line>` for a handler.
     pub fn to_fields(self) -> [Vec<u8>; 2] {
         match self {
             Cause::Archon => [Vec::new(), Vec::new()],
             Cause::Client { uid, pid } => {
                 [uid.to_string().into_bytes(), pid.to_string().into_bytes()]
             }
+            Cause::Lua { line } => [LUA_CAUSE.to_vec(), line.to_string().into_bytes()],
         }
     }
 
-    /// Reads `<uid>,<cpid>`: both empty, or both numbers.
+    /// Reads `<uid>,<cpid>`: both empty, both numbers, or `lua` and a line.
     pub fn from_fields(uid: &[u8], pid: &[u8]) -> Option<Cause> {
         if uid.is_empty() && pid.is_empty() {
             return Some(Cause::Archon);
+        }
+        if uid == LUA_CAUSE {
+            let line = parse_u64(pid).and_then(|n| u32::try_from(n).ok())?;
+            return Some(Cause::Lua { line });
         }
         Some(Cause::Client {
             uid: parse_u64(uid).and_then(|n| u32::try_from(n).ok())?,
@@ -104,6 +127,7 @@ impl fmt::Display for Cause {
         match self {
             Cause::Archon => f.write_str("archon"),
             Cause::Client { uid, pid } => write!(f, "uid {uid} pid {pid}"),
+            Cause::Lua { line } => write!(f, "lua:{line}"),
         }
     }
 }
@@ -654,6 +678,24 @@ mod tests {
             Cause::Client { uid: 0, pid: 42 }.to_string(),
             "uid 0 pid 42"
         );
+        assert_eq!(Cause::Lua { line: 12 }.to_string(), "lua:12");
+        let failed = Event {
+            subject: b"archon.lua:12".to_vec(),
+            kind: ServiceKind::Lua,
+            what: EventKind::Handler,
+            old: None,
+            new: None,
+            pid: None,
+            status: None,
+            reason: b"over 1000000 instructions".to_vec(),
+            cause: Cause::Lua { line: 12 },
+            ..crash()
+        };
+        assert_eq!(
+            failed.encode(),
+            b"Event,17,1795310701.093,archon.lua:12,lua,handler,,,,,over 1000000 instructions,lua,12\n"
+        );
+        assert_eq!(read_back(&failed.encode()), Ok(StreamItem::Event(failed)));
     }
 
     #[test]
@@ -701,6 +743,9 @@ mod tests {
             "Event,17,1.093,web,service,exit,ready,backoff,4242,SIGKILL,x,,1",
             "Event,17,1.093,web,service,exit,ready,backoff,4242,SIGKILL,x,-1,1",
             "Event,17,1.093,web,service,exit,ready,backoff,4242,SIGKILL,x,1,2147483648",
+            "Event,17,1.093,web,service,exit,ready,backoff,4242,SIGKILL,x,lua,",
+            "Event,17,1.093,web,service,exit,ready,backoff,4242,SIGKILL,x,lua,x",
+            "Event,17,1.093,web,service,exit,ready,backoff,4242,SIGKILL,x,luA,1",
             "Dropped,0",
             "Dropped,x",
             "Dropped",

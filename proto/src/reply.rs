@@ -116,6 +116,10 @@ wire_enum! {
         Run = "run",
         /// A process watched by `MonitorFD` or `Monitor`.
         Monitor = "monitor",
+        /// A Lua handler of the configuration, named `<file>:<line>` (the file's last
+        /// component, the line of its `on`, `every` or `watch`): the subject of `handler` and
+        /// `note` events, never a row of `Status`.
+        Lua = "lua",
     }
 }
 

@@ -620,13 +620,15 @@ fn gen_event(rng: &mut Rng) -> Event {
         } else {
             gen_bytes(rng)
         },
-        cause: if rng.chance(1, 2) {
-            Cause::Archon
-        } else {
-            Cause::Client {
+        cause: match rng.below(3) {
+            0 => Cause::Archon,
+            1 => Cause::Lua {
+                line: rng.range(0, u64::from(u32::MAX)) as u32,
+            },
+            _ => Cause::Client {
                 uid: rng.range(0, u64::from(u32::MAX)) as u32,
                 pid: rng.range(0, i32::MAX as u64) as i32,
-            }
+            },
         },
     }
 }

@@ -82,6 +82,8 @@ const SIGNALS: Token = Token((1 << 2) | TAG_FIXED);
 const EVERYONE: Token = Token((2 << 2) | TAG_FIXED);
 /// The bind socket's listener (see `sockets`).
 const BIND_LISTENER: Token = Token((3 << 2) | TAG_FIXED);
+/// The inotify fd of the Lua handlers' `watch` (see `event_loop/lua.rs`).
+const LUA_WATCH: Token = Token((8 << 2) | TAG_FIXED);
 
 fn token(tag: usize, id: u64) -> Token {
     Token(((id as usize) << 2) | tag)
@@ -233,9 +235,12 @@ pub struct Supervisor {
     /// Where log pipes are read into: [`crate::logs::LOG_READ_PER_TURN`] bytes, allocated at the
     /// first read.
     log_buf: Vec<u8>,
+    /// The configuration's Lua handlers, when it declares any (see `event_loop/lua.rs`).
+    lua: Option<Box<lua::LuaRt>>,
 }
 
 mod entry;
+mod lua;
 mod pid1;
 mod units;
 
@@ -279,9 +284,12 @@ impl Supervisor {
                 .map(units::Source::File)
         };
         // A broken file stops archon before it touches the socket.
-        let config = match &config_source {
-            Some(source) => Some(units::evaluate(source).map_err(StartError::Config)?),
-            None => None,
+        let (config, handlers) = match &config_source {
+            Some(source) => {
+                let loaded = units::evaluate(source).map_err(StartError::Config)?;
+                (Some(loaded.config), loaded.handlers)
+            }
+            None => (None, None),
         };
         let path = archon_proto::socket::socket_path(
             opts.socket.as_deref(),
@@ -382,7 +390,7 @@ impl Supervisor {
             opts.stop_grace.as_millis(),
             opts.history
         );
-        Ok(Supervisor {
+        let mut supervisor = Supervisor {
             poll,
             listening,
             listener,
@@ -421,7 +429,10 @@ impl Supervisor {
             followers: crate::logs::Followers::default(),
             logs_pending: Vec::new(),
             log_buf: Vec::new(),
-        })
+            lua: None,
+        };
+        supervisor.install_handlers(handlers);
+        Ok(supervisor)
     }
 
     /// The socket's path.
@@ -447,6 +458,7 @@ impl Supervisor {
             let timeout = if self.more_to_read.is_empty()
                 && self.more_to_accept == [false; 2]
                 && self.logs_pending.is_empty()
+                && !self.lua.as_ref().is_some_and(|l| l.busy())
             {
                 self.timers.timeout(Instant::now())
             } else {
@@ -465,6 +477,7 @@ impl Supervisor {
                     (_, LISTENER) => self.accept(false),
                     (_, BIND_LISTENER) => self.accept(true),
                     (_, SIGNALS) => self.on_signals(),
+                    (_, LUA_WATCH) => self.on_watch(),
                     // Looked at by shutdown_complete below.
                     (_, EVERYONE) => {}
                     (TAG_CLIENT, _) => {
@@ -490,6 +503,7 @@ impl Supervisor {
             for (unit, pipe) in std::mem::take(&mut self.logs_pending) {
                 self.on_log(unit, pipe);
             }
+            self.run_handlers();
             self.flush_streams();
             if self.shutdown_complete() {
                 return self.outcome.unwrap_or(Outcome::Stopped);
@@ -687,6 +701,8 @@ impl Supervisor {
     /// subscriber that wants it (or dropped and counted for one too far behind). The streams
     /// are written at the end of the loop's turn.
     pub(super) fn emit(&mut self, event: Event) {
+        let seq = self.events.next_seq();
+        self.offer_to_handlers(&event, seq);
         let published = self.events.publish(event);
         for id in published.to {
             let Some(c) = self.clients.get_mut(&id) else {
@@ -1352,6 +1368,7 @@ impl Supervisor {
                 TimerEvent::Probe(id) => self.probe_timeout(id),
                 TimerEvent::Leftovers => self.next_leftover_phase(),
                 TimerEvent::Everyone => self.next_everyone_phase(),
+                TimerEvent::Handler(i) => self.handler_timer(i),
                 TimerEvent::BindClient(id) => {
                     if let Some(c) = self.clients.get_mut(&id) {
                         debug!("client {id}: open on the bind socket too long, closed");
@@ -1580,7 +1597,8 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return Err("shutting down".to_string());
         }
-        let config = units::evaluate(&source).map_err(|e| e.to_string())?;
+        let archon_lua::Loaded { config, handlers } =
+            units::evaluate(&source).map_err(|e| e.to_string())?;
         // All or nothing: a socket that cannot be bound refuses the file, and nothing changes.
         self.sockets
             .apply(&config, &source.name())
@@ -1590,6 +1608,8 @@ impl Supervisor {
             self.cgroups = Cgroups::discover().ok();
         }
         let counts = self.services.reload(config, by, now_ms());
+        // The old handlers' state goes, with its globals; the file's new run made new ones.
+        self.install_handlers(handlers);
         self.run_actions();
         self.release_when_settled = true;
         Ok(counts)

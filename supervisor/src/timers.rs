@@ -24,6 +24,8 @@ pub enum TimerEvent {
     Everyone,
     /// A connection to the bind socket has been open too long.
     BindClient(u64),
+    /// The period of a Lua `every` handler (by its index) is over.
+    Handler(usize),
 }
 
 /// A timer's handle, to cancel it.

@@ -34,11 +34,12 @@ fn state(s: Option<ServiceState>) -> String {
     s.map_or_else(|| "-".to_string(), |s| s.to_string())
 }
 
-/// Who caused it: `archon`, or the client's `<uid>:<pid>`.
+/// Who caused it: `archon`, the client's `<uid>:<pid>`, or a Lua handler's `lua:<line>`.
 fn cause(c: Cause) -> String {
     match c {
         Cause::Archon => "archon".to_string(),
         Cause::Client { uid, pid } => format!("{uid}:{pid}"),
+        Cause::Lua { line } => format!("lua:{line}"),
     }
 }
 

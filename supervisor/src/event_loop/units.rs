@@ -635,6 +635,11 @@ impl Supervisor {
                 crate::log::echo(name, l.stream.as_str(), &l.text);
             }
         }
+        if self.lua.is_some() && !lines.is_empty() {
+            if let Some(name) = self.services.spec(id).map(|s| s.name.clone()) {
+                self.offer_lines_to_handlers(&name, &lines);
+            }
+        }
         self.stream_log_lines(id, &lines);
     }
 
@@ -1273,7 +1278,7 @@ impl Supervisor {
         Reply::Status(rows)
     }
 
-    fn unit_row(&self, id: UnitId) -> Option<ServiceRow> {
+    pub(super) fn unit_row(&self, id: UnitId) -> Option<ServiceRow> {
         let v = self.services.view(id)?;
         let rt = self.units.get(&id);
         let (rss_kib, cpu_ms) = match rt {
@@ -1410,7 +1415,6 @@ impl Supervisor {
     }
 }
 
-/// Evaluates a configuration file.
 /// The demonstration configuration of `--demo`: `examples/demo.lua`, built into the binary.
 pub(super) const DEMO: &str = include_str!("../../../examples/demo.lua");
 
@@ -1433,11 +1437,11 @@ impl Source {
     }
 }
 
-/// Evaluates the configuration, then gives back what the Lua state used.
-pub(super) fn evaluate(source: &Source) -> Result<archon_lua::Config, archon_lua::LoadError> {
+/// Evaluates the configuration, keeping its handlers, then gives back what the Lua state used.
+pub(super) fn evaluate(source: &Source) -> Result<archon_lua::Loaded, archon_lua::LoadError> {
     let config = match source {
-        Source::File(path) => archon_lua::load_file(path),
-        Source::Demo => archon_lua::load_str("demo.lua", DEMO.as_bytes()),
+        Source::File(path) => archon_lua::load(path),
+        Source::Demo => archon_lua::load_source("demo.lua", DEMO.as_bytes()),
     };
     crate::memory::release();
     config

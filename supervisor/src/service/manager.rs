@@ -700,8 +700,12 @@ impl Manager {
             match state {
                 State::Stopped | State::Failed => {
                     u.reason.clear();
-                    u.consecutive = 0;
-                    u.recent.clear();
+                    if !matches!(by, Cause::Lua { .. }) {
+                        // Started by hand: a fresh start. A handler's start is held to the
+                        // unit's backoff and flap limit instead (see `handler_gate`).
+                        u.consecutive = 0;
+                        u.recent.clear();
+                    }
                     u.by = by;
                     self.set_state(id, State::Starting, what, &why, now_ms);
                 }
@@ -731,6 +735,48 @@ impl Manager {
         }
     }
 
+    /// A start or restart a Lua handler asks for is held to the discipline of the unit's own
+    /// restarts, so that a handler that restarts what it watches cannot restart it faster or
+    /// more often than its restart policy would: a unit in backoff waits for its backoff (the
+    /// start is already on its way); every start or restart counts against the flap limit, and
+    /// one past it is refused; a unit that is down starts after the backoff its failures in a
+    /// row call for (then it is `backoff`, and the last of these counts one more).
+    /// `Ok(true)` when the request goes on as a client's would, `Ok(false)` when it is done.
+    fn handler_gate(&mut self, id: UnitId, by: Cause, now_ms: u64) -> Result<bool, String> {
+        let Some(u) = self.units.get_mut(&id) else {
+            return Err("no such service".into());
+        };
+        if u.state == State::Backoff {
+            return Ok(false);
+        }
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
+            return Err(format!(
+                "{} started more than {} times within {}: refused",
+                u.spec.name,
+                u.spec.flap.restarts,
+                ms_text(u.spec.flap.within_ms)
+            ));
+        }
+        if u.has_process() || !matches!(u.state, State::Stopped | State::Failed | State::Done) {
+            return Ok(true);
+        }
+        let delay = policy::backoff_delay(&u.spec.backoff, u.consecutive);
+        u.consecutive = u.consecutive.saturating_add(1);
+        if delay.is_zero() {
+            return Ok(true);
+        }
+        u.want = Want::Up;
+        u.by = by;
+        let why = format!(
+            "asked by a handler: starts in {}",
+            ms_text(delay.as_millis() as u64)
+        );
+        self.set_state(id, State::Backoff, EventKind::Start, &why, now_ms);
+        self.arm(id, TimerKind::Backoff, delay.as_millis() as u64);
+        self.settle(now_ms);
+        Ok(false)
+    }
+
     /// `Start,<name>` from `by`: replies once it is ready (or done), or has failed to get there.
     pub fn start(
         &mut self,
@@ -750,6 +796,18 @@ impl Manager {
         if u.state == State::Paused {
             return Err(format!("{name} is paused (resume it)"));
         }
+        if matches!(by, Cause::Lua { .. })
+            && matches!(
+                u.state,
+                State::Stopped | State::Failed | State::Done | State::Backoff
+            )
+            && !self.handler_gate(id, by, now_ms)?
+        {
+            return Ok(());
+        }
+        let Some(u) = self.units.get(&id) else {
+            return Err("no such service".into());
+        };
         let already = u.satisfies() && !(u.spec.kind == UnitKind::Task);
         self.want_up(id, true, by, EventKind::Start, "", now_ms);
         match to {
@@ -859,6 +917,13 @@ impl Manager {
         if !u.spec.enabled {
             return Err(format!("{name} is disabled"));
         }
+        let handler = matches!(by, Cause::Lua { .. });
+        if handler && !self.handler_gate(id, by, now_ms)? {
+            return Ok(());
+        }
+        let Some(u) = self.units.get(&id) else {
+            return Err("no such service".into());
+        };
         let running = u.pid.is_some() && u.state != State::Stopping;
         if let Some(to) = to {
             if let Some(u) = self.units.get_mut(&id) {
@@ -874,7 +939,9 @@ impl Manager {
                 }
                 if let Some(u) = self.units.get_mut(&x).filter(|u| u.has_process()) {
                     u.restart_pending = true;
-                    u.consecutive = 0;
+                    if !handler {
+                        u.consecutive = 0;
+                    }
                 }
                 if let Some(rs) = self.requirers.get(&x) {
                     stack.extend(rs.iter().copied());

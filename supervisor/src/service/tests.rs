@@ -1181,3 +1181,56 @@ fn what_requires_an_on_demand_service_does_not_start_it() {
     assert_eq!(w.state("db"), State::Stopped);
     assert_eq!(w.watched, BTreeSet::from(["db".to_string()]));
 }
+
+#[test]
+fn a_handlers_restarts_keep_to_backoff_and_flap_limit() {
+    const LUA: Cause = Cause::Lua { line: 3 };
+    let mut s = svc("crashy");
+    s.restart = Restart::Never;
+    let mut w = World::new(vec![s, svc("web")]);
+    w.take_spawned();
+    // A handler that restarts a unit that fails at once, every time it fails.
+    w.exit("crashy", Status::Exited(1));
+    assert_eq!(w.state("crashy"), State::Failed);
+    let id = w.id("crashy");
+    let mut started = 0;
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        match w.m.restart("crashy", None, LUA, w.now) {
+            Ok(()) => {}
+            Err(why) => {
+                assert!(why.contains("more than 5 times within 10s"), "{why}");
+                break;
+            }
+        }
+        w.run();
+        if w.state("crashy") == State::Backoff {
+            delays.push(w.armed("crashy", TimerKind::Backoff).unwrap_or(0));
+            // A second ask while it backs off changes nothing.
+            assert_eq!(w.m.start("crashy", None, LUA, w.now), Ok(()));
+            w.run();
+            assert_eq!(w.state("crashy"), State::Backoff);
+            w.fire("crashy", TimerKind::Backoff);
+        }
+        started += w.take_spawned().len();
+        w.now += 10;
+        w.exit("crashy", Status::Exited(1));
+        assert_eq!(w.state("crashy"), State::Failed);
+        assert!(
+            w.events.iter().any(|e| e.cause == LUA),
+            "the events name it"
+        );
+    }
+    assert_eq!(started, 5, "the flap limit");
+    assert_eq!(delays, [100, 200, 400, 800], "its backoff");
+    // A client's start is a fresh start.
+    assert_eq!(w.m.start("crashy", None, ARCHON, w.now), Ok(()));
+    w.run();
+    assert_eq!(w.take_spawned(), ["crashy"]);
+    // A healthy service restarted by a handler restarts at once.
+    assert_eq!(w.m.restart("web", None, LUA, w.now), Ok(()));
+    w.run();
+    let _ = id;
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.take_spawned(), ["web"]);
+}
