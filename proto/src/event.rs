@@ -55,6 +55,10 @@ wire_enum! {
         Add = "add",
         /// A reload removed it, and it is down: → none.
         Remove = "remove",
+        /// archon itself (subject `archon`, kind `archon`) hands its state to a new image of
+        /// its program (`ReExec`, SIGQUIT): one event as it begins, one from the new image once
+        /// it has taken over, or one from the old image when that failed; the reason says which.
+        Reexec = "reexec",
     }
 }
 

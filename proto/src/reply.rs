@@ -116,6 +116,8 @@ wire_enum! {
         Run = "run",
         /// A process watched by `MonitorFD` or `Monitor`.
         Monitor = "monitor",
+        /// archon itself, in the events of its re-execution (subject `archon`).
+        Archon = "archon",
     }
 }
 
