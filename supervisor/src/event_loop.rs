@@ -25,7 +25,7 @@ use archon_proto::{
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events as PollEvents, Interest, Poll, Token};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 
@@ -99,7 +99,7 @@ fn errno_text(errno: i32) -> String {
 }
 
 /// The signals archon handles when it has no main command.
-const MANAGER_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
+const MANAGER_SIGNALS: [i32; 7] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT];
 
 /// A shutdown in progress.
 struct Shutdown {
@@ -166,6 +166,8 @@ fn signals(sigs: impl IntoIterator<Item = i32>) -> io::Result<Signals> {
 
 /// archon's state: everything the loop owns.
 pub struct Supervisor {
+    /// archon's own program, as it was started: what a re-exec executes by default.
+    exe: Option<PathBuf>,
     poll: Poll,
     listening: Listening,
     listener: UnixListener,
@@ -237,6 +239,7 @@ pub struct Supervisor {
 
 mod entry;
 mod pid1;
+mod reexec;
 mod units;
 
 /// Why archon cannot start.
@@ -266,14 +269,40 @@ impl std::fmt::Display for StartError {
 impl Supervisor {
     /// Sets everything up: socket, signals, subreaper. archon is listening when this returns.
     pub fn new(opts: Options, role: Role) -> Result<Supervisor, StartError> {
+        Supervisor::build(opts, role, None).map(|(s, _)| s)
+    }
+
+    /// Sets up a new image of archon from the state its previous image handed over (see
+    /// [`crate::reexec`]): the same sockets, processes, units, connections and history.
+    pub fn restore(
+        opts: Options,
+        role: Role,
+        state: crate::reexec::State,
+        bank: &mut crate::reexec::FdBank,
+    ) -> Result<Supervisor, StartError> {
+        let (mut s, unknown) = Supervisor::build(opts, role, Some((&state, bank)))?;
+        s.restore_rest(state, bank, unknown);
+        Ok(s)
+    }
+
+    fn build(
+        opts: Options,
+        role: Role,
+        mut carried: Option<(&crate::reexec::State, &mut crate::reexec::FdBank)>,
+    ) -> Result<(Supervisor, Vec<(String, crate::service::Carried)>), StartError> {
         let euid = nix::unistd::geteuid().as_raw();
-        let config_path = opts.config.clone().or_else(|| {
-            let default = PathBuf::from(DEFAULT_CONFIG);
-            (euid == 0 && default.exists()).then_some(default)
-        });
-        // A broken file stops archon before it touches the socket.
+        let config_path = config_path(&opts, euid);
+        // A broken file stops archon before it touches the socket; a new image goes on without
+        // it, since its processes must not be lost (they are kept as daemons).
         let config = match &config_path {
-            Some(path) => Some(units::evaluate(path).map_err(StartError::Config)?),
+            Some(path) => match (units::evaluate(path), carried.is_some()) {
+                (Ok(c), _) => Some(c),
+                (Err(e), false) => return Err(StartError::Config(e)),
+                (Err(e), true) => {
+                    error!("re-exec: {e}: the services are kept as processes");
+                    None
+                }
+            },
             None => None,
         };
         let path = archon_proto::socket::socket_path(
@@ -292,7 +321,14 @@ impl Supervisor {
             warn!("cannot become a child subreaper ({e}): orphans will not be reaped by archon");
         }
         let poll = Poll::new().map_err(setup("create the poll"))?;
-        let listening = crate::listen::listen(&path).map_err(StartError::Listen)?;
+        let listening = match carried.as_mut() {
+            Some((st, bank)) => reexec::adopt_listening(st, bank),
+            None => None,
+        };
+        let listening = match listening {
+            Some(l) => l,
+            None => crate::listen::listen(&path).map_err(StartError::Listen)?,
+        };
         let std_listener = listening
             .listener
             .try_clone()
@@ -301,7 +337,14 @@ impl Supervisor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(setup("register the listener"))?;
-        let bind_listening = crate::listen::listen_bind(&listening).map_err(StartError::Listen)?;
+        let bind_listening = match carried.as_mut() {
+            Some((st, bank)) => reexec::adopt_bind_listening(st, bank),
+            None => None,
+        };
+        let bind_listening = match bind_listening {
+            Some(l) => l,
+            None => crate::listen::listen_bind(&listening).map_err(StartError::Listen)?,
+        };
         let std_listener = bind_listening
             .listener
             .try_clone()
@@ -313,14 +356,35 @@ impl Supervisor {
         // The sockets once archon holds its own socket's lock: a second archon on the same path
         // says so, rather than that the first one's ports are in use.
         let mut sockets = Sockets::default();
+        let mut unknown = Vec::new();
         let services = match (config, &config_path) {
             (Some(config), Some(path)) => {
+                if let Some((st, bank)) = carried.as_mut() {
+                    reexec::adopt_sockets(&mut sockets, &config, st, bank);
+                }
                 sockets
                     .apply(&config, &path.display().to_string())
                     .map_err(StartError::Config)?;
-                units::manager(config)
+                match carried.as_ref() {
+                    Some((st, _)) => {
+                        let lives = st.units.iter().map(|u| (u.name.clone(), u.life.clone()));
+                        let (m, left) = Manager::restored(config, lives.collect(), now_ms());
+                        unknown = left;
+                        m
+                    }
+                    None => units::manager(config),
+                }
             }
-            _ => Manager::default(),
+            _ => {
+                if let Some((st, _)) = carried.as_ref() {
+                    unknown = st
+                        .units
+                        .iter()
+                        .map(|u| (u.name.clone(), u.life.clone()))
+                        .collect();
+                }
+                Manager::default()
+            }
         };
         let main = opts.command.clone().map(entry::MainCommand::new);
         let mut signals = if main.is_some() {
@@ -351,8 +415,10 @@ impl Supervisor {
         spawner.set_children_nofile(children_nofile);
 
         let base_env = base_environment(&listening.path, &bind_listening.path);
-        let shim = std::env::current_exe()
-            .map_err(|e| format!("bind_shim: cannot find archon's own path: {e}"))
+        let exe = crate::reexec::own_exe();
+        let shim = exe
+            .clone()
+            .ok_or_else(|| "bind_shim: cannot find archon's own path".to_string())
             .and_then(|exe| crate::sockets::default_shim(&exe));
         let cgroups = if services.ids().next().is_some() {
             match Cgroups::discover() {
@@ -375,7 +441,8 @@ impl Supervisor {
             opts.stop_grace.as_millis(),
             opts.history
         );
-        Ok(Supervisor {
+        let supervisor = Supervisor {
+            exe,
             poll,
             listening,
             listener,
@@ -414,7 +481,8 @@ impl Supervisor {
             followers: crate::logs::Followers::default(),
             logs_pending: Vec::new(),
             log_buf: Vec::new(),
-        })
+        };
+        Ok((supervisor, unknown))
     }
 
     /// The socket's path.
@@ -843,6 +911,7 @@ impl Supervisor {
         }
         match request {
             Request::Power(power) => self.power_request(to, power),
+            Request::ReExec { path } => self.reexec_request(to, path),
             Request::Ping => self.reply(to, Reply::Pong),
             Request::Version => self.reply(
                 to,
@@ -1315,6 +1384,7 @@ impl Supervisor {
                     ),
                     Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
                 },
+                SignalAction::ReExec => self.reexec_signal(sig),
                 SignalAction::Ignore => info!(
                     "ignoring signal {}",
                     archon_proto::signal::name(sig).unwrap_or_default()
@@ -1657,6 +1727,14 @@ impl Supervisor {
         info!("all processes stopped; exiting");
         true
     }
+}
+
+/// The configuration file: the one given, else for root the default one if it exists.
+pub fn config_path(opts: &Options, euid: u32) -> Option<PathBuf> {
+    opts.config.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        (euid == 0 && default.exists()).then_some(default)
+    })
 }
 
 /// The environment every child starts from: archon's own, without the variables that describe
