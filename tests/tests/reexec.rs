@@ -281,12 +281,16 @@ fn daemons_monitored_processes_and_owed_replies_survive() -> Result {
     let (daemon, daemon_pid) = parse_started(&a.request("StartDaemon,/bin/sleep,1000")?)?;
     let mut stray = Command::new("/bin/sleep")
         .arg("1000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .context("spawn a process to monitor")?;
     let stray_pid = stray.id() as i32;
     let (monitored, _) = parse_started(&a.request(&format!("Monitor,{stray_pid}"))?)?;
     let mut run = a.conn()?;
     run.send(b"Run,/bin/sh,-c,sleep 0.6; exit 7\n")?;
+    let mut subscriber = a.conn()?;
+    let next = subscriber.subscribe(&[])?;
     std::thread::sleep(Duration::from_millis(100));
 
     let mut c = a.conn()?;
@@ -295,6 +299,22 @@ fn daemons_monitored_processes_and_owed_replies_survive() -> Result {
     ensure!(reply.starts_with("Ok,"), "ReExec: {reply}");
     ensure_eq!(c.reply_text()?, "Pong", "the request behind ReExec");
     ensure_eq!(run.reply_text()?, "ExitStatus,7", "the Run's reply");
+    // A subscriber sees the re-exec begin, then its stream ends; History has the rest.
+    loop {
+        let e = subscriber.stream_event()?;
+        if e.what == EventKind::Reexec {
+            ensure!(e.reason.starts_with(b"begins"), "{e:?}");
+            break;
+        }
+    }
+    subscriber.expect_eof()?;
+    let missed = a.conn()?.history(&[])?;
+    ensure!(
+        missed
+            .iter()
+            .any(|e| e.seq >= next && e.what == EventKind::Reexec && e.reason.starts_with(b"done")),
+        "the history has what the subscriber missed"
+    );
 
     let row = a.row(daemon)?.context("the daemon's row")?;
     ensure_eq!(
@@ -434,6 +454,36 @@ fn reexec_as_process_1_of_a_pid_namespace() -> Result {
     ensure!(
         status.code().is_none(),
         "the namespace ended by reboot(2): {status}"
+    );
+    Ok(())
+}
+
+/// An entrypoint's main command is still its main command after a re-exec: its end is still
+/// archon's exit code.
+#[test]
+fn an_entrypoint_keeps_its_main_command() -> Result {
+    let mut a = Archon::builder()
+        .main_command(["/bin/sh", "-c", "sleep 1000 & wait $!; exit 5"])
+        .start()?;
+    let main = wait_for("the main command", BOUND, || {
+        a.list().ok()?.into_iter().find(|r| r.status.is_none())
+    })?;
+    ensure!(reexec(&a, None)?.starts_with("Ok,"), "the re-exec");
+    let rows = a.list()?;
+    ensure!(
+        rows.iter()
+            .any(|r| r.id == main.id && r.pid == main.pid && r.status.is_none()),
+        "the main command is still listed: {rows:?}"
+    );
+    ensure_eq!(
+        a.request(&format!("Signal,{},TERM", main.id))?,
+        format!("Ok,{}", main.id)
+    );
+    let status = a.wait_exit(LONG_BOUND)?;
+    ensure_eq!(
+        status.code(),
+        Some(143),
+        "the main command's status ({status})"
     );
     Ok(())
 }

@@ -158,10 +158,11 @@ impl Supervisor {
         for run in self.table.take_queue() {
             self.reply(run.to, Reply::error("archon is re-executing: ask again"));
         }
+        self.emit(reexec_event(format!("begins: {}", exe.display()), by));
+        // What can be sent is sent now (subscribers see the re-exec begin): the rest is carried.
         for c in self.clients.values_mut() {
             c.flush();
         }
-        self.emit(reexec_event(format!("begins: {}", exe.display()), by));
         let state = self.snapshot(by, to);
         let fail = |this: &mut Supervisor, why: String| {
             warn!("re-exec of {}: {why}", exe.display());
