@@ -169,7 +169,8 @@ impl Supervisor {
             this.emit(reexec_event(format!("failed: {why}"), by));
             Err(why)
         };
-        let memfd = match rx::write_memfd(&state.encode()) {
+        let bytes = state.encode();
+        let memfd = match rx::write_memfd(&bytes) {
             Ok(fd) => fd,
             Err(e) => return fail(self, format!("cannot write the state: {e}")),
         };
@@ -180,7 +181,8 @@ impl Supervisor {
         let mut fds = state.fds();
         fds.push(memfd.as_raw_fd());
         info!(
-            "re-exec: {} fds handed over, checked in {} ms",
+            "re-exec: {} bytes of state and {} fds handed over, checked in {} ms",
+            bytes.len(),
             fds.len(),
             started.elapsed().as_millis()
         );
