@@ -274,14 +274,15 @@ impl Supervisor {
 
     /// Sets up a new image of archon from the state its previous image handed over (see
     /// [`crate::reexec`]): the same sockets, processes, units, connections and history.
+    /// The fds of `bank` that nothing takes are closed before this returns.
     pub fn restore(
         opts: Options,
         role: Role,
         state: crate::reexec::State,
-        bank: &mut crate::reexec::FdBank,
+        mut bank: crate::reexec::FdBank,
     ) -> Result<Supervisor, StartError> {
-        let (mut s, unknown) = Supervisor::build(opts, role, Some((&state, bank)))?;
-        s.restore_rest(state, bank, unknown);
+        let (mut s, unknown) = Supervisor::build(opts, role, Some((&state, &mut bank)))?;
+        s.restore_rest(state, &mut bank, unknown);
         Ok(s)
     }
 

@@ -236,8 +236,8 @@ fn run(role: &mut Role) -> End {
         }
         None => None,
     };
-    if let Some((state, mut bank)) = restore {
-        return serve(role, opts, Some((state, &mut bank)));
+    if let Some(restore) = restore {
+        return serve(role, opts, Some(restore));
     }
     if *role == Role::Machine || opts.early_mounts {
         early_boot(role);
@@ -256,7 +256,7 @@ fn run(role: &mut Role) -> End {
 fn serve(
     role: &mut Role,
     opts: args::Options,
-    restore: Option<(reexec::State, &mut reexec::FdBank)>,
+    restore: Option<(reexec::State, reexec::FdBank)>,
 ) -> End {
     let restoring = restore.is_some();
     let made = match restore {

@@ -487,3 +487,33 @@ fn an_entrypoint_keeps_its_main_command() -> Result {
     );
     Ok(())
 }
+
+/// Timers are carried as the time left of them: a service in backoff starts again after a
+/// re-exec, and a stop in progress (its reply owed to a connection) ends with SIGKILL when its
+/// timeout, armed before, is over.
+#[test]
+fn timers_and_a_stop_in_progress_are_carried() -> Result {
+    let a = start_with_config(
+        "service \"flaky\" { argv = {\"/bin/sh\", \"-c\", \"sleep 0.2; exit 1\"}, \
+         restart = \"always\", backoff = {initial = \"1s\"} }\n\
+         service \"stubborn\" { argv = {\"/bin/sh\", \"-c\", \"trap '' TERM; \
+         while :; do sleep 1 & wait $!; done\"}, stop_timeout = \"1s\" }\n",
+    )?;
+    a.wait_state("stubborn", ServiceState::Ready)?;
+    a.wait_state("flaky", ServiceState::Backoff)?;
+    let mut stop = a.conn()?;
+    stop.send(b"Stop,stubborn\n")?;
+    a.wait_state("stubborn", ServiceState::Stopping)?;
+    ensure!(reexec(&a, None)?.starts_with("Ok,"), "the re-exec");
+    let row = a.wait_service("flaky", "a restart after its backoff", LONG_BOUND, |r| {
+        r.restarts >= 1 && r.state != ServiceState::Backoff
+    })?;
+    ensure!(row.restarts >= 1, "flaky restarted: {row:?}");
+    ensure_eq!(
+        stop.reply_text()?,
+        "Ok,stubborn,SIGKILL",
+        "the stop's reply, after its timeout"
+    );
+    ensure_eq!(a.service("stubborn")?.state, ServiceState::Stopped);
+    Ok(())
+}
