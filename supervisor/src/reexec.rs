@@ -943,8 +943,22 @@ pub fn check(exe: &Path, args: &[OsString], memfd: &OwnedFd) -> Result<(), Strin
         ));
     }
     let mut said = Vec::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_end(&mut said);
+    if let Some(out) = child.stdout.take() {
+        // What it said before it exited is in the pipe; a process it left behind may hold the
+        // pipe open, so nothing more is waited for.
+        let fd = OwnedFd::from(out);
+        // SAFETY: fcntl on an fd we own.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let mut f = std::fs::File::from(fd);
+        let mut buf = [0u8; 256];
+        while said.len() < 4096 {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => said.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
     }
     let status = child
         .wait()
