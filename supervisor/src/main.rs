@@ -260,7 +260,17 @@ fn serve(
 ) -> End {
     let restoring = restore.is_some();
     let made = match restore {
-        Some((state, bank)) => event_loop::Supervisor::restore(opts, *role, state, bank),
+        Some((state, bank)) => {
+            match event_loop::Supervisor::restore(opts.clone(), *role, state, bank) {
+                Err(e) if role.is_pid1() => {
+                    // What it had taken is closed again: process 1 starts afresh rather than
+                    // exit (what ran is reaped as orphans).
+                    error!("re-exec: cannot take over: {e}: starting afresh");
+                    event_loop::Supervisor::new(opts, *role)
+                }
+                made => made,
+            }
+        }
         None => event_loop::Supervisor::new(opts, *role),
     };
     if restoring {

@@ -226,11 +226,29 @@ while True:
             }
         })
     };
+    // archon's own socket too: a client that connects throughout is always answered.
+    let (pongs, missed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let pinger = {
+        let (stop, pongs, missed) = (stop.clone(), pongs.clone(), missed.clone());
+        let socket = a.socket().to_path_buf();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let answered = Conn::connect(&socket)
+                    .and_then(|mut c| c.request("Ping"))
+                    .is_ok_and(|r| r == "Pong");
+                let counter = if answered { &pongs } else { &missed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
     std::thread::sleep(Duration::from_millis(100));
     let reply = reexec(&a, None)?;
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
+    let _ = pinger.join();
+    ensure_eq!(missed.load(Ordering::Relaxed), 0, "pings not answered");
+    ensure!(pongs.load(Ordering::Relaxed) > 0, "pings answered");
     ensure!(reply.starts_with("Ok,"), "ReExec: {reply}");
     ensure_eq!(refused.load(Ordering::Relaxed), 0, "connections refused");
     ensure!(ok.load(Ordering::Relaxed) > 0, "connections served");
