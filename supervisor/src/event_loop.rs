@@ -413,7 +413,12 @@ impl Supervisor {
         let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
         let mut spawner = Spawner::new().map_err(setup("map the child stack"))?;
         // Children get the open files limit archon was given, not the one it raised for itself.
-        spawner.set_children_nofile(children_nofile);
+        spawner.set_children_nofile(
+            carried
+                .as_ref()
+                .and_then(|(st, _)| st.children_nofile)
+                .unwrap_or(children_nofile),
+        );
 
         let base_env = base_environment(&listening.path, &bind_listening.path);
         let exe = crate::reexec::own_exe();

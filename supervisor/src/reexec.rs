@@ -344,6 +344,9 @@ pub struct State {
     pub next_proc: Id,
     /// The main command of an entrypoint, once started.
     pub main: Option<Id>,
+    /// The open files limit (soft, hard) archon was started with, which children get: the new
+    /// image starts with the raised one.
+    pub children_nofile: Option<(u64, u64)>,
     /// The process table: live processes, and the records of ended ones.
     pub procs: Vec<ProcRecord>,
     /// The units.
@@ -435,6 +438,12 @@ impl State {
                 num(self.next_seq),
                 num(self.next_proc),
                 self.main.map(num).unwrap_or_default(),
+                self.children_nofile
+                    .map(|(s, _)| num(s))
+                    .unwrap_or_default(),
+                self.children_nofile
+                    .map(|(_, h)| num(h))
+                    .unwrap_or_default(),
             ],
         );
         for line in &self.history {
@@ -604,6 +613,7 @@ impl State {
             history: Vec::new(),
             next_proc: 1,
             main: None,
+            children_nofile: None,
             procs: Vec::new(),
             units: Vec::new(),
             sockets: Vec::new(),
@@ -643,6 +653,10 @@ impl State {
                     st.next_seq = c.num()?;
                     st.next_proc = c.num()?;
                     st.main = c.opt_num()?;
+                    st.children_nofile = match (c.opt_num()?, c.opt_num()?) {
+                        (Some(soft), Some(hard)) => Some((soft, hard)),
+                        _ => None,
+                    };
                     c.done()?;
                     seen_counters = true;
                 }
@@ -1185,6 +1199,7 @@ mod tests {
             history: vec![event.encode()],
             next_proc: 3,
             main: Some(2),
+            children_nofile: Some((1024, 4096)),
             procs: vec![ProcRecord {
                 row: ProcessRow {
                     id: 2,

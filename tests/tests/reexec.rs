@@ -334,6 +334,21 @@ fn daemons_monitored_processes_and_owed_replies_survive() -> Result {
         "the history has what the subscriber missed"
     );
 
+    // A child started now gets the open files limit archon was started with, as before.
+    let (_, later) = parse_started(&a.request("StartDaemon,/bin/sleep,1000")?)?;
+    let nofile = |pid: i32| -> Result<String> {
+        let limits = fs::read_to_string(format!("/proc/{pid}/limits")).context("limits")?;
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(str::to_string)
+            .context("Max open files")
+    };
+    ensure_eq!(
+        nofile(later)?,
+        nofile(daemon_pid)?,
+        "the children's open files limit"
+    );
     let row = a.row(daemon)?.context("the daemon's row")?;
     ensure_eq!(
         (row.pid, row.state.to_string()),

@@ -267,6 +267,7 @@ impl Supervisor {
             history: self.events.lines().map(<[u8]>::to_vec).collect(),
             next_proc: self.table.next_id(),
             main: self.main.as_ref().and_then(|m| m.id),
+            children_nofile: self.spawner.children_nofile(),
             procs,
             units,
             sockets: self.sockets.carry(),
