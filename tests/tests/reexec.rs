@@ -550,3 +550,103 @@ fn timers_and_a_stop_in_progress_are_carried() -> Result {
     ensure_eq!(a.service("stubborn")?.state, ServiceState::Stopped);
     Ok(())
 }
+
+/// The notify sockets and ready pipes are handed over: a service that says it is ready only
+/// after the re-exec (`READY=1`, or a line on its ready fd) is seen ready by the new image, and
+/// one whose watchdog is kicked through its notify socket is not restarted.
+#[test]
+fn readiness_after_a_reexec_reaches_the_new_image() -> Result {
+    let client = bin("notify_client")?.display().to_string();
+    let cfg = ConfigFile::new()?;
+    let go = cfg.file("go");
+    cfg.write(
+        &r#"
+service "rusty" { argv = {"@BIN@", "@GO@", "warming up", "serving"}, ready = "notify" }
+service "kicker" { argv = {"@BIN@", "@DIR@/kicker-go", "kicker warming up", "kicking",
+                           "@DIR@/kicks"},
+                   ready = "notify", watchdog = "1s" }
+service "piped" { argv = {"/bin/sh", "-c",
+                          "while [ ! -e @GO@ ]; do sleep 0.05; done; echo ready >&3; exec sleep 100"},
+                  ready = "fd" }
+"#
+        .replace("@BIN@", &client)
+        .replace("@GO@", &go)
+        .replace("@DIR@", &cfg.dir().display().to_string()),
+    )?;
+    fs::write(cfg.dir().join("kicker-go"), "").context("kicker's go")?;
+    let a = cfg.start(Archon::builder())?;
+    let kicker = a.wait_state("kicker", ServiceState::Ready)?;
+    for name in ["rusty", "piped"] {
+        a.wait_service(name, "running, not ready", LONG_BOUND, |r| {
+            r.state == ServiceState::Running && r.pid.is_some()
+        })?;
+    }
+    let before = pids(&a)?;
+    ensure!(reexec(&a, None)?.starts_with("Ok,"), "the re-exec");
+    fs::write(&go, "").context("go")?;
+    for name in ["rusty", "piped"] {
+        let row = a.wait_state(name, ServiceState::Ready)?;
+        ensure_eq!(
+            row.pid,
+            before.get(name).copied(),
+            "{name} kept its process"
+        );
+        ensure_eq!(row.restarts, 0, "{name}");
+    }
+    // Two watchdog periods: kicked through the handed-over socket, it is not restarted.
+    std::thread::sleep(Duration::from_millis(2500));
+    let row = a.service("kicker")?;
+    ensure_eq!(
+        (row.state, row.pid, row.restarts),
+        (ServiceState::Ready, kicker.pid, 0),
+        "the watchdog's service after the re-exec"
+    );
+    Ok(())
+}
+
+/// The new image reads the configuration again: one that no longer declares a service that
+/// runs is refused before anything is handed over (the new program says why in the log), and
+/// a `Run` waiting for a slot is answered, not lost.
+#[test]
+fn a_configuration_that_drops_a_running_service_is_refused() -> Result {
+    let cfg = ConfigFile::with(
+        "service \"a\" { argv = {\"/bin/sleep\", \"1000\"} }\n\
+         service \"b\" { argv = {\"/bin/sleep\", \"1000\"} }\n",
+    )?;
+    let a = cfg.start(Archon::builder().args(["--max-runs", "1"]))?;
+    wait_until("both services to run", LONG_BOUND, || {
+        pids(&a).is_ok_and(|p| p.len() == 2)
+    })?;
+    let before = pids(&a)?;
+    a.config()
+        .write("service \"a\" { argv = {\"/bin/sleep\", \"1000\"} }\n")?;
+    let reply = reexec(&a, None)?;
+    ensure!(
+        reply.starts_with("Error,") && reply.contains("cannot take the state over"),
+        "{reply}"
+    );
+    ensure!(
+        a.log_text().contains("no longer declares b, which runs"),
+        "the new program's reason in the log"
+    );
+    ensure_eq!(pids(&a)?, before);
+
+    // Back as it was, with a Run running and one waiting for the only slot.
+    a.config().write(
+        "service \"a\" { argv = {\"/bin/sleep\", \"1000\"} }\n\
+         service \"b\" { argv = {\"/bin/sleep\", \"1000\"} }\n",
+    )?;
+    let mut running = a.conn()?;
+    running.send(b"Run,/bin/sh,-c,sleep 0.5; exit 3\n")?;
+    let mut waiting = a.conn()?;
+    waiting.send(b"Run,/bin/true\n")?;
+    std::thread::sleep(Duration::from_millis(100));
+    ensure!(reexec(&a, None)?.starts_with("Ok,"), "the re-exec");
+    ensure_eq!(
+        waiting.reply_text()?,
+        "Error,archon is re-executing: ask again"
+    );
+    ensure_eq!(running.reply_text()?, "ExitStatus,3");
+    ensure_eq!(pids(&a)?, before);
+    Ok(())
+}
