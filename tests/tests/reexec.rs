@@ -650,3 +650,44 @@ fn a_configuration_that_drops_a_running_service_is_refused() -> Result {
     ensure_eq!(pids(&a)?, before);
     Ok(())
 }
+
+/// Health checks go on after a re-exec, also when one was in flight (it is dropped and the
+/// next one runs at once): the service stays healthy and is not restarted.
+#[test]
+fn health_checks_go_on_after_a_reexec() -> Result {
+    let cfg = ConfigFile::new()?;
+    let checks = cfg.file("checks");
+    cfg.write(&format!(
+        "service \"checked\" {{ argv = {{\"/bin/sleep\", \"1000\"}},\n\
+         health = {{command = {{\"/bin/sh\", \"-c\", \"sleep 0.3; echo ok >> {checks}\"}},\n\
+         interval = 0.05, timeout = 2}} }}\n"
+    ))?;
+    let a = cfg.start(Archon::builder())?;
+    let row = a.wait_service("checked", "healthy", LONG_BOUND, |r| {
+        r.health == Some(archon_tests::archon_proto::Health::Healthy)
+    })?;
+    let count = || fs::read_to_string(&checks).map_or(0, |t| t.lines().count());
+    for _ in 0..3 {
+        // In the middle of a check: one has just ended, the next began 0.05 s later and runs
+        // for 0.3 s.
+        let n = count();
+        wait_until("a check to end", LONG_BOUND, || count() > n)?;
+        std::thread::sleep(Duration::from_millis(150));
+        ensure!(reexec(&a, None)?.starts_with("Ok,"), "the re-exec");
+    }
+    let after = count();
+    wait_until("three checks after the re-execs", LONG_BOUND, || {
+        count() >= after + 3
+    })?;
+    let now = a.service("checked")?;
+    ensure_eq!(
+        (now.pid, now.restarts, now.health),
+        (
+            row.pid,
+            0,
+            Some(archon_tests::archon_proto::Health::Healthy)
+        ),
+        "after the re-execs"
+    );
+    Ok(())
+}
