@@ -691,3 +691,67 @@ fn health_checks_go_on_after_a_reexec() -> Result {
     );
     Ok(())
 }
+
+/// What came after re-exec was written is carried too: a daemon's exit action (`OnExit`) runs
+/// when it ends after the re-exec, an on-demand service's socket is watched by the new image
+/// (a connection starts the service), and the configuration's Lua handlers run in the new
+/// image.
+#[test]
+fn exit_actions_on_demand_sockets_and_handlers_go_on_after_a_reexec() -> Result {
+    let cfg = ConfigFile::new()?;
+    let dir = cfg.dir().display().to_string();
+    cfg.write(
+        &r#"
+service "lazy" { argv = {"/bin/sh", "-c", "echo started > @DIR@/lazy; exec sleep 1000"},
+                 sockets = {{unix = "@DIR@/lazy.sock"}}, on_demand = true }
+service "crashy" { argv = {"/bin/sleep", "1000"} }
+on("exit", "crash*", function(ev)
+  archon.run("echo " .. ev.subject .. " " .. tostring(ev.signal) .. " >> @DIR@/handled")
+end)
+"#
+        .replace("@DIR@", &dir),
+    )?;
+    let a = cfg.start(Archon::builder())?;
+    let crashy = a.wait_state("crashy", ServiceState::Ready)?;
+    a.wait_service("lazy", "waiting for a connection", BOUND, |r| {
+        r.state == ServiceState::Stopped && r.reason.starts_with(b"waiting")
+    })?;
+    let (daemon, daemon_pid) = parse_started(&a.request("StartDaemon,/bin/sleep,1000")?)?;
+    let acted = a.config().file("acted");
+    let on_exit = a.conn()?.request_fields(&[
+        "OnExit",
+        &daemon.to_string(),
+        "/bin/sh",
+        "-c",
+        &format!("echo \"$ARCHON_ID $ARCHON_EXIT $ARCHON_STATUS\" > {acted}"),
+    ])?;
+    ensure!(on_exit.starts_with("Ok"), "OnExit: {on_exit}");
+
+    ensure!(reexec(&a, None)?.starts_with("Ok,"), "the re-exec");
+
+    // The exit action, asked of the old image, is run by the new one.
+    kill_pid(daemon_pid, libc::SIGTERM);
+    let text = wait_line_in(&acted)?;
+    ensure_eq!(
+        text,
+        format!("{daemon} killed SIGTERM"),
+        "the exit action's line"
+    );
+    // The on-demand service's socket: a connection starts it.
+    let _conn = std::os::unix::net::UnixStream::connect(a.config().dir().join("lazy.sock"))
+        .context("connect to lazy's socket")?;
+    ensure_eq!(
+        wait_line_in(a.config().file("lazy"))?,
+        "started",
+        "lazy started"
+    );
+    a.wait_state("lazy", ServiceState::Ready)?;
+    // The handler.
+    kill_pid(crashy.pid.context("crashy's pid")?, libc::SIGKILL);
+    ensure_eq!(
+        wait_line_in(a.config().file("handled"))?,
+        "crashy SIGKILL",
+        "the handler's line"
+    );
+    Ok(())
+}
