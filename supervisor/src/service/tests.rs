@@ -1307,7 +1307,10 @@ fn an_acceptor_is_ready_without_a_process_and_accepts_below_its_limit() {
     w.exit("web", Status::Signaled(libc::SIGTERM));
     assert_eq!(w.state("echo"), State::Stopping);
     assert!(!w.watched.contains("echo"));
-    assert_eq!(w.take_signals(), vec!["web".to_string(), "echo".to_string()]);
+    assert_eq!(
+        w.take_signals(),
+        vec!["web".to_string(), "echo".to_string()]
+    );
     assert!(w.armed("echo", TimerKind::StopTimeout).is_some());
     assert!(
         w.m.signal("echo", libc::SIGUSR1, false, ARCHON, w.now)
