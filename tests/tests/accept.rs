@@ -299,6 +299,8 @@ service "hi" { argv = {"/bin/echo", "hi"}, accept = true, sockets = {{tcp = "127
     TcpStream::connect(("127.0.0.1", port))?.read_to_string(&mut first)?;
     ensure_eq!(first, "hi\n");
     wait_instances(&a, "hi", 0)?;
+    // Once archon has closed its side of the last Status's connection.
+    std::thread::sleep(Duration::from_millis(300));
     let before = fd_count(a.pid())?;
     for i in 0..100 {
         let mut answer = String::new();
@@ -310,10 +312,78 @@ service "hi" { argv = {"/bin/echo", "hi"}, accept = true, sockets = {{tcp = "127
     }
     wait_instances(&a, "hi", 0)?;
     a.wait_no_zombies()?;
-    ensure_eq!(
-        fd_count(a.pid())?,
-        before,
-        "archon's open fds after 100 connections"
+    // The connection of the last Status may not be closed yet on archon's side: the count
+    // must come back to where it was, and stay there if nothing leaked.
+    let settled = wait_until("archon's fds back to where they were", BOUND, || {
+        fd_count(a.pid()).is_ok_and(|n| n == before)
+    });
+    ensure!(
+        settled.is_ok(),
+        "archon's open fds after 100 connections: {} (were {before})",
+        fd_count(a.pid())?
     );
+    Ok(())
+}
+
+#[test]
+fn instances_survive_a_reexec_and_archon_goes_on_accepting() -> Result {
+    let a = start(
+        r#"
+service "echo" { argv = {"/bin/sh", "-c", "echo $$; read l; echo \"$$ $l\""}, accept = true,
+                 max_connections = 3, sockets = {{tcp = "127.0.0.1:0"}} }
+"#,
+    )?;
+    let port = tcp_port(&a.wait_state("echo", ServiceState::Ready)?)?;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
+        let mut pid = String::new();
+        BufReader::new(&c).read_line(&mut pid).context("its pid")?;
+        held.push((c, pid.trim_end().to_string()));
+    }
+    wait_instances(&a, "echo", 2)?;
+    let reply = a.request("ReExec")?;
+    ensure!(reply.starts_with("Ok,"), "ReExec: {reply}");
+    // The same instances, still counted; their ends are seen by the new image.
+    let row = wait_instances(&a, "echo", 2)?;
+    ensure_eq!(row.state, ServiceState::Ready);
+    let history = a.request("History,archon")?;
+    ensure!(
+        !history.contains("problems"),
+        "a re-exec without problems: {history}"
+    );
+    // The new image accepts: a third connection gets an instance, then the limit holds.
+    let mut third = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
+    let mut pid = String::new();
+    BufReader::new(&third)
+        .read_line(&mut pid)
+        .context("the third's pid")?;
+    let row = wait_instances(&a, "echo", 3)?;
+    ensure_eq!(
+        reason(&row),
+        "3 instances, its max_connections: not accepting until one ends"
+    );
+    let fourth = TcpStream::connect(("127.0.0.1", port)).context("connect a fourth")?;
+    unanswered(&fourth, "the fourth connection at the limit")?;
+    for (c, pid) in &mut held {
+        let answer = ask(c, "after")?;
+        ensure_eq!(
+            answer,
+            format!("{pid} after"),
+            "an instance from before the re-exec"
+        );
+    }
+    ensure!(ask(&mut third, "x")?.ends_with(" x"), "the third instance");
+    // Their ends freed room: the fourth is served.
+    fourth.set_read_timeout(Some(BOUND))?;
+    let mut fourth = BufReader::new(fourth);
+    let mut line = String::new();
+    fourth.read_line(&mut line).context("the fourth's pid")?;
+    ensure!(!line.trim_end().is_empty(), "the fourth is served");
+    fourth.get_mut().write_all(b"y\n").context("write")?;
+    line.clear();
+    fourth.read_line(&mut line).context("the fourth's answer")?;
+    ensure!(line.ends_with(" y\n"), "the fourth's answer {line:?}");
+    wait_instances(&a, "echo", 0)?;
     Ok(())
 }

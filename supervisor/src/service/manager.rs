@@ -37,8 +37,11 @@ use archon_proto::{
 };
 
 use super::policy;
+
+mod carry;
 use crate::table::ReplyTo;
 use crate::{info, warn};
+pub use carry::Carried;
 
 /// A unit, by the number archon gave it (never reused, so a stale timer finds nothing).
 pub type UnitId = u64;
@@ -1723,6 +1726,26 @@ impl Manager {
             }
         }
         self.after_down(id, now_ms);
+    }
+
+    /// Whether `id` is up as an acceptor (from its start until its last instance has ended).
+    pub fn is_acceptor(&self, id: UnitId) -> bool {
+        self.units.get(&id).is_some_and(|u| u.acceptor)
+    }
+
+    /// After a re-exec: `id` was up as an acceptor, with `instances` running; it is again (and
+    /// the next settle watches its sockets, or ends a stop that has no instance left).
+    pub fn adopt_acceptor(&mut self, id: UnitId, instances: u32, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.acceptor = true;
+        u.instances = instances;
+        if u.state == State::Stopping && instances == 0 {
+            self.acceptor_down(id, EventKind::Exit, "", None, now_ms);
+        }
+        self.touch(id);
+        self.settle(now_ms);
     }
 
     /// The loop started an instance of the acceptor `id`, process `pid`, for a connection
