@@ -16,8 +16,8 @@ use crate::error::nearest;
 use crate::model::{
     Backoff, Check, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
     DEFAULT_HEALTH_START_PERIOD_MS, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_LOG, DEFAULT_READY_FD, Flap,
-    Health, Log, MAX_LOG_KEEP, MAX_LOG_RING, Port, RESOURCES, Ready, Restart, Rlimit, Service,
-    TcpTarget, UnitKind,
+    Health, Log, MAX_LOG_KEEP, MAX_LOG_RING, MAX_MAX_CONNECTIONS, Port, RESOURCES, Ready, Restart,
+    Rlimit, Service, TcpTarget, UnitKind,
 };
 use crate::users::{self, Who};
 use crate::value::{
@@ -25,7 +25,7 @@ use crate::value::{
 };
 
 /// Every field of a declaration, in the order they are checked and dumped.
-pub(crate) const FIELDS: [&str; 30] = [
+pub(crate) const FIELDS: [&str; 32] = [
     "argv",
     "env",
     "cwd",
@@ -43,6 +43,8 @@ pub(crate) const FIELDS: [&str; 30] = [
     "enabled",
     "autostart",
     "on_demand",
+    "accept",
+    "max_connections",
     "critical",
     "early",
     "requires",
@@ -241,6 +243,24 @@ pub(crate) fn service(
     if s.on_demand {
         on_demand(&mut s, &f)?;
     }
+    if let Some(v) = f.get("accept") {
+        s.accept = boolean(v, "accept")?;
+    }
+    if let Some(v) = f.get("max_connections") {
+        if !s.accept {
+            return Err(
+                "max_connections needs accept = true (the most instances, one per connection, \
+                 at once)"
+                    .to_string(),
+            );
+        }
+        s.max_connections = integer(
+            v,
+            "max_connections",
+            1..=i64::from(MAX_MAX_CONNECTIONS),
+            &format!("a number from 1 to {MAX_MAX_CONNECTIONS}"),
+        )? as u32;
+    }
     if let Some(v) = f.get("critical") {
         s.critical = boolean(v, "critical")?;
     }
@@ -309,6 +329,9 @@ pub(crate) fn service(
                 .to_string(),
         );
     }
+    if s.accept {
+        accept(&mut s, &f)?;
+    }
     if let Some(v) = f.get("log") {
         let l = log(v)?;
         room.take(l.file.as_ref().map_or(0, |p| p.as_os_str().len()))?;
@@ -337,6 +360,60 @@ fn on_demand(s: &mut Service, f: &Fields) -> Res<()> {
     s.autostart = false;
     if f.get("restart").is_none() {
         s.restart = Restart::OnFailure;
+    }
+    Ok(())
+}
+
+/// What `accept = true` rules out, once every other field is read: archon takes the
+/// connections on the sockets (stream sockets, at least one) and starts a process per
+/// connection, which is not restarted, not waited for, nor checked; the service itself is up
+/// while archon accepts. `restart` is `"never"` (and may only say so); `backoff`, `flap` and
+/// `ready_timeout` are left as they are, unused.
+fn accept(s: &mut Service, f: &Fields) -> Res<()> {
+    let why_not = |what: &str| {
+        Err(format!(
+            "accept = true starts a process per connection: {what}"
+        ))
+    };
+    if s.kind == UnitKind::Task {
+        return why_not("it is for services, not tasks");
+    }
+    if s.on_demand {
+        return why_not("it cannot also be on_demand (archon already takes the first connection)");
+    }
+    if s.sockets.is_empty() {
+        return why_not("it needs sockets, as in sockets = {{tcp = \"127.0.0.1:7000\"}}");
+    }
+    if let Some((i, sock)) = s
+        .sockets
+        .iter()
+        .enumerate()
+        .find(|(_, x)| !x.listen.is_stream())
+    {
+        return why_not(&format!(
+            "sockets[{}] is {}, but only tcp and unix sockets take connections",
+            i + 1,
+            sock.listen
+        ));
+    }
+    match f.get("restart") {
+        Some(_) if s.restart != Restart::Never => {
+            return why_not("instances are not restarted; leave restart out (it is \"never\")");
+        }
+        _ => s.restart = Restart::Never,
+    }
+    if s.ready != Ready::Exec {
+        return why_not(
+            "an instance has no readiness to wait for; leave ready, ready_fd and watchdog out",
+        );
+    }
+    if s.health.is_some() {
+        return why_not("there is no one process to check; leave health out");
+    }
+    if s.bind_shim != crate::model::BindShim::Off {
+        return why_not(
+            "an instance gets its connection, not a listening socket; leave bind_shim out",
+        );
     }
     Ok(())
 }

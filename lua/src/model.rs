@@ -46,6 +46,11 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
 pub const MAX_SOCKETS: usize = 32;
 /// The first fd the sockets are passed at (`LISTEN_FDS`, `SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;
+/// The most instances of an `accept = true` service that run at once (`max_connections`): at
+/// the limit archon stops accepting, and connections wait in the backlog.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
+/// The largest `max_connections`: each instance holds one of archon's fds (its pidfd).
+pub const MAX_MAX_CONNECTIONS: u32 = 16_384;
 
 /// The byte budget of a service's in-memory log ring (`log.ring`): 64 KiB.
 pub const DEFAULT_LOG_RING: usize = 64 * 1024;
@@ -440,6 +445,12 @@ pub struct Service {
     /// Started by the first connection or datagram on one of its sockets, when it is down
     /// (services with sockets only; `autostart` is then `false`).
     pub on_demand: bool,
+    /// archon accepts each connection on its sockets (all stream sockets) and starts one
+    /// instance of the service per connection, with the connection as its stdin, stdout and fd
+    /// 3 (`accept = true`, systemd's `Accept=yes`, inetd's `nowait`).
+    pub accept: bool,
+    /// For `accept`: the most instances at once; at the limit archon stops accepting.
+    pub max_connections: u32,
     /// When it fails, archon stops everything and exits 1.
     pub critical: bool,
     /// A task of the early boot: every unit that is not early starts only once the early tasks
@@ -499,6 +510,8 @@ impl Service {
             enabled: true,
             autostart: true,
             on_demand: false,
+            accept: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             critical: false,
             early: false,
             requires: Vec::new(),
@@ -581,6 +594,11 @@ impl Service {
             ("enabled", self.enabled.to_string()),
             ("autostart", self.autostart.to_string()),
             ("on_demand", self.on_demand.to_string()),
+            ("accept", self.accept.to_string()),
+            (
+                "max_connections",
+                opt(self.accept.then(|| self.max_connections.to_string())),
+            ),
             ("critical", self.critical.to_string()),
             ("early", self.early.to_string()),
             (

@@ -1592,6 +1592,8 @@ fn settings_name_every_field_in_order() -> Res {
         ("enabled", "true"),
         ("autostart", "true"),
         ("on_demand", "false"),
+        ("accept", "false"),
+        ("max_connections", "nil"),
         ("critical", "false"),
         ("early", "false"),
         ("requires", "{}"),
@@ -1974,6 +1976,78 @@ fn on_demand_services() -> Res {
         "task \"t\" { argv = {\"/bin/true\"}, sockets = {{tcp = \"127.0.0.1:0\"}}, on_demand = true }",
         Some(1),
         "t: on_demand is for services; a task runs when it is started or required",
+    )])
+}
+
+#[test]
+fn accept_services() -> Res {
+    let s = with(
+        "sockets = {{name = \"t\", tcp = \"127.0.0.1:0\"}, {name = \"u\", unix = \"@x\"}}, accept = true",
+    )?;
+    assert!(s.accept);
+    assert_eq!(s.max_connections, crate::model::DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(s.restart, Restart::Never);
+    assert!(s.autostart);
+    let s = with(
+        "sockets = {{tcp = \"127.0.0.1:0\"}}, accept = true, max_connections = 2, restart = \"never\"",
+    )?;
+    assert_eq!(s.max_connections, 2);
+    let dumped: Vec<(&str, String)> = s.settings();
+    assert!(dumped.contains(&("accept", "true".to_string())));
+    assert!(dumped.contains(&("max_connections", "2".to_string())));
+    let plain = with("sockets = {{tcp = \"127.0.0.1:0\"}}")?;
+    assert!(
+        plain
+            .settings()
+            .contains(&("max_connections", "nil".to_string()))
+    );
+    const TCP: &str = "sockets = {{tcp = \"127.0.0.1:0\"}}, accept = true";
+    field_errors(&[
+        (
+            "accept = true",
+            "accept = true starts a process per connection: it needs sockets, as in sockets = {{tcp = \"127.0.0.1:7000\"}}",
+        ),
+        (
+            "accept = true, sockets = {{name = \"t\", tcp = \"127.0.0.1:0\"}, {name = \"d\", udp = \"127.0.0.1:0\"}}",
+            "accept = true starts a process per connection: sockets[2] is udp 127.0.0.1:0, but only tcp and unix sockets take connections",
+        ),
+        (
+            &format!("{TCP}, restart = \"always\""),
+            "accept = true starts a process per connection: instances are not restarted; leave restart out (it is \"never\")",
+        ),
+        (
+            &format!("{TCP}, ready = \"notify\""),
+            "accept = true starts a process per connection: an instance has no readiness to wait for; leave ready, ready_fd and watchdog out",
+        ),
+        (
+            &format!("{TCP}, health = {{command = {{\"/bin/true\"}}}}"),
+            "accept = true starts a process per connection: there is no one process to check; leave health out",
+        ),
+        (
+            &format!("{TCP}, bind_shim = true"),
+            "accept = true starts a process per connection: an instance gets its connection, not a listening socket; leave bind_shim out",
+        ),
+        (
+            &format!("{TCP}, on_demand = true, autostart = false"),
+            "accept = true starts a process per connection: it cannot also be on_demand (archon already takes the first connection)",
+        ),
+        (
+            "sockets = {{tcp = \"127.0.0.1:0\"}}, max_connections = 3",
+            "max_connections needs accept = true (the most instances, one per connection, at once)",
+        ),
+        (
+            &format!("{TCP}, max_connections = 0"),
+            "max_connections must be a number from 1 to 16384, got 0",
+        ),
+        (
+            "accept = \"yes\"",
+            "accept must be true or false, got \"yes\"",
+        ),
+    ])?;
+    errors(&[(
+        "\ntask \"t\" { argv = {\"/bin/true\"}, sockets = {{tcp = \"127.0.0.1:0\"}}, accept = true }",
+        Some(2),
+        "t: accept = true starts a process per connection: it is for services, not tasks",
     )])
 }
 

@@ -202,6 +202,12 @@ pub struct Supervisor {
     units: HashMap<UnitId, Box<units::UnitRt>>,
     /// Units' processes by pid: main processes and health checks.
     pids: HashMap<i32, units::PidOwner>,
+    /// The instances of the acceptors, by number (see `event_loop/units.rs`).
+    instances: HashMap<u64, units::Instance>,
+    /// The number of the next instance.
+    next_instance: u64,
+    /// Acceptors with connections perhaps left to accept after [`ACCEPTS_PER_TURN`].
+    accepts_pending: Vec<UnitId>,
     /// Units whose main process's exec is pending (at most [`crate::spawn::MAX_PIPELINED`]).
     execs_pending: Vec<UnitId>,
     /// archon's cgroup subtree, when a writable cgroup v2 hierarchy exists.
@@ -482,6 +488,9 @@ impl Supervisor {
             services,
             units: HashMap::new(),
             pids: HashMap::new(),
+            instances: HashMap::new(),
+            next_instance: 1,
+            accepts_pending: Vec::new(),
             execs_pending: Vec::new(),
             cgroups,
             config_source,
@@ -523,6 +532,7 @@ impl Supervisor {
             let timeout = if self.more_to_read.is_empty()
                 && self.more_to_accept == [false; 2]
                 && self.logs_pending.is_empty()
+                && self.accepts_pending.is_empty()
                 && !self.lua.as_ref().is_some_and(|l| l.busy())
             {
                 self.timers.timeout(Instant::now())
@@ -561,6 +571,9 @@ impl Supervisor {
                 if more {
                     self.accept(i == 1);
                 }
+            }
+            for unit in std::mem::take(&mut self.accepts_pending) {
+                self.on_sockets(unit);
             }
             for cid in std::mem::take(&mut self.more_to_read) {
                 self.pump(cid);
@@ -1535,6 +1548,13 @@ impl Supervisor {
                 let (unit, main) = match owner {
                     units::PidOwner::Main(u) => (u, true),
                     units::PidOwner::Probe(u) => (u, false),
+                    units::PidOwner::Instance(n) => {
+                        let Some(status) = sys::reap_pid(pid) else {
+                            break;
+                        };
+                        self.instance_ended(n, status);
+                        continue;
+                    }
                 };
                 if main && self.settle_exec_of_ended(unit) {
                     continue;

@@ -312,6 +312,21 @@ pub struct UnitRecord {
     pub timers: Vec<(TimerKind, u64)>,
     /// Its output.
     pub log: Option<LogRecord>,
+    /// For a service up as an acceptor (`accept = true`): its instances.
+    pub accept: Option<Vec<InstanceRecord>>,
+}
+
+/// An instance of an `accept = true` service (one per connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// Its number, which its pidfd's token carries.
+    pub number: u64,
+    /// Its process.
+    pub pid: i32,
+    /// Its pidfd.
+    pub pidfd: Option<RawFd>,
+    /// Who connected, for its events.
+    pub peer: String,
 }
 
 /// A socket of the configuration that archon holds.
@@ -543,6 +558,22 @@ impl State {
                     ],
                 );
             }
+            if let Some(instances) = &u.accept {
+                put(&mut out, [b"unit-accept".as_slice(), name]);
+                for i in instances {
+                    put(
+                        &mut out,
+                        [
+                            b"unit-instance".as_slice(),
+                            name,
+                            &num(i.number),
+                            &num(i.pid as u64),
+                            &opt_fd(i.pidfd),
+                            i.peer.as_bytes(),
+                        ],
+                    );
+                }
+            }
             if let Some(log) = &u.log {
                 let mut f = vec![b"unit-log".to_vec(), name.to_vec()];
                 f.extend(log.fds.iter().map(|&fd| num(fd as u64)));
@@ -731,11 +762,11 @@ impl State {
                         ready: None,
                         timers: Vec::new(),
                         log: None,
+                        accept: None,
                     });
                 }
-                b"unit-fds" | b"unit-notify" | b"unit-timer" | b"unit-log" | b"unit-line" => {
-                    read_unit_part(&mut st, tag, fields)?
-                }
+                b"unit-fds" | b"unit-notify" | b"unit-timer" | b"unit-log" | b"unit-line"
+                | b"unit-accept" | b"unit-instance" => read_unit_part(&mut st, tag, fields)?,
                 b"socket" => {
                     let mut c = Cursor::new(fields, "socket");
                     st.sockets.push(SocketRecord {
@@ -779,6 +810,9 @@ impl State {
             fds.extend(u.notify.as_ref().map(|n| n.fd));
             if let Some(log) = &u.log {
                 fds.extend(log.fds);
+            }
+            for i in u.accept.iter().flatten() {
+                fds.extend(i.pidfd);
             }
         }
         fds.extend(self.sockets.iter().map(|s| s.fd));
@@ -843,6 +877,19 @@ fn read_unit_part(st: &mut State, tag: &[u8], fields: &[&[u8]]) -> Result<(), Fo
         b"unit-fds" => {
             unit.pidfd = read_opt_fd(&mut c)?;
             unit.ready = read_opt_fd(&mut c)?;
+        }
+        b"unit-accept" => unit.accept = Some(Vec::new()),
+        b"unit-instance" => {
+            let rec = InstanceRecord {
+                number: c.num()?,
+                pid: c.num()?,
+                pidfd: read_opt_fd(&mut c)?,
+                peer: c.text()?,
+            };
+            unit.accept
+                .as_mut()
+                .ok_or_else(|| FormatError("an instance before its acceptor".to_string()))?
+                .push(rec);
         }
         b"unit-notify" => {
             unit.notify = Some(NotifyRecord {

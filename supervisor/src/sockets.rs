@@ -12,7 +12,8 @@
 //! port, the same file), binds the new ones and closes the ones no longer declared.
 //!
 //! Every socket is close-on-exec in archon, owned by a [`Bound`], and blocking: archon never
-//! reads or accepts on them. A Unix socket's file is removed when its socket is dropped, if the
+//! reads on them, and accepts only on those of an `accept = true` service ([`accept`]), which
+//! are non-blocking while archon watches them ([`set_nonblocking`]). A Unix socket's file is removed when its socket is dropped, if the
 //! file is still that socket's.
 
 use std::collections::HashMap;
@@ -84,6 +85,11 @@ impl Bound {
     /// Its name, for `LISTEN_FDNAMES`.
     pub fn name(&self) -> &str {
         &self.decl.name
+    }
+
+    /// Where it is bound.
+    pub fn local(&self) -> &Listen {
+        &self.local
     }
 
     /// Takes a new declaration of the same address: a new name, backlog, mode or owner is
@@ -440,6 +446,145 @@ pub fn preload(shim: &Path, existing: Option<&[u8]>) -> Vec<u8> {
     value
 }
 
+/// A connection archon accepted for an instance of an `accept = true` service.
+#[derive(Debug)]
+pub struct Connection {
+    /// The connected socket: close-on-exec and blocking.
+    pub fd: OwnedFd,
+    /// What the instance learns of it, as ucspi-tcp and ucspi-unix tell it ([`peer_env`]).
+    pub env: Vec<(&'static str, Vec<u8>)>,
+    /// Who connected, for people: `127.0.0.1:40312`, `[::1]:40312`, `pid 812 uid 1000`.
+    pub peer: String,
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP connection: the remote and local addresses.
+    Tcp {
+        /// The client's address and port.
+        remote: SocketAddr,
+        /// The address and port it connected to.
+        local: SocketAddr,
+    },
+    /// A Unix connection: the client's credentials when it connected (`SO_PEERCRED`) and the
+    /// socket's address (a path, or `@name`).
+    Unix {
+        /// Its pid (0 when it is in another PID namespace).
+        pid: i32,
+        /// Its effective user id.
+        uid: u32,
+        /// Its effective group id.
+        gid: u32,
+        /// The listening socket's address.
+        local: Vec<u8>,
+    },
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp { remote, .. } => write!(f, "{remote}"),
+            Peer::Unix { pid, uid, .. } => write!(f, "pid {pid} uid {uid}"),
+        }
+    }
+}
+
+/// The variables an instance gets for its connection, as ucspi-tcp's `tcpserver` and
+/// ucspi-unix's `unixserver` set them: `PROTO=TCP`, `TCPREMOTEIP`, `TCPREMOTEPORT`,
+/// `TCPLOCALIP`, `TCPLOCALPORT` (an IPv6 address without brackets); or `PROTO=UNIX`,
+/// `UNIXREMOTEPID`, `UNIXREMOTEEUID`, `UNIXREMOTEEGID`, `UNIXLOCALPATH`.
+pub fn peer_env(peer: &Peer) -> Vec<(&'static str, Vec<u8>)> {
+    let text = |v: &dyn std::fmt::Display| v.to_string().into_bytes();
+    match peer {
+        Peer::Tcp { remote, local } => vec![
+            ("PROTO", b"TCP".to_vec()),
+            ("TCPREMOTEIP", text(&remote.ip())),
+            ("TCPREMOTEPORT", text(&remote.port())),
+            ("TCPLOCALIP", text(&local.ip())),
+            ("TCPLOCALPORT", text(&local.port())),
+        ],
+        Peer::Unix {
+            pid,
+            uid,
+            gid,
+            local,
+        } => vec![
+            ("PROTO", b"UNIX".to_vec()),
+            ("UNIXREMOTEPID", text(pid)),
+            ("UNIXREMOTEEUID", text(uid)),
+            ("UNIXREMOTEEGID", text(gid)),
+            ("UNIXLOCALPATH", local.clone()),
+        ],
+    }
+}
+
+/// Accepts one connection on the listening socket `fd` (non-blocking), bound at `local`:
+/// `Ok(None)` when none waits. The connection is close-on-exec and blocking, as an instance
+/// expects its stdin and stdout.
+pub fn accept(fd: RawFd, local: &Listen) -> io::Result<Option<Connection>> {
+    // SAFETY: an all-zero sockaddr_storage is valid; len says its size.
+    let mut storage: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len describe a valid buffer; the fd returned is ours.
+    let ret = unsafe {
+        libc::accept4(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the kernel just gave us this fd; nobody else owns it.
+    let conn = unsafe { OwnedFd::from_raw_fd(ret) };
+    let peer = match local {
+        Listen::Tcp(_) => Peer::Tcp {
+            remote: sockaddr_to(&storage)?,
+            local: local_addr(&conn)?,
+        },
+        Listen::Unix(addr) => {
+            let cred = crate::control::peer_credentials(conn.as_raw_fd())?;
+            Peer::Unix {
+                pid: cred.pid,
+                uid: cred.uid,
+                gid: cred.gid,
+                local: addr.as_bytes(),
+            }
+        }
+        Listen::Udp(_) | Listen::UnixGram(_) => {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+    };
+    Ok(Some(Connection {
+        fd: conn,
+        env: peer_env(&peer),
+        peer: peer.to_string(),
+    }))
+}
+
+/// Sets or clears `O_NONBLOCK` on a socket (on its open file: every copy of it).
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller holds.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let want = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if want != flags {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, want) })?;
+    }
+    Ok(())
+}
+
 // ----- the kernel's side -----
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -590,18 +735,23 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
             &mut len,
         )
     })?;
+    sockaddr_to(&storage)
+}
+
+/// The IP address and port a sockaddr the kernel wrote holds.
+fn sockaddr_to(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
     match libc::c_int::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in.
             let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes());
             Ok(SocketAddr::new(ip, u16::from_be(sin.sin_port)))
         }
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6.
             let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = IpAddr::from(sin6.sin6_addr.s6_addr);
             Ok(SocketAddr::new(ip, u16::from_be(sin6.sin6_port)))
         }
@@ -762,6 +912,73 @@ mod tests {
         assert!(serves(&unix, &BindAddr::Unix(b"/run/a.sock".to_vec())));
         assert!(!serves(&unix, &BindAddr::Unix(b"/run/b.sock".to_vec())));
         assert!(!serves(&unix, &tcp("127.0.0.1:80")?));
+        Ok(())
+    }
+
+    #[test]
+    fn peers_are_told_as_ucspi_does() -> TestResult {
+        let tcp = Peer::Tcp {
+            remote: "[::1]:40312".parse()?,
+            local: "[::1]:7000".parse()?,
+        };
+        assert_eq!(tcp.to_string(), "[::1]:40312");
+        assert_eq!(
+            peer_env(&tcp),
+            vec![
+                ("PROTO", b"TCP".to_vec()),
+                ("TCPREMOTEIP", b"::1".to_vec()),
+                ("TCPREMOTEPORT", b"40312".to_vec()),
+                ("TCPLOCALIP", b"::1".to_vec()),
+                ("TCPLOCALPORT", b"7000".to_vec()),
+            ]
+        );
+        let unix = Peer::Unix {
+            pid: 812,
+            uid: 1000,
+            gid: 100,
+            local: b"@svc".to_vec(),
+        };
+        assert_eq!(unix.to_string(), "pid 812 uid 1000");
+        assert_eq!(
+            peer_env(&unix),
+            vec![
+                ("PROTO", b"UNIX".to_vec()),
+                ("UNIXREMOTEPID", b"812".to_vec()),
+                ("UNIXREMOTEEUID", b"1000".to_vec()),
+                ("UNIXREMOTEEGID", b"100".to_vec()),
+                ("UNIXLOCALPATH", b"@svc".to_vec()),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn accept_takes_a_connection_with_its_peer() -> TestResult {
+        let config = config(
+            r#"service "a" { argv = {"/bin/true"}, accept = true, sockets = {{tcp = "127.0.0.1:0"}} }"#,
+        )?;
+        let mut sockets = Sockets::default();
+        sockets.apply(&config, "t.lua")?;
+        let b = &sockets.of("a")[0];
+        set_nonblocking(b.fd(), true)?;
+        assert!(accept(b.fd(), b.local())?.is_none());
+        let port = sockets.port("a", 0).ok_or("no port")?;
+        let client = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        let conn = accept(b.fd(), b.local())?.ok_or("no connection")?;
+        assert_eq!(conn.peer, client.local_addr()?.to_string());
+        assert!(
+            conn.env
+                .contains(&("TCPLOCALPORT", port.to_string().into_bytes()))
+        );
+        // SAFETY: fcntl on an fd the connection owns.
+        let (fd_flags, fl) = unsafe {
+            (
+                libc::fcntl(conn.fd.as_raw_fd(), libc::F_GETFD),
+                libc::fcntl(conn.fd.as_raw_fd(), libc::F_GETFL),
+            )
+        };
+        assert!(fd_flags & libc::FD_CLOEXEC != 0 && fl & libc::O_NONBLOCK == 0);
+        set_nonblocking(b.fd(), false)?;
         Ok(())
     }
 

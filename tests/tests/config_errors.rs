@@ -153,6 +153,30 @@ fn a_field_of_the_wrong_type() -> Result {
 }
 
 #[test]
+fn what_accept_rules_out() -> Result {
+    refused(
+        "service \"a\" { argv = {\"/bin/true\"} }\nservice \"x\" { argv = {\"/bin/cat\"}, accept = true }\n",
+    )?
+    .ensure(2..=2, &["x: accept = true starts a process per connection: it needs sockets"])?;
+    refused(
+        "\nservice \"x\" { argv = {\"/bin/cat\"}, accept = true,\n  sockets = {{udp = \"127.0.0.1:0\"}} }\n",
+    )?
+    .ensure(2..=3, &["sockets[1] is udp", "only tcp and unix sockets take connections"])?;
+    refused(
+        "service \"x\" { argv = {\"/bin/cat\"}, accept = true, restart = \"always\",\n  sockets = {{tcp = \"127.0.0.1:0\"}} }\n",
+    )?
+    .ensure(1..=2, &["instances are not restarted"])?;
+    refused(
+        "service \"x\" { argv = {\"/bin/cat\"}, accept = true, ready = \"notify\",\n  sockets = {{tcp = \"127.0.0.1:0\"}} }\n",
+    )?
+    .ensure(1..=2, &["no readiness to wait for"])?;
+    refused(
+        "service \"x\" { argv = {\"/bin/cat\"}, max_connections = 4,\n  sockets = {{tcp = \"127.0.0.1:0\"}} }\n",
+    )?
+    .ensure(1..=2, &["max_connections needs accept = true"])
+}
+
+#[test]
 fn a_user_or_group_that_does_not_exist() -> Result {
     // Names are looked up when the file is loaded: the file is refused, no service starts as
     // someone who is not there.

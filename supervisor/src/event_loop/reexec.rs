@@ -5,7 +5,8 @@
 //!
 //! Kept: the listening sockets (the same fds: a client may connect throughout), every process
 //! (pidfds, and the replies owed when they end), every unit's life, pidfd, notify socket, ready
-//! pipe, log pipes, partial lines and ring, its timers, the configuration's sockets, the history
+//! pipe, log pipes, partial lines and ring, its timers, an acceptor's instances (their pidfds,
+//! and the watch of its sockets made again), the configuration's sockets, the history
 //! and its numbering, and every connection that is not a stream. Not kept: subscribers and log
 //! followers (closed: they connect again, and `History` has what they missed), `Run`s waiting
 //! for a slot (answered `Error` before the state is written), a health check in flight (a new
@@ -22,7 +23,9 @@ use mio::Interest;
 use mio::net::UnixStream;
 use mio::unix::SourceFd;
 
-use super::units::{PidOwner, SUB_LOG, SUB_NOTIFY, SUB_PIDFD, SUB_READY, unit_token};
+use super::units::{
+    Instance, PidOwner, SUB_INSTANCE, SUB_LOG, SUB_NOTIFY, SUB_PIDFD, SUB_READY, unit_token,
+};
 use super::{Supervisor, TAG_CLIENT, now_ms, token};
 use crate::control::Client;
 use crate::listen::{BindListening, Listening};
@@ -230,6 +233,18 @@ impl Supervisor {
                 ready: None,
                 timers: Vec::new(),
                 log: None,
+                accept: self.services.is_acceptor(id).then(|| {
+                    self.instances
+                        .iter()
+                        .filter(|(_, i)| i.unit == id)
+                        .map(|(&number, i)| rx::InstanceRecord {
+                            number,
+                            pid: i.pid,
+                            pidfd: Some(i.pidfd.as_raw_fd()),
+                            peer: i.peer.clone(),
+                        })
+                        .collect()
+                }),
             };
             if let Some(rt) = self.units.get(&id) {
                 rec.pidfd = rt.pidfd.as_ref().map(AsRawFd::as_raw_fd);
@@ -422,8 +437,8 @@ impl Supervisor {
         if let (None, Some(pid)) = (&pidfd, pid) {
             pidfd = sys::pidfd_open(pid).ok();
         }
-        let cgroup = match (&self.cgroups, pid) {
-            (Some(cg), Some(_)) => cg.create(name).ok(),
+        let cgroup = match &self.cgroups {
+            Some(cg) if pid.is_some() || rec.accept.is_some() => cg.create(name).ok(),
             _ => None,
         };
         let registry = self.poll.registry();
@@ -490,11 +505,80 @@ impl Supervisor {
                 rt.timers.0.push((kind, key));
             }
         }
+        if let Some(instances) = rec.accept {
+            let n = instances.len() as u32;
+            for i in instances {
+                self.adopt_instance(id, i, bank, problems);
+            }
+            // Up as an acceptor again: the next settle watches its sockets.
+            self.services.adopt_acceptor(id, n, now_ms());
+        }
+    }
+
+    /// An instance of the acceptor `unit`, carried: its pidfd watched under its number.
+    fn adopt_instance(
+        &mut self,
+        unit: crate::service::UnitId,
+        rec: rx::InstanceRecord,
+        bank: &mut FdBank,
+        problems: &mut Vec<String>,
+    ) {
+        let Some(pidfd) = bank
+            .take_opt(rec.pidfd)
+            .or_else(|| sys::pidfd_open(rec.pid).ok())
+        else {
+            // Ended and reaped in between: nothing to watch; its end is not seen.
+            problems.push(format!("instance {} (pid {}): gone", rec.number, rec.pid));
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&pidfd.as_raw_fd()),
+            unit_token(rec.number, SUB_INSTANCE),
+            Interest::READABLE,
+        ) {
+            problems.push(format!(
+                "instance {}: cannot watch its pidfd: {e}",
+                rec.number
+            ));
+        }
+        self.pids.insert(rec.pid, PidOwner::Instance(rec.number));
+        self.next_instance = self.next_instance.max(rec.number + 1);
+        self.instances.insert(
+            rec.number,
+            Instance {
+                unit,
+                pid: rec.pid,
+                pidfd,
+                peer: rec.peer,
+            },
+        );
     }
 
     /// A unit the configuration no longer declares (or that cannot be read): its process is
     /// kept as a daemon, listed by its id, with the unit's name as its command line.
     fn keep_as_daemon(&mut self, rec: UnitRecord, bank: &mut FdBank, problems: &mut Vec<String>) {
+        for i in rec.accept.iter().flatten() {
+            // An instance of an acceptor no longer declared: a daemon too.
+            let pidfd = bank
+                .take_opt(i.pidfd)
+                .or_else(|| sys::pidfd_open(i.pid).ok());
+            let mut p = Proc::new(
+                Kind::Daemon,
+                i.pid,
+                now_ms(),
+                vec![rec.name.clone().into_bytes()],
+            );
+            let raw = pidfd.as_ref().map(AsRawFd::as_raw_fd);
+            p.pidfd = pidfd;
+            let id = self.table.insert(p);
+            if let Some(raw) = raw {
+                let _ = self.watch_pidfd(id, raw);
+            }
+            problems.push(format!(
+                "{}: not in the configuration: its instance {} is kept as {id}",
+                rec.name, i.pid
+            ));
+        }
         let Some(pid) = rec.life.pid() else {
             problems.push(format!("{}: no longer declared", rec.name));
             return;

@@ -14,6 +14,12 @@
 //! outcome, and the unit is not forgotten. Whatever wakes the loop for a unit, that outcome is
 //! read first (a process that has ended, or written to its ready fd or notify socket, has
 //! exec'd or failed to), so the manager always hears "spawned" before anything the process did.
+//!
+//! An `accept = true` service has instances instead of a main process: while the manager says
+//! it [`accepts`](Manager::accepts), the loop watches its sockets, accepts each connection and
+//! starts an [`Instance`] for it the vfork way (so the connection, archon's copy of which is
+//! close-on-exec, is closed as soon as the spawn returns). An instance's pidfd has a token of its
+//! own (`SUB_INSTANCE`, with the instance's number where a unit's id goes).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -59,9 +65,11 @@ const SUB_PROBE: u64 = 3;
 const SUB_EXEC: u64 = 4;
 /// stdout's log pipe; stderr's is the next.
 pub(super) const SUB_LOG: u64 = 5;
-/// The sockets of an on-demand service, while it is down.
+/// The sockets of an on-demand service, while it is down, or of an acceptor, while it accepts.
 const SUB_SOCKETS: u64 = 7;
-const SUB_BITS: u32 = 3;
+/// The pidfd of an instance of an acceptor: the token carries the instance's number.
+pub(super) const SUB_INSTANCE: u64 = 8;
+const SUB_BITS: u32 = 4;
 
 pub(super) fn unit_token(id: UnitId, sub: u64) -> Token {
     token(TAG_UNIT, (id << SUB_BITS) | sub)
@@ -105,7 +113,29 @@ pub(super) struct UnitRt {
 /// `SUB_SOCKETS` token: the first connection or datagram on any of them starts the service, and
 /// the watch ends then. The poll is edge-triggered: a socket that has something waiting when it
 /// is registered wakes the loop once, and nothing more wakes it until something new comes.
-pub(super) struct Watch(Vec<OwnedFd>);
+///
+/// An acceptor's watch (`accept`) takes every connection instead, until none waits or the
+/// turn's budget is spent; its sockets are non-blocking while it lasts.
+pub(super) struct Watch {
+    accept: bool,
+    sockets: Vec<Watched>,
+}
+
+/// One socket of a [`Watch`]: its copy, its name and where it is bound.
+struct Watched {
+    fd: OwnedFd,
+    name: String,
+    local: archon_lua::Listen,
+}
+
+/// A process archon started for one connection to an acceptor.
+pub(super) struct Instance {
+    pub(super) unit: UnitId,
+    pub(super) pid: i32,
+    pub(super) pidfd: OwnedFd,
+    /// Who connected, for its events.
+    pub(super) peer: String,
+}
 
 /// A unit's armed timers, one per kind: a short list, not a hash map, since a unit has one or
 /// two at a time and thousands of units each keep theirs.
@@ -136,6 +166,8 @@ impl UnitTimers {
 pub(super) enum PidOwner {
     Main(UnitId),
     Probe(UnitId),
+    /// An instance of an acceptor, by its number.
+    Instance(u64),
 }
 
 impl Supervisor {
@@ -230,8 +262,10 @@ impl Supervisor {
 
     /// Starts the unit's process: its pid when the program runs, `None` when its exec is still
     /// pending.
-    fn try_spawn_unit(&mut self, id: UnitId, spec: &Service) -> Result<Option<i32>, String> {
-        let mut env: Vec<EnvEntry> = Vec::with_capacity(spec.env.len());
+    /// The command of a unit's process: its argv and env with their `${service.port}`
+    /// references replaced, and `ARCHON_SERVICE`.
+    fn unit_command(&self, spec: &Service) -> Result<Command, String> {
+        let mut env: Vec<EnvEntry> = Vec::with_capacity(spec.env.len() + 1);
         for (n, v) in &spec.env {
             env.push(EnvEntry {
                 name: n.clone(),
@@ -248,13 +282,21 @@ impl Supervisor {
                     .map_err(|e| format!("argv[{}]: {e}", i + 1))?,
             );
         }
+        env.push(EnvEntry {
+            name: b"ARCHON_SERVICE".to_vec(),
+            value: Some(spec.name.clone().into_bytes()),
+        });
+        Ok(Command { argv, env })
+    }
+
+    fn try_spawn_unit(&mut self, id: UnitId, spec: &Service) -> Result<Option<i32>, String> {
+        let Command { argv, mut env } = self.unit_command(spec)?;
         let mut set = |name: &str, value: Vec<u8>| {
             env.push(EnvEntry {
                 name: name.as_bytes().to_vec(),
                 value: Some(value),
             })
         };
-        set("ARCHON_SERVICE", spec.name.clone().into_bytes());
         let mut extra_fds = Vec::new();
         let mut ready_write: Option<OwnedFd> = None;
         match spec.ready {
@@ -309,26 +351,7 @@ impl Supervisor {
         }
         .map_err(|e| e.to_string())?;
         let cgroup = self.unit_cgroup(id, spec);
-        let opts = SpawnOptions {
-            cwd: spec.cwd.as_ref().and_then(|p| {
-                std::ffi::CString::new(p.as_os_str().as_encoded_bytes().to_vec()).ok()
-            }),
-            creds: spec.user.as_ref().map(|c| Creds {
-                uid: c.uid,
-                gid: c.gid,
-                groups: c.groups.clone(),
-            }),
-            umask: spec.umask,
-            rlimits: spec
-                .rlimits
-                .iter()
-                .map(|r| (r.resource, r.soft, r.hard))
-                .collect(),
-            nice: spec.nice,
-            cgroup: cgroup.as_ref().map(AsRawFd::as_raw_fd),
-            cgroup_procs: None,
-            extra_fds,
-        };
+        let opts = spawn_options(spec, cgroup.as_ref(), extra_fds);
         let stdio = match self.unit_log(id, spec) {
             Some([out, err]) => [self.devnull.as_raw_fd(), out, err],
             None => [self.devnull.as_raw_fd(), 2, 2],
@@ -787,7 +810,7 @@ impl Supervisor {
             return;
         };
         let Some(pidfd) = rt.pidfd.as_ref() else {
-            return;
+            return self.signal_instances(id, sig, tree);
         };
         let result = match (tree, rt.cgroup.as_ref()) {
             (true, Some(cg)) => {
@@ -827,6 +850,10 @@ impl Supervisor {
         if let Some(pidfd) = rt.pidfd.as_ref() {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL, 0);
             let _ = sys::signal_group(pidfd.as_fd(), rt.pid, libc::SIGKILL);
+        }
+        for i in self.instances.values().filter(|i| i.unit == id) {
+            let _ = sys::pidfd_send_signal(i.pidfd.as_fd(), libc::SIGKILL, 0);
+            let _ = sys::signal_group(i.pidfd.as_fd(), i.pid, libc::SIGKILL);
         }
     }
 
@@ -917,12 +944,25 @@ impl Supervisor {
         if let Some(mut s) = rt.notify.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
-        if let Some(Watch(fds)) = rt.watch.take() {
-            for fd in fds {
+        if let Some(watch) = rt.watch.take() {
+            self.drop_watch(watch);
+        }
+        let left: Vec<u64> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.unit == id)
+            .map(|(&n, _)| n)
+            .collect();
+        for n in left {
+            // The manager forgets no acceptor with instances; were it to, they are killed, and
+            // reaped as orphans.
+            if let Some(i) = self.instances.remove(&n) {
                 let _ = self
                     .poll
                     .registry()
-                    .deregister(&mut SourceFd(&fd.as_raw_fd()));
+                    .deregister(&mut SourceFd(&i.pidfd.as_raw_fd()));
+                let _ = sys::pidfd_send_signal(i.pidfd.as_fd(), libc::SIGKILL, 0);
+                self.pids.remove(&i.pid);
             }
         }
         if let Some((probe, key)) = rt.probe.take().map(|b| *b) {
@@ -972,6 +1012,9 @@ impl Supervisor {
     /// One of a unit's fds woke the loop. Whichever it is, the exec's outcome is told first.
     pub(super) fn on_unit(&mut self, token_id: u64) {
         let (id, sub) = (token_id >> SUB_BITS, token_id & ((1 << SUB_BITS) - 1));
+        if sub == SUB_INSTANCE {
+            return self.on_instance(id);
+        }
         if self.settle_exec(id) {
             self.run_actions();
         }
@@ -991,12 +1034,16 @@ impl Supervisor {
 
     /// Watches the sockets of `id` for a connection or a datagram.
     fn watch(&mut self, id: UnitId) {
-        let Some(name) = self.services.spec(id).map(|s| s.name.clone()) else {
+        let Some((name, accept)) = self.services.spec(id).map(|s| (s.name.clone(), s.accept))
+        else {
             return;
         };
-        let mut fds = Vec::new();
+        let mut sockets = Vec::new();
         for b in self.sockets.of(&name) {
             let registered = b.dup().and_then(|fd| {
+                if accept {
+                    sockets::set_nonblocking(fd.as_raw_fd(), true)?;
+                }
                 self.poll
                     .registry()
                     .register(
@@ -1007,26 +1054,41 @@ impl Supervisor {
                     .map(|()| fd)
             });
             match registered {
-                Ok(fd) => fds.push(fd),
+                Ok(fd) => sockets.push(Watched {
+                    fd,
+                    name: b.name().to_string(),
+                    local: b.local().clone(),
+                }),
                 Err(e) => warn!("{name}: cannot watch socket {}: {e}", b.name()),
             }
         }
-        debug!("{name}: watching {} sockets", fds.len());
-        self.units.entry(id).or_default().watch = Some(Watch(fds));
+        debug!(
+            "{name}: watching {} sockets{}",
+            sockets.len(),
+            if accept { " to accept" } else { "" }
+        );
+        self.units.entry(id).or_default().watch = Some(Watch { accept, sockets });
     }
 
     /// Stops watching the sockets of `id`, if they were.
     fn unwatch(&mut self, id: UnitId) {
-        let Some(Watch(fds)) = self.units.get_mut(&id).and_then(|rt| rt.watch.take()) else {
-            return;
-        };
-        for fd in fds {
+        if let Some(watch) = self.units.get_mut(&id).and_then(|rt| rt.watch.take()) {
+            self.drop_watch(watch);
+        }
+    }
+
+    fn drop_watch(&mut self, watch: Watch) {
+        for w in watch.sockets {
             // Before the copy closes: the registration is the open socket's, and would outlive
             // this descriptor while another (archon's own, a child's) keeps the socket open.
             let _ = self
                 .poll
                 .registry()
-                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+                .deregister(&mut SourceFd(&w.fd.as_raw_fd()));
+            if watch.accept {
+                // Blocking again, as bound: a reload may pass it to a service that listens.
+                let _ = sockets::set_nonblocking(w.fd.as_raw_fd(), false);
+            }
         }
     }
 
@@ -1048,12 +1110,218 @@ impl Supervisor {
     /// A connection or a datagram came to the sockets of an on-demand service: the manager
     /// starts it, and ends the watch. archon reads nothing from the sockets: what came waits
     /// there for the service.
-    fn on_sockets(&mut self, id: UnitId) {
-        if self.units.get(&id).is_none_or(|rt| rt.watch.is_none()) {
+    pub(super) fn on_sockets(&mut self, id: UnitId) {
+        let Some(watch) = self.units.get(&id).and_then(|rt| rt.watch.as_ref()) else {
             return;
+        };
+        if watch.accept {
+            return self.accept_connections(id);
         }
         self.services.activate(id, now_ms());
         self.run_actions();
+    }
+
+    // ----- acceptors -----
+
+    /// Connections wait on the sockets of the acceptor `id`: each is accepted and gets an
+    /// instance, while the manager says it accepts (below `max_connections`), at most
+    /// [`ACCEPTS_PER_TURN`](super::ACCEPTS_PER_TURN) in this turn; the rest are taken before
+    /// the next sleep, since no new edge will say they wait.
+    fn accept_connections(&mut self, id: UnitId) {
+        for _ in 0..super::ACCEPTS_PER_TURN {
+            if !self.services.accepts(id) {
+                return;
+            }
+            match self.accept_one(id) {
+                Some((conn, name)) => self.spawn_instance(id, conn, &name),
+                None => return,
+            }
+        }
+        if !self.accepts_pending.contains(&id) {
+            self.accepts_pending.push(id);
+        }
+    }
+
+    /// One connection from the sockets the acceptor `id` watches, and the name of the socket
+    /// it came to; `None` when none waits.
+    fn accept_one(&mut self, id: UnitId) -> Option<(sockets::Connection, String)> {
+        let name = self.services.spec(id).map_or("?", |s| s.name.as_str());
+        let watch = self.units.get(&id)?.watch.as_ref()?;
+        for w in &watch.sockets {
+            loop {
+                match sockets::accept(w.fd.as_raw_fd(), &w.local) {
+                    Ok(Some(conn)) => return Some((conn, w.name.clone())),
+                    Ok(None) => break,
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO)
+                        ) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                        // Out of fds: the spare one is freed to take the connection and close
+                        // it, rather than leave it in the backlog with no edge to come.
+                        warn!("{name}: out of file descriptors: refusing a connection");
+                        self.spare_fd = None;
+                        // SAFETY: accept4 with no address; the fd it returns is ours.
+                        let fd = unsafe {
+                            libc::accept4(
+                                w.fd.as_raw_fd(),
+                                std::ptr::null_mut(),
+                                std::ptr::null_mut(),
+                                libc::SOCK_CLOEXEC,
+                            )
+                        };
+                        if fd >= 0 {
+                            // SAFETY: the kernel just gave us this fd.
+                            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                        }
+                        self.spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+                        if fd < 0 || self.spare_fd.is_none() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!("{name}: accept on socket {}: {e}", w.name);
+                        break;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts an instance of the acceptor `id` for `conn`, which came to its socket `socket`:
+    /// the connection is its stdin, its stdout and fd 3 (`LISTEN_FDS=1`), its stderr the
+    /// service's log. archon's copy of the connection is closed once the spawn returns.
+    fn spawn_instance(&mut self, id: UnitId, conn: sockets::Connection, socket: &str) {
+        let Some(spec) = self.services.spec(id).cloned() else {
+            return;
+        };
+        let why = format!("a connection from {}", conn.peer);
+        let spawned = self.try_spawn_instance(id, &spec, &conn, socket);
+        drop(conn);
+        let now = now_ms();
+        match spawned {
+            Ok(child) => {
+                let n = self.next_instance;
+                self.next_instance += 1;
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&child.pidfd.as_raw_fd()),
+                    unit_token(n, SUB_INSTANCE),
+                    Interest::READABLE,
+                ) {
+                    // Its end is found through SIGCHLD instead.
+                    warn!(
+                        "{}: cannot watch the pidfd of {}: {e}",
+                        spec.name, child.pid
+                    );
+                }
+                self.pids.insert(child.pid, PidOwner::Instance(n));
+                self.instances.insert(
+                    n,
+                    Instance {
+                        unit: id,
+                        pid: child.pid,
+                        pidfd: child.pidfd,
+                        peer: why.clone(),
+                    },
+                );
+                debug!("{}: instance {n}, pid {}: {why}", spec.name, child.pid);
+                self.services.instance_started(id, child.pid, &why, now);
+            }
+            Err(e) => {
+                self.services
+                    .instance_failed(id, &format!("{why}: {e}"), now);
+            }
+        }
+        self.run_actions();
+    }
+
+    fn try_spawn_instance(
+        &mut self,
+        id: UnitId,
+        spec: &Service,
+        conn: &sockets::Connection,
+        socket: &str,
+    ) -> Result<crate::spawn::Child, String> {
+        let mut cmd = self.unit_command(spec)?;
+        for (name, value) in listen_env([socket].into_iter())
+            .into_iter()
+            .chain(conn.env.clone())
+        {
+            cmd.env.push(EnvEntry {
+                name: name.as_bytes().to_vec(),
+                value: Some(value),
+            });
+        }
+        let exec = Exec::prepare_listening(&cmd, &self.base_env).map_err(|e| e.to_string())?;
+        let cgroup = self.unit_cgroup(id, spec);
+        let fd = conn.fd.as_raw_fd();
+        let opts = spawn_options(
+            spec,
+            cgroup.as_ref(),
+            vec![(fd, archon_lua::model::LISTEN_FDS_START)],
+        );
+        let stderr = match self.unit_log(id, spec) {
+            Some([_, err]) => err,
+            None => 2,
+        };
+        self.spawner
+            .spawn_with(&exec, [fd, fd, stderr], &opts)
+            .map_err(|e| e.to_string())
+    }
+
+    /// An instance's pidfd is readable: it has ended.
+    fn on_instance(&mut self, n: u64) {
+        let status = self
+            .instances
+            .get(&n)
+            .and_then(|i| sys::reap_pidfd(i.pidfd.as_fd()).ok().flatten());
+        if let Some(status) = status {
+            self.instance_ended(n, status);
+        }
+    }
+
+    /// Instance `n` has been reaped with `status`: what it left in its process group goes with
+    /// it, and the manager hears of it.
+    pub(super) fn instance_ended(&mut self, n: u64, status: Status) {
+        let Some(i) = self.instances.remove(&n) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&i.pidfd.as_raw_fd()));
+        let _ = sys::signal_group(i.pidfd.as_fd(), i.pid, libc::SIGKILL);
+        self.pids.remove(&i.pid);
+        self.services
+            .instance_exited(i.unit, i.pid, status, &i.peer, now_ms());
+        self.run_actions();
+    }
+
+    /// Sends `sig` to every instance of the acceptor `id`, or (`tree`) to all of their
+    /// processes: each instance's own first, then the rest of the cgroup or each instance's
+    /// process group.
+    fn signal_instances(&self, id: UnitId, sig: i32, tree: bool) {
+        let cgroup = self.units.get(&id).and_then(|rt| rt.cgroup.as_ref());
+        let mine: Vec<&Instance> = self.instances.values().filter(|i| i.unit == id).collect();
+        for i in &mine {
+            let result = match (tree, cgroup) {
+                (true, None) => sys::signal_tree(i.pidfd.as_fd(), i.pid, sig),
+                _ => sys::pidfd_send_signal(i.pidfd.as_fd(), sig, 0),
+            };
+            if let Err(e) = result {
+                debug!("unit {id}: instance {}: signal {sig}: {e}", i.pid);
+            }
+        }
+        if let (true, Some(cg)) = (tree, cgroup) {
+            for pid in cg.procs().unwrap_or_default() {
+                if mine.iter().all(|i| i.pid != pid) {
+                    // SAFETY: kill has no memory effects (see signal_unit).
+                    unsafe { libc::kill(pid, sig) };
+                }
+            }
+        }
     }
 
     /// A main process of a unit has ended (SIGCHLD found it): its exec is settled first. True
@@ -1282,7 +1550,7 @@ impl Supervisor {
         let v = self.services.view(id)?;
         let rt = self.units.get(&id);
         let (rss_kib, cpu_ms) = match rt {
-            Some(rt) if rt.pidfd.is_some() => self.usage(rt),
+            Some(rt) if rt.pidfd.is_some() || v.instances > 0 => self.usage(id, rt),
             _ => (None, None),
         };
         let sockets = self.sockets.summary(&v.name);
@@ -1313,8 +1581,8 @@ impl Supervisor {
 
     /// Resident memory (KiB) and CPU time (ms) of a unit's whole tree: its cgroup's processes
     /// and CPU account, else its main process and descendants.
-    fn usage(&self, rt: &UnitRt) -> (Option<u64>, Option<u64>) {
-        let pids = self.unit_pids(rt);
+    fn usage(&self, id: UnitId, rt: &UnitRt) -> (Option<u64>, Option<u64>) {
+        let pids = self.unit_pids(id, rt);
         let mut rss = 0;
         let mut ticks_ms = 0;
         for pid in &pids {
@@ -1331,20 +1599,27 @@ impl Supervisor {
         (Some(rss), Some(cpu))
     }
 
-    /// Every process of a unit: its cgroup's, else its main process and its descendants.
-    fn unit_pids(&self, rt: &UnitRt) -> Vec<i32> {
+    /// Every process of a unit: its cgroup's, else its main process (or its instances) and
+    /// their descendants.
+    fn unit_pids(&self, id: UnitId, rt: &UnitRt) -> Vec<i32> {
         if let Some(cg) = rt.cgroup.as_ref() {
             return cg.procs().unwrap_or_default();
         }
-        if rt.pidfd.is_none() {
-            return Vec::new();
-        }
-        let mut pids = vec![rt.pid];
-        pids.extend(
-            procstat::descendants(rt.pid)
-                .into_iter()
-                .map(|(pid, _, _)| pid),
+        let tops = rt.pidfd.as_ref().map(|_| rt.pid).into_iter().chain(
+            self.instances
+                .values()
+                .filter(|i| i.unit == id)
+                .map(|i| i.pid),
         );
+        let mut pids = Vec::new();
+        for top in tops {
+            pids.push(top);
+            pids.extend(
+                procstat::descendants(top)
+                    .into_iter()
+                    .map(|(pid, _, _)| pid),
+            );
+        }
         pids
     }
 
@@ -1365,7 +1640,7 @@ impl Supervisor {
             let (Some(rt), Some(spec)) = (self.units.get(&id), self.services.spec(id)) else {
                 continue;
             };
-            for pid in self.unit_pids(rt) {
+            for pid in self.unit_pids(id, rt) {
                 if nodes.len() >= MAX_TREE_NODES {
                     return Reply::error(format!("too many processes (limit {MAX_TREE_NODES})"));
                 }
@@ -1450,6 +1725,36 @@ pub fn evaluate(source: &Source) -> Result<archon_lua::Loaded, archon_lua::LoadE
 /// Builds the manager from an evaluated configuration.
 pub(super) fn manager(config: archon_lua::Config) -> Manager {
     Manager::new(config, now_ms())
+}
+
+/// How a unit's processes are set up: its directory, user, umask, limits and nice value, in
+/// its cgroup (borrowed), with these extra fds.
+fn spawn_options(
+    spec: &Service,
+    cgroup: Option<&OwnedFd>,
+    extra_fds: Vec<(i32, i32)>,
+) -> SpawnOptions {
+    SpawnOptions {
+        cwd: spec
+            .cwd
+            .as_ref()
+            .and_then(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes().to_vec()).ok()),
+        creds: spec.user.as_ref().map(|c| Creds {
+            uid: c.uid,
+            gid: c.gid,
+            groups: c.groups.clone(),
+        }),
+        umask: spec.umask,
+        rlimits: spec
+            .rlimits
+            .iter()
+            .map(|r| (r.resource, r.soft, r.hard))
+            .collect(),
+        nice: spec.nice,
+        cgroup: cgroup.map(AsRawFd::as_raw_fd),
+        cgroup_procs: None,
+        extra_fds,
+    }
 }
 
 /// A process's row in `Status`: named by its id.

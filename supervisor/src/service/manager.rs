@@ -17,6 +17,13 @@
 //! [`Manager::activate`] of the first connection or datagram, which starts it as archon's doing.
 //! A unit that requires it does not start it: the sockets stand in for it ([`Unit::stands_in`]).
 //!
+//! A service with `accept = true` has no main process: once it may start it is `ready` at once,
+//! as an acceptor ([`Unit::acceptor`]), and the loop accepts the connections on its sockets
+//! ([`Action::Watch`] again) and starts an instance per connection, which it reports with
+//! [`Manager::instance_started`] and [`Manager::instance_exited`]. At `max_connections`
+//! instances the watch ends until one does. A stop signals the instances and stops accepting;
+//! the service is down when the last instance has ended (at once when there is none).
+//!
 //! Early tasks (`early = true`) are ordered before every unit that is not early, as if each of
 //! those named them all in its `after`; the edge lives here, not in the units' specs, so that a
 //! reload that adds or drops an early task does not count every other unit as changed.
@@ -271,9 +278,14 @@ struct Unit {
     stop_why: String,
     /// Who removed it from the configuration (the reload's client, or archon for SIGHUP).
     removed_by: Cause,
-    /// An on-demand service whose sockets the loop watches for a connection (it was told so
-    /// with [`Action::Watch`]).
+    /// An on-demand service whose sockets the loop watches for a connection, or an acceptor
+    /// whose connections it accepts (it was told so with [`Action::Watch`]).
     watching: bool,
+    /// An `accept` service that is up: from its start until it is down again (its last
+    /// instance has ended). It stands for the main process it does not have.
+    acceptor: bool,
+    /// The instances of an acceptor that run: one per connection.
+    instances: u32,
 }
 
 impl Unit {
@@ -308,12 +320,23 @@ impl Unit {
             stop_why: String::new(),
             removed_by: Cause::Archon,
             watching: false,
+            acceptor: false,
+            instances: 0,
         }
     }
 
-    /// Has a process, or one is being started.
+    /// Has a process, or one is being started; or is up as an acceptor.
     fn has_process(&self) -> bool {
-        self.pid.is_some() || self.spawning
+        self.pid.is_some() || self.spawning || self.acceptor
+    }
+
+    /// An acceptor that takes the next connection: up, and below its `max_connections`.
+    fn listening(&self) -> bool {
+        self.acceptor
+            && self.state == State::Ready
+            && self.want == Want::Up
+            && !self.removing
+            && self.instances < self.spec.max_connections
     }
 
     /// Got where a unit that requires it needs it: ready, or done for a task.
@@ -372,8 +395,11 @@ pub struct UnitView {
     pub ready: Option<bool>,
     /// Health, when it has a check and a process.
     pub health: Health,
-    /// Why it is failed, backing off or stopped; else its last STATUS=.
+    /// Why it is failed, backing off or stopped; else its last STATUS=. For an acceptor, its
+    /// instances.
     pub reason: String,
+    /// The instances of an acceptor that run.
+    pub instances: u32,
 }
 
 /// Every unit, and the actions owed to the loop.
@@ -504,7 +530,17 @@ impl Manager {
     /// What `Status` shows of a unit.
     pub fn view(&self, id: UnitId) -> Option<UnitView> {
         let u = self.units.get(&id)?;
-        let reason = if u.watching {
+        let reason = if u.acceptor && u.state == State::Ready {
+            let max = u.spec.max_connections;
+            if u.instances >= max {
+                format!(
+                    "{} instances, its max_connections: not accepting until one ends",
+                    u.instances
+                )
+            } else {
+                format!("accepting connections: {} instances of {max}", u.instances)
+            }
+        } else if u.watching {
             "waiting for a connection on its sockets".to_string()
         } else if !u.reason.is_empty() {
             u.reason.clone()
@@ -519,17 +555,26 @@ impl Manager {
             since_ms: u.since_ms,
             restarts: u.restarts,
             last: u.last,
-            ready: u
-                .pid
-                .filter(|_| u.spec.kind == UnitKind::Service)
-                .map(|_| u.ready),
+            ready: if u.acceptor {
+                Some(u.state == State::Ready)
+            } else {
+                u.pid
+                    .filter(|_| u.spec.kind == UnitKind::Service)
+                    .map(|_| u.ready)
+            },
             health: if u.pid.is_some() {
                 u.health
             } else {
                 Health::None
             },
             reason,
+            instances: u.instances,
         })
+    }
+
+    /// Whether the loop may accept a connection for `id` now.
+    pub fn accepts(&self, id: UnitId) -> bool {
+        !self.shutting_down && self.units.get(&id).is_some_and(|u| u.listening())
     }
 
     /// Moves `id` to `state`, and emits the event of the change: `what` happened, `why`.
@@ -568,6 +613,26 @@ impl Manager {
             return;
         };
         let exit = what == EventKind::Exit;
+        let pid = if exit { u.last_pid } else { u.pid };
+        let status = if exit { u.last } else { None };
+        self.emit_for(id, what, (old, new), why, by, (pid, status), now_ms);
+    }
+
+    /// [`emit`](Self::emit), for the process `pid` (which ended so, when `status` is given).
+    #[allow(clippy::too_many_arguments)]
+    fn emit_for(
+        &mut self,
+        id: UnitId,
+        what: EventKind,
+        (old, new): (Option<State>, Option<State>),
+        why: &str,
+        by: Cause,
+        (pid, status): (Option<i32>, Option<Status>),
+        now_ms: u64,
+    ) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
         self.actions.push(Action::Emit(Event {
             seq: 0,
             time_ms: now_ms,
@@ -579,8 +644,8 @@ impl Manager {
             what,
             old: old.map(ServiceState::from),
             new: new.map(ServiceState::from),
-            pid: if exit { u.last_pid } else { u.pid },
-            status: if exit { u.last } else { None },
+            pid,
+            status,
             reason: why.as_bytes().to_vec(),
             cause: by,
         }));
@@ -927,7 +992,7 @@ impl Manager {
         let Some(u) = self.units.get(&id) else {
             return Err("no such service".into());
         };
-        let running = u.pid.is_some() && u.state != State::Stopping;
+        let running = (u.pid.is_some() || u.acceptor) && u.state != State::Stopping;
         if let Some(to) = to {
             if let Some(u) = self.units.get_mut(&id) {
                 u.waiters.push(Waiter::Up(to));
@@ -964,6 +1029,9 @@ impl Manager {
         let u = self.units.get_mut(&id).ok_or("no such service")?;
         let state = u.state;
         match (pause, state) {
+            (true, State::Running | State::Ready) if u.acceptor => Err(format!(
+                "{name} takes connections: it has no process to pause (stop it instead)"
+            )),
             (true, State::Running | State::Ready) => {
                 u.paused_from = state;
                 u.by = by;
@@ -1010,7 +1078,10 @@ impl Manager {
     ) -> Result<(), String> {
         let id = self.known(name)?;
         let u = self.units.get(&id).ok_or("no such service")?;
-        if u.pid.is_none() {
+        if u.acceptor && u.instances == 0 {
+            return Err(format!("{name} has no instance running"));
+        }
+        if u.pid.is_none() && !u.acceptor {
             return Err(format!("{name} is {}, not running", u.state.name()));
         }
         let state = u.state;
@@ -1061,7 +1132,7 @@ impl Manager {
         let ids: Vec<UnitId> = self
             .units
             .iter()
-            .filter(|(_, u)| u.pid.is_some())
+            .filter(|(_, u)| u.pid.is_some() || u.instances > 0)
             .map(|(&id, _)| id)
             .collect();
         for id in ids {
@@ -1483,7 +1554,9 @@ impl Manager {
                 warn!("{name}: {why}");
                 self.begin_stop(id, AfterStop::Failure(why), now_ms);
             }
-            TimerKind::StopTimeout if state == State::Stopping && u.pid.is_some() => {
+            TimerKind::StopTimeout
+                if state == State::Stopping && (u.pid.is_some() || u.instances > 0) =>
+            {
                 warn!("{name}: did not stop in time: SIGKILL");
                 self.actions.push(Action::Kill(id));
             }
@@ -1536,7 +1609,7 @@ impl Manager {
         let Some(u) = self.units.get_mut(&id) else {
             return;
         };
-        if u.pid.is_none() {
+        if u.pid.is_none() && !u.acceptor {
             return;
         }
         let was_paused = u.state == State::Paused;
@@ -1549,13 +1622,19 @@ impl Manager {
             _ => (u.stop_what, std::mem::take(&mut u.stop_why)),
         };
         u.stop_what = EventKind::Stop;
+        if u.acceptor && u.instances == 0 {
+            // Nothing to signal: down at once, in one event.
+            self.acceptor_down(id, what, &why, None, now_ms);
+            return;
+        }
         u.after_stop = after;
         let sig = u.spec.stop_signal;
         let timeout = u.stop_timeout_ms.unwrap_or(u.spec.stop_timeout_ms);
         info!(
-            "{}: stopping (pid {}), SIGKILL in {}",
+            "{}: stopping (pid {}, {} instances), SIGKILL in {}",
             u.spec.name,
             u.pid.unwrap_or(0),
+            u.instances,
             ms_text(timeout)
         );
         self.set_state(id, State::Stopping, what, &why, now_ms);
@@ -1587,6 +1666,158 @@ impl Manager {
         self.arm(id, TimerKind::StopTimeout, timeout);
     }
 
+    // ----- acceptors -----
+
+    /// An `accept` service may start: it is up at once, as an acceptor (the next settle has the
+    /// loop accept its connections).
+    fn begin_accepting(&mut self, id: UnitId, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.acceptor = true;
+        u.instances = 0;
+        u.started_ms = now_ms;
+        u.after_stop = AfterStop::Rest;
+        u.reason.clear();
+        u.status_text.clear();
+        info!("{}: accepting connections", u.spec.name);
+        self.set_state(
+            id,
+            State::Ready,
+            EventKind::Ready,
+            "accepting connections",
+            now_ms,
+        );
+        self.pay_up(id, Ok(()));
+    }
+
+    /// An acceptor is down: its last instance has ended (`status`, its event `what`) or it had
+    /// none. As a process that ends while stopping: it starts again if it is wanted up (a
+    /// reload changed it) or being restarted.
+    fn acceptor_down(
+        &mut self,
+        id: UnitId,
+        what: EventKind,
+        why: &str,
+        status: Option<Status>,
+        now_ms: u64,
+    ) {
+        let shutting_down = self.shutting_down;
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.acceptor = false;
+        u.after_stop = AfterStop::Rest;
+        u.stop_timeout_ms = None;
+        u.reason.clear();
+        let (by, want) = (u.by, u.want);
+        let again = std::mem::take(&mut u.restart_pending) && !shutting_down;
+        info!("{}: stopped accepting", u.spec.name);
+        self.disarm(id, TimerKind::StopTimeout);
+        self.pay_down(id, status);
+        if want == Want::Up {
+            self.set_state(id, State::Starting, what, why, now_ms);
+        } else {
+            self.set_state(id, State::Stopped, what, why, now_ms);
+            if again {
+                self.restart_again(id, by, now_ms);
+            } else {
+                self.pay_up(id, Err("stopped".into()));
+            }
+        }
+        self.after_down(id, now_ms);
+    }
+
+    /// Whether `id` is up as an acceptor (from its start until its last instance has ended).
+    pub fn is_acceptor(&self, id: UnitId) -> bool {
+        self.units.get(&id).is_some_and(|u| u.acceptor)
+    }
+
+    /// After a re-exec: `id` was up as an acceptor, with `instances` running; it is again (and
+    /// the next settle watches its sockets, or ends a stop that has no instance left).
+    pub fn adopt_acceptor(&mut self, id: UnitId, instances: u32, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.acceptor = true;
+        u.instances = instances;
+        if u.state == State::Stopping && instances == 0 {
+            self.acceptor_down(id, EventKind::Exit, "", None, now_ms);
+        }
+        self.touch(id);
+        self.settle(now_ms);
+    }
+
+    /// The loop started an instance of the acceptor `id`, process `pid`, for a connection
+    /// (`why` says whose).
+    pub fn instance_started(&mut self, id: UnitId, pid: i32, why: &str, now_ms: u64) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        u.instances = u.instances.saturating_add(1);
+        let state = Some(u.state);
+        self.emit_for(
+            id,
+            EventKind::Spawn,
+            (state, state),
+            why,
+            Cause::Archon,
+            (Some(pid), None),
+            now_ms,
+        );
+        self.touch(id);
+        self.settle(now_ms);
+    }
+
+    /// An instance of `id` could not be started for a connection: the connection is closed,
+    /// the service goes on accepting.
+    pub fn instance_failed(&mut self, id: UnitId, why: &str, now_ms: u64) {
+        let Some(u) = self.units.get(&id) else {
+            return;
+        };
+        warn!("{}: {why}", u.spec.name);
+        let state = Some(u.state);
+        self.emit(
+            id,
+            EventKind::Fail,
+            state,
+            state,
+            why,
+            Cause::Archon,
+            now_ms,
+        );
+    }
+
+    /// An instance of `id`, process `pid`, has ended with `status`; the last one of an acceptor
+    /// being stopped takes the service down.
+    pub fn instance_exited(
+        &mut self,
+        id: UnitId,
+        pid: i32,
+        status: Status,
+        why: &str,
+        now_ms: u64,
+    ) {
+        let Some(u) = self.units.get_mut(&id) else {
+            return;
+        };
+        if u.instances == 0 {
+            return;
+        }
+        u.instances -= 1;
+        u.last = Some(status);
+        u.last_pid = Some(pid);
+        let state = u.state;
+        if state == State::Stopping && u.acceptor && u.instances == 0 {
+            self.acceptor_down(id, EventKind::Exit, why, Some(status), now_ms);
+        } else {
+            let s = Some(state);
+            self.emit(id, EventKind::Exit, s, s, why, Cause::Archon, now_ms);
+        }
+        self.touch(id);
+        self.settle(now_ms);
+    }
+
     // ----- the step -----
 
     /// Moves every unit whose neighbourhood changed as far as the rules allow: starts what may
@@ -1601,7 +1832,7 @@ impl Manager {
         self.step_state(id, now_ms);
         let shutting_down = self.shutting_down;
         if let Some(u) = self.units.get_mut(&id) {
-            let watch = u.dormant() && !shutting_down;
+            let watch = (u.dormant() || u.listening()) && !shutting_down;
             if watch != u.watching {
                 u.watching = watch;
                 self.actions.push(Action::Watch {
@@ -1618,6 +1849,7 @@ impl Manager {
         };
         match (u.want, u.state) {
             (Want::Up, State::Starting) if !u.has_process() => match self.may_start(id) {
+                Gate::Go if u.spec.accept => self.begin_accepting(id, now_ms),
                 Gate::Go => {
                     if let Some(u) = self.units.get_mut(&id) {
                         u.spawning = true;
@@ -1760,7 +1992,7 @@ impl Manager {
             let (enabled, auto, running, spawning) = (
                 u.spec.enabled,
                 u.spec.autostart,
-                u.pid.is_some() && u.state != State::Stopping,
+                (u.pid.is_some() || u.acceptor) && u.state != State::Stopping,
                 u.spawning,
             );
             if !enabled {

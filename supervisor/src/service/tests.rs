@@ -37,6 +37,8 @@ fn svc(name: &str) -> Service {
         enabled: true,
         autostart: true,
         on_demand: false,
+        accept: false,
+        max_connections: 2,
         critical: false,
         early: false,
         requires: Vec::new(),
@@ -1233,6 +1235,152 @@ fn a_handlers_restarts_keep_to_backoff_and_flap_limit() {
     let _ = id;
     w.exit("web", Status::Signaled(libc::SIGTERM));
     assert_eq!(w.take_spawned(), ["web"]);
+}
+
+fn acceptor(name: &str) -> Service {
+    Service {
+        accept: true,
+        restart: Restart::Never,
+        ..svc(name)
+    }
+}
+
+#[test]
+fn an_acceptor_is_ready_without_a_process_and_accepts_below_its_limit() {
+    let mut w = World::new(vec![acceptor("echo"), requires(svc("web"), &["echo"])]);
+    let id = w.id("echo");
+    assert_eq!(w.state("echo"), State::Ready);
+    assert!(w.take_spawned().iter().all(|n| n != "echo"), "no process");
+    assert!(w.watched.contains("echo") && w.m.accepts(id));
+    assert_eq!(w.state("web"), State::Ready, "what requires it starts");
+    assert_eq!(w.reason("echo"), "accepting connections: 0 instances of 2");
+    w.m.instance_started(id, 501, "a connection from 127.0.0.1:1", w.now);
+    w.run();
+    assert!(w.m.accepts(id));
+    w.m.instance_started(id, 502, "a connection from 127.0.0.1:2", w.now);
+    w.run();
+    // At max_connections: no more accepting until one ends.
+    assert!(!w.m.accepts(id) && !w.watched.contains("echo"));
+    assert_eq!(
+        w.reason("echo"),
+        "2 instances, its max_connections: not accepting until one ends"
+    );
+    w.m.instance_exited(
+        id,
+        501,
+        Status::Exited(0),
+        "a connection from 127.0.0.1:1",
+        w.now,
+    );
+    w.run();
+    assert!(w.m.accepts(id) && w.watched.contains("echo"));
+    assert_eq!(
+        w.state("echo"),
+        State::Ready,
+        "an instance's end changes nothing else"
+    );
+    let spawns: Vec<_> = w
+        .events
+        .iter()
+        .filter(|e| e.what == EventKind::Spawn && e.subject == b"echo")
+        .map(|e| (e.pid, e.old, e.new))
+        .collect();
+    let ready = Some(ServiceState::Ready);
+    assert_eq!(
+        spawns,
+        vec![(Some(501), ready, ready), (Some(502), ready, ready)]
+    );
+    let exit = w.events.last().map(|e| (e.what, e.pid, e.status));
+    assert_eq!(
+        exit,
+        Some((EventKind::Exit, Some(501), Some(Status::Exited(0))))
+    );
+
+    // A stop signals the instance left, stops accepting, and ends with its last instance.
+    assert_eq!(w.m.stop("echo", None, Some(CLIENT), ARCHON, w.now), Ok(()));
+    w.run();
+    assert_eq!(
+        w.state("web"),
+        State::Stopping,
+        "what requires it stops first"
+    );
+    w.exit("web", Status::Signaled(libc::SIGTERM));
+    assert_eq!(w.state("echo"), State::Stopping);
+    assert!(!w.watched.contains("echo"));
+    assert_eq!(
+        w.take_signals(),
+        vec!["web".to_string(), "echo".to_string()]
+    );
+    assert!(w.armed("echo", TimerKind::StopTimeout).is_some());
+    assert!(
+        w.m.signal("echo", libc::SIGUSR1, false, ARCHON, w.now)
+            .is_ok()
+    );
+    w.fire("echo", TimerKind::StopTimeout);
+    assert_eq!(w.kills, vec!["echo".to_string()]);
+    w.m.instance_exited(
+        id,
+        502,
+        Status::Signaled(9),
+        "a connection from 127.0.0.1:2",
+        w.now,
+    );
+    w.run();
+    assert_eq!(w.state("echo"), State::Stopped);
+    assert!(
+        w.replies
+            .iter()
+            .any(|(_, r)| *r == Reply::Ok(vec![b"echo".to_vec(), Status::Signaled(9).to_field()]))
+    );
+    assert!(w.m.all_down());
+}
+
+#[test]
+fn an_acceptor_without_instances_stops_and_restarts_at_once() {
+    let mut w = World::new(vec![acceptor("echo")]);
+    let id = w.id("echo");
+    assert_eq!(w.m.restart("echo", Some(CLIENT), ARCHON, w.now), Ok(()));
+    w.run();
+    assert_eq!(w.state("echo"), State::Ready);
+    assert!(w.watched.contains("echo"));
+    assert!(
+        w.replies
+            .iter()
+            .any(|(_, r)| *r == Reply::Ok(vec![b"echo".to_vec()]))
+    );
+    assert!(w.m.pause("echo", true, ARCHON, w.now).is_err());
+    assert!(
+        w.m.signal("echo", libc::SIGUSR1, false, ARCHON, w.now)
+            .is_err()
+    );
+    assert_eq!(w.m.stop("echo", None, None, ARCHON, w.now), Ok(()));
+    w.run();
+    assert_eq!(w.state("echo"), State::Stopped);
+    assert!(!w.m.accepts(id) && !w.watched.contains("echo"));
+    let last = w.events.last().map(|e| (e.what, e.old, e.new));
+    assert_eq!(
+        last,
+        Some((
+            EventKind::Stop,
+            Some(ServiceState::Ready),
+            Some(ServiceState::Stopped)
+        ))
+    );
+    // A reload that removes it forgets it.
+    assert_eq!(w.m.start("echo", None, ARCHON, w.now), Ok(()));
+    w.run();
+    w.m.instance_started(id, 700, "a connection", w.now);
+    w.run();
+    w.m.reload(Config { services: vec![] }, ARCHON, w.now);
+    w.run();
+    assert_eq!(w.state("echo"), State::Stopping);
+    w.m.instance_exited(id, 700, Status::Signaled(15), "a connection", w.now);
+    w.run();
+    assert_eq!(
+        w.m.id("echo"),
+        None,
+        "forgotten once its last instance ended"
+    );
 }
 
 #[test]
