@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         // From here on a panic or a fault does not end process 1: the kernel panics when the
         // machine's init exits, and a container ends with its init.
         pid1::emergency::install_panic_hook();
-        protect_pid1(role);
+        protect_pid1(role, false);
     }
     let end = run(&mut role);
     if role == Role::Machine {
@@ -111,13 +111,18 @@ fn emergency_mode(args: &[std::ffi::OsString]) -> ExitCode {
 /// What process 1 does against an end by accident: fault handlers that take the emergency path
 /// (see [`pid1::fault`]), and an `oom_score_adj` of -1000, so that the kernel's OOM killer, whose
 /// SIGKILL nothing can catch, never picks archon (its children get the value archon started with
-/// back, see [`spawn`]).
-fn protect_pid1(role: Role) {
-    if let Err(e) = pid1::fault::install(role == Role::Machine, false) {
-        warn!("faults of process 1 may not take the emergency path: {e}");
-    }
-    if let Err(e) = sys::protect_from_oom_killer() {
-        debug!("cannot set oom_score_adj: {e}");
+/// back, see [`sys::protect_from_oom_killer`]). Done first thing, and again once the log is set
+/// up (`say`) to say what failed; again after the early mounts, which bring `/proc` and `/dev`.
+fn protect_pid1(role: Role, say: bool) {
+    let faults = pid1::fault::install(role == Role::Machine, false);
+    let oom = sys::protect_from_oom_killer();
+    if say {
+        if let Err(e) = faults {
+            warn!("faults of process 1 may not take the emergency path: {e}");
+        }
+        if let Err(e) = oom {
+            debug!("oom_score_adj stays as it is: {e}");
+        }
     }
 }
 
@@ -163,6 +168,9 @@ fn run(role: &mut Role) -> End {
         }
     };
     log::init(opts.log_level);
+    if role.is_pid1() {
+        protect_pid1(*role, true);
+    }
     if *role == Role::Machine || opts.early_mounts {
         early_boot(role);
         log::init(opts.log_level);
@@ -217,6 +225,6 @@ fn early_boot(role: &mut Role) {
     sys::console_stdio();
     if role.is_pid1() {
         // Again, with /proc and /dev there now: archon's own path, the kernel's log.
-        protect_pid1(*role);
+        protect_pid1(*role, true);
     }
 }

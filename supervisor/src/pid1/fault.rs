@@ -192,7 +192,7 @@ pub enum Cause {
     StackOverflow(usize),
     /// A fault at this address.
     Fault(usize),
-    /// Sent by another process (`kill`).
+    /// Sent by another process (`kill`): its pid, 0 for one outside archon's PID namespace.
     Sent(i32),
     /// Raised by archon itself (`abort`, `raise`).
     Raised,
@@ -214,7 +214,7 @@ impl Cause {
                 Cause::Fault(addr)
             };
         }
-        if sender != me && sender > 0 && matches!(code, libc::SI_USER | libc::SI_QUEUE) {
+        if sender != me && matches!(code, libc::SI_USER | libc::SI_QUEUE) {
             Cause::Sent(sender)
         } else {
             Cause::Raised
@@ -320,6 +320,10 @@ pub fn message(out: &mut Line, prefix: &[u8], sig: i32, cause: Cause, then: &[u8
         }
         Cause::Fault(addr) => {
             out.push(name).push(b" at address ").hex(addr as u64);
+        }
+        Cause::Sent(0) => {
+            out.push(name)
+                .push(b" sent from outside archon's PID namespace");
         }
         Cause::Sent(pid) => {
             out.push(name).push(b" sent by pid ").dec(pid as u64);
@@ -618,6 +622,10 @@ mod tests {
             "archon: fatal: SIGBUS sent by pid 4321: next\n"
         );
         assert_eq!(
+            text(libc::SIGSEGV, Cause::Sent(0)),
+            "archon: fatal: SIGSEGV sent from outside archon's PID namespace: next\n"
+        );
+        assert_eq!(
             text(libc::SIGABRT, Cause::Raised),
             "archon: fatal: SIGABRT (abort: a double panic or no memory left): next\n"
         );
@@ -632,20 +640,21 @@ mod tests {
         assert_eq!(long.as_bytes().len(), 256);
     }
 
+    /// `SEGV_MAPERR` of the kernel's `siginfo.h`: an address not mapped.
+    const SEGV_MAPERR: i32 = 1;
+
     #[test]
     fn the_causes() {
         let low = 0x7ffe_0000_0000;
         // A fault just below the stack's limit is an overflow; elsewhere it is not.
         assert_eq!(
-            Cause::of(libc::SEGV_MAPERR, low - 8, 0, 1, low),
+            Cause::of(SEGV_MAPERR, low - 8, 0, 1, low),
             Cause::StackOverflow(low - 8)
         );
-        assert_eq!(
-            Cause::of(libc::SEGV_MAPERR, 16, 0, 1, low),
-            Cause::Fault(16)
-        );
-        assert_eq!(Cause::of(libc::SEGV_MAPERR, 16, 0, 1, 0), Cause::Fault(16));
+        assert_eq!(Cause::of(SEGV_MAPERR, 16, 0, 1, low), Cause::Fault(16));
+        assert_eq!(Cause::of(SEGV_MAPERR, 16, 0, 1, 0), Cause::Fault(16));
         assert_eq!(Cause::of(libc::SI_USER, 0, 77, 1, low), Cause::Sent(77));
+        assert_eq!(Cause::of(libc::SI_USER, 0, 0, 1, low), Cause::Sent(0));
         // abort() is raised by archon itself (tgkill).
         assert_eq!(Cause::of(libc::SI_TKILL, 0, 1, 1, low), Cause::Raised);
         assert_eq!(
