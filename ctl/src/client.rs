@@ -447,6 +447,19 @@ impl Client {
         }
     }
 
+    /// Asks archon to re-execute its program (or `path`, absolute) and hand everything over to
+    /// the new image (root only): the new image's version once it has taken over. archon
+    /// answers `Error`, and carries on as it was, when the new program cannot take over.
+    pub fn reexec(&mut self, path: Option<&[u8]>) -> Result<Vec<u8>, Error> {
+        let request = Request::ReExec {
+            path: path.map(<[u8]>::to_vec),
+        };
+        match self.request(&request, &[])? {
+            Reply::Ok(mut fields) if fields.len() == 1 => Ok(fields.remove(0)),
+            other => Err(refused_or_unexpected(other)),
+        }
+    }
+
     /// Checks that archon answers.
     pub fn ping(&mut self) -> Result<(), Error> {
         match self.request(&Request::Ping, &[])? {

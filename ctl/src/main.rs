@@ -90,6 +90,9 @@ sub-commands (TARGET is a service's NAME or a process's ID):
   poweroff, reboot, halt  stop everything, then power off, reboot or halt the
                           machine (root only; archon as process 1 only: any
                           other archon stops everything and exits)
+  reexec [PATH]           archon hands everything over to a new image of its
+                          program (or of PATH) without restarting a service: an
+                          upgrade in place (root only)
 
 options:
   -s, --socket PATH       archon's socket (default: $ARCHON_SOCKET, else
@@ -263,6 +266,13 @@ fn perform(client: &mut Client, action: Action) -> Result<u8, Failure> {
             ))
         }
         Action::Power(power) => done(client.power(power)),
+        Action::ReExec { path } => {
+            let version = client.reexec(path.as_deref())?;
+            print_ok(format!(
+                "archon {} took over\n",
+                String::from_utf8_lossy(&version)
+            ))
+        }
         Action::Help | Action::Version => Ok(EXIT_OK),
     }
 }

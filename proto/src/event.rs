@@ -62,6 +62,10 @@ wire_enum! {
         /// A Lua handler logged a message (`archon.log`): the subject is the handler (kind
         /// `lua`), the reason the message.
         Note = "note",
+        /// archon itself (subject `archon`, kind `archon`) hands its state to a new image of
+        /// its program (`ReExec`, SIGQUIT): one event as it begins, one from the new image once
+        /// it has taken over, or one from the old image when that failed; the reason says which.
+        Reexec = "reexec",
     }
 }
 

@@ -120,6 +120,8 @@ wire_enum! {
         /// component, the line of its `on`, `every` or `watch`): the subject of `handler` and
         /// `note` events, never a row of `Status`.
         Lua = "lua",
+        /// archon itself, in the events of its re-execution (subject `archon`).
+        Archon = "archon",
     }
 }
 

@@ -263,6 +263,14 @@ pub enum Request {
     /// then everything stops and the machine (or archon's PID namespace) goes down; an archon
     /// that is not process 1 exits instead.
     Power(Power),
+    /// `ReExec[,<path>]` (root only): archon hands its state to a new image of itself (its own
+    /// program file, or the absolute `path`) without restarting a service; answered `Ok,<version>`
+    /// by the new image, or `Error` by the old one, which carries on, when the new one cannot
+    /// take over.
+    ReExec {
+        /// The program to execute, absolute; archon's own when `None`.
+        path: Option<Vec<u8>>,
+    },
     /// `Bind,<transport>,<address>...`: the socket archon holds at this address for the
     /// asking process's service, answered `Ok` with it attached, or `Error` (see [`crate::bind`]).
     Bind(BindAddr),
@@ -322,6 +330,8 @@ pub mod verb {
     pub const HALT: &str = "Halt";
     /// [`super::Request::Bind`]
     pub const BIND: &str = "Bind";
+    /// [`super::Request::ReExec`]
+    pub const REEXEC: &str = "ReExec";
     /// The keyword that makes `Signal` reach the process group.
     pub const GROUP: &str = "group";
 }
@@ -370,6 +380,8 @@ pub enum RequestError {
     Nul,
     /// A `Bind` whose fields cannot be read.
     Bind(BindError),
+    /// A path that must be absolute is not (or holds a NUL byte).
+    NotAbsolute,
 }
 
 impl fmt::Display for RequestError {
@@ -405,6 +417,7 @@ impl fmt::Display for RequestError {
             },
             RequestError::Nul => write!(f, "NUL byte in a field"),
             RequestError::Bind(e) => write!(f, "{e}"),
+            RequestError::NotAbsolute => write!(f, "the path must be absolute"),
         }
     }
 }
@@ -665,6 +678,17 @@ impl Request {
             b"Poweroff" => power_request(args, Power::Poweroff)?,
             b"Reboot" => power_request(args, Power::Reboot)?,
             b"Halt" => power_request(args, Power::Halt)?,
+            b"ReExec" => {
+                no_more(args, 1, verb::REEXEC)?;
+                Request::ReExec {
+                    path: match args.first() {
+                        None => None,
+                        Some(p) if p.first() == Some(&b'/') && !p.contains(&0) => Some(p.clone()),
+                        Some(p) if p.is_empty() => return Err(RequestError::Missing("path")),
+                        Some(_) => return Err(RequestError::NotAbsolute),
+                    },
+                }
+            }
             b"Bind" => Request::Bind(BindAddr::from_fields(args).map_err(RequestError::Bind)?),
             [] if args.is_empty() => return Err(RequestError::Empty),
             other => return Err(RequestError::UnknownVerb(printable(other))),
@@ -704,6 +728,7 @@ impl Request {
             Request::FollowLogs { .. } => verb::FOLLOW_LOGS,
             Request::Power(p) => p.verb(),
             Request::Bind(_) => verb::BIND,
+            Request::ReExec { .. } => verb::REEXEC,
         }
     }
 
@@ -769,6 +794,7 @@ impl Request {
                 out.push(filter.kinds.to_field());
             }
             Request::Bind(addr) => out.extend(addr.to_fields()),
+            Request::ReExec { path } => out.extend(path.iter().cloned()),
             Request::Logs { name, level, max } | Request::FollowLogs { name, level, max } => {
                 out.push(name.clone());
                 out.push(num(u64::from(*level)));
@@ -1006,6 +1032,13 @@ mod tests {
             ("Poweroff", Request::Power(Power::Poweroff)),
             ("Reboot", Request::Power(Power::Reboot)),
             ("Halt", Request::Power(Power::Halt)),
+            ("ReExec", Request::ReExec { path: None }),
+            (
+                "ReExec,/usr/sbin/archon",
+                Request::ReExec {
+                    path: Some(b"/usr/sbin/archon".to_vec()),
+                },
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line), Ok(want.clone()), "{line}");
@@ -1100,6 +1133,9 @@ mod tests {
             ("Poweroff,now", "too many fields for Poweroff"),
             ("Reboot,", "too many fields for Reboot"),
             ("Halt,x", "too many fields for Halt"),
+            ("ReExec,", "missing path"),
+            ("ReExec,archon", "the path must be absolute"),
+            ("ReExec,/a,/b", "too many fields for ReExec"),
             ("start,db", "unknown request: start"),
         ];
         for (line, reason) in cases {

@@ -239,6 +239,57 @@ impl Client {
         }
     }
 
+    /// What a re-exec carries of this connection (see [`crate::reexec`]); `None` for a stream
+    /// (subscribers and followers are closed by a re-exec: they reconnect, and `History` has
+    /// what they missed). fds received with requests not yet taken, and those of replies not
+    /// yet sent, are not carried.
+    pub fn carry(&self, id: u64) -> Option<crate::reexec::ClientRecord> {
+        if self.streaming || self.broken {
+            return None;
+        }
+        Some(crate::reexec::ClientRecord {
+            id,
+            fd: self.stream.as_raw_fd(),
+            next_seq: self.next_seq,
+            slots: self
+                .slots
+                .iter()
+                .map(|s| s.as_ref().map(|s| s.bytes.clone()))
+                .collect(),
+            inbuf: self.inbuf.clone(),
+            out: self.out[self.out_pos..].to_vec(),
+            read_closed: self.read_closed,
+            closing: self.closing,
+            bind_only: self.bind_only,
+        })
+    }
+
+    /// A connection carried across a re-exec.
+    pub fn restored(
+        stream: mio::net::UnixStream,
+        peer: Peer,
+        rec: &crate::reexec::ClientRecord,
+    ) -> Client {
+        let mut c = Client::new(stream, peer);
+        c.next_seq = rec.next_seq;
+        c.slots = rec
+            .slots
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|bytes| Slot {
+                    bytes: bytes.clone(),
+                    fds: Vec::new(),
+                })
+            })
+            .collect();
+        c.inbuf = rec.inbuf.clone();
+        c.out = rec.out.clone();
+        c.read_closed = rec.read_closed;
+        c.closing = rec.closing;
+        c.bind_only = rec.bind_only;
+        c
+    }
+
     /// Bytes queued for the peer and not yet sent: replies, and a stream's events.
     pub fn backlog(&self) -> usize {
         self.out.len() - self.out_pos

@@ -25,7 +25,7 @@ use archon_proto::{
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events as PollEvents, Interest, Poll, Token};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 
@@ -101,7 +101,7 @@ fn errno_text(errno: i32) -> String {
 }
 
 /// The signals archon handles when it has no main command.
-const MANAGER_SIGNALS: [i32; 6] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
+const MANAGER_SIGNALS: [i32; 7] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT];
 
 /// A shutdown in progress.
 struct Shutdown {
@@ -168,6 +168,8 @@ fn signals(sigs: impl IntoIterator<Item = i32>) -> io::Result<Signals> {
 
 /// archon's state: everything the loop owns.
 pub struct Supervisor {
+    /// archon's own program, as it was started: what a re-exec executes by default.
+    exe: Option<PathBuf>,
     poll: Poll,
     listening: Listening,
     listener: UnixListener,
@@ -242,7 +244,10 @@ pub struct Supervisor {
 mod entry;
 mod lua;
 mod pid1;
+mod reexec;
 mod units;
+
+pub use units::{Source as ConfigSource, evaluate as evaluate_config};
 
 /// Why archon cannot start.
 #[derive(Debug)]
@@ -271,24 +276,41 @@ impl std::fmt::Display for StartError {
 impl Supervisor {
     /// Sets everything up: socket, signals, subreaper. archon is listening when this returns.
     pub fn new(opts: Options, role: Role) -> Result<Supervisor, StartError> {
+        Supervisor::build(opts, role, None).map(|(s, _)| s)
+    }
+
+    /// Sets up a new image of archon from the state its previous image handed over (see
+    /// [`crate::reexec`]): the same sockets, processes, units, connections and history.
+    /// The fds of `bank` that nothing takes are closed before this returns.
+    pub fn restore(
+        opts: Options,
+        role: Role,
+        state: crate::reexec::State,
+        mut bank: crate::reexec::FdBank,
+    ) -> Result<Supervisor, StartError> {
+        let (mut s, unknown) = Supervisor::build(opts, role, Some((&state, &mut bank)))?;
+        s.restore_rest(state, &mut bank, unknown);
+        Ok(s)
+    }
+
+    fn build(
+        opts: Options,
+        role: Role,
+        mut carried: Option<(&crate::reexec::State, &mut crate::reexec::FdBank)>,
+    ) -> Result<(Supervisor, Vec<(String, crate::service::Carried)>), StartError> {
         let euid = nix::unistd::geteuid().as_raw();
-        let config_source = if opts.demo {
-            Some(units::Source::Demo)
-        } else {
-            opts.config
-                .clone()
-                .or_else(|| {
-                    let default = PathBuf::from(DEFAULT_CONFIG);
-                    (euid == 0 && default.exists()).then_some(default)
-                })
-                .map(units::Source::File)
-        };
-        // A broken file stops archon before it touches the socket.
+        let config_source = config_source(&opts, euid);
+        // A broken file stops archon before it touches the socket; a new image goes on without
+        // it, since its processes must not be lost (they are kept as daemons).
         let (config, handlers) = match &config_source {
-            Some(source) => {
-                let loaded = units::evaluate(source).map_err(StartError::Config)?;
-                (Some(loaded.config), loaded.handlers)
-            }
+            Some(source) => match (units::evaluate(source), carried.is_some()) {
+                (Ok(loaded), _) => (Some(loaded.config), loaded.handlers),
+                (Err(e), false) => return Err(StartError::Config(e)),
+                (Err(e), true) => {
+                    error!("re-exec: {e}: the services are kept as processes");
+                    (None, None)
+                }
+            },
             None => (None, None),
         };
         let path = archon_proto::socket::socket_path(
@@ -307,7 +329,14 @@ impl Supervisor {
             warn!("cannot become a child subreaper ({e}): orphans will not be reaped by archon");
         }
         let poll = Poll::new().map_err(setup("create the poll"))?;
-        let listening = crate::listen::listen(&path).map_err(StartError::Listen)?;
+        let listening = match carried.as_mut() {
+            Some((st, bank)) => reexec::adopt_listening(st, bank),
+            None => None,
+        };
+        let listening = match listening {
+            Some(l) => l,
+            None => crate::listen::listen(&path).map_err(StartError::Listen)?,
+        };
         if role.is_pid1() {
             // The emergency mode after a fault serves it (see `pid1::fault`).
             crate::pid1::fault::set_control_socket(listening.listener.as_raw_fd());
@@ -320,7 +349,14 @@ impl Supervisor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(setup("register the listener"))?;
-        let bind_listening = crate::listen::listen_bind(&listening).map_err(StartError::Listen)?;
+        let bind_listening = match carried.as_mut() {
+            Some((st, bank)) => reexec::adopt_bind_listening(st, bank),
+            None => None,
+        };
+        let bind_listening = match bind_listening {
+            Some(l) => l,
+            None => crate::listen::listen_bind(&listening).map_err(StartError::Listen)?,
+        };
         let std_listener = bind_listening
             .listener
             .try_clone()
@@ -332,14 +368,35 @@ impl Supervisor {
         // The sockets once archon holds its own socket's lock: a second archon on the same path
         // says so, rather than that the first one's ports are in use.
         let mut sockets = Sockets::default();
+        let mut unknown = Vec::new();
         let services = match (config, &config_source) {
             (Some(config), Some(source)) => {
+                if let Some((st, bank)) = carried.as_mut() {
+                    reexec::adopt_sockets(&mut sockets, &config, st, bank);
+                }
                 sockets
                     .apply(&config, &source.name())
                     .map_err(StartError::Config)?;
-                units::manager(config)
+                match carried.as_ref() {
+                    Some((st, _)) => {
+                        let lives = st.units.iter().map(|u| (u.name.clone(), u.life.clone()));
+                        let (m, left) = Manager::restored(config, lives.collect(), now_ms());
+                        unknown = left;
+                        m
+                    }
+                    None => units::manager(config),
+                }
             }
-            _ => Manager::default(),
+            _ => {
+                if let Some((st, _)) = carried.as_ref() {
+                    unknown = st
+                        .units
+                        .iter()
+                        .map(|u| (u.name.clone(), u.life.clone()))
+                        .collect();
+                }
+                Manager::default()
+            }
         };
         let main = opts.command.clone().map(entry::MainCommand::new);
         let mut signals = if main.is_some() {
@@ -367,11 +424,18 @@ impl Supervisor {
         let spare_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
         let mut spawner = Spawner::new().map_err(setup("map the child stack"))?;
         // Children get the open files limit archon was given, not the one it raised for itself.
-        spawner.set_children_nofile(children_nofile);
+        spawner.set_children_nofile(
+            carried
+                .as_ref()
+                .and_then(|(st, _)| st.children_nofile)
+                .unwrap_or(children_nofile),
+        );
 
         let base_env = base_environment(&listening.path, &bind_listening.path);
-        let shim = std::env::current_exe()
-            .map_err(|e| format!("bind_shim: cannot find archon's own path: {e}"))
+        let exe = crate::reexec::own_exe();
+        let shim = exe
+            .clone()
+            .ok_or_else(|| "bind_shim: cannot find archon's own path".to_string())
             .and_then(|exe| crate::sockets::default_shim(&exe));
         let cgroups = if services.ids().next().is_some() {
             match Cgroups::discover() {
@@ -395,6 +459,7 @@ impl Supervisor {
             opts.history
         );
         let mut supervisor = Supervisor {
+            exe,
             poll,
             listening,
             listener,
@@ -436,7 +501,7 @@ impl Supervisor {
             lua: None,
         };
         supervisor.install_handlers(handlers);
-        Ok(supervisor)
+        Ok((supervisor, unknown))
     }
 
     /// The socket's path.
@@ -871,6 +936,7 @@ impl Supervisor {
         }
         match request {
             Request::Power(power) => self.power_request(to, power),
+            Request::ReExec { path } => self.reexec_request(to, path),
             Request::Ping => self.reply(to, Reply::Pong),
             Request::Version => self.reply(
                 to,
@@ -1457,6 +1523,7 @@ impl Supervisor {
                     ),
                     Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
                 },
+                SignalAction::ReExec => self.reexec_signal(sig),
                 SignalAction::Ignore => info!(
                     "ignoring signal {}",
                     archon_proto::signal::name(sig).unwrap_or_default()
@@ -1806,6 +1873,20 @@ impl Supervisor {
         info!("all processes stopped; exiting");
         true
     }
+}
+
+/// The configuration: `--demo`'s, the file given, else for root the default file if it exists.
+pub fn config_source(opts: &Options, euid: u32) -> Option<ConfigSource> {
+    if opts.demo {
+        return Some(ConfigSource::Demo);
+    }
+    opts.config
+        .clone()
+        .or_else(|| {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            (euid == 0 && default.exists()).then_some(default)
+        })
+        .map(ConfigSource::File)
 }
 
 /// The environment every child starts from: archon's own, without the variables that describe

@@ -133,6 +133,25 @@ impl Events {
         }
     }
 
+    /// The history, oldest first, each event as its line (for a re-exec).
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.ring.iter().map(|l| &l[..])
+    }
+
+    /// The history and numbering carried across a re-exec: the next event is `next_seq`.
+    pub fn restore(&mut self, next_seq: u64, lines: Vec<Vec<u8>>) {
+        self.next_seq = next_seq.max(1);
+        for line in lines {
+            if self.capacity == 0 {
+                break;
+            }
+            while self.ring.len() >= self.capacity {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(line.into());
+        }
+    }
+
     /// The number the next event will have.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

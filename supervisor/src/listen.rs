@@ -13,7 +13,7 @@
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,33 @@ pub struct Listening {
 impl Drop for Listening {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl Listening {
+    /// The fds of the listener and of its lock (for a re-exec).
+    pub fn fds(&self) -> (RawFd, RawFd) {
+        (self.listener.as_raw_fd(), self._lock.as_raw_fd())
+    }
+
+    /// The socket and its lock carried across a re-exec: still bound at `path`, still locked.
+    pub fn adopt(listener: OwnedFd, lock: OwnedFd, path: PathBuf) -> io::Result<Listening> {
+        let listener = UnixListener::from(listener);
+        listener.set_nonblocking(true)?;
+        Ok(Listening {
+            listener,
+            path,
+            _lock: File::from(lock),
+        })
+    }
+}
+
+impl BindListening {
+    /// The bind socket carried across a re-exec.
+    pub fn adopt(listener: OwnedFd, path: PathBuf) -> io::Result<BindListening> {
+        let listener = UnixListener::from(listener);
+        listener.set_nonblocking(true)?;
+        Ok(BindListening { listener, path })
     }
 }
 

@@ -119,6 +119,18 @@ impl Splitter {
         }
     }
 
+    /// The line not yet ended, and the level of a cut line going on (for a re-exec).
+    pub fn carry(&self) -> (Vec<u8>, Option<u8>) {
+        (self.partial.clone(), self.going_on)
+    }
+
+    /// A splitter as [`carry`](Self::carry) left it.
+    pub fn restored(partial: Vec<u8>, going_on: Option<u8>) -> Splitter {
+        let mut partial = partial;
+        partial.truncate(MAX_LOG_LINE);
+        Splitter { partial, going_on }
+    }
+
     /// Bytes of a line not yet ended.
     #[cfg(test)]
     pub fn pending(&self) -> usize {
@@ -218,6 +230,11 @@ impl Ring {
         self.evict(cost);
         self.bytes += cost;
         self.lines.push_back(kept);
+    }
+
+    /// Every line kept, oldest first (for a re-exec).
+    pub fn lines(&self) -> impl Iterator<Item = LogLine> + '_ {
+        self.lines.iter().map(Kept::line)
     }
 
     /// The bytes the ring counts.
@@ -538,6 +555,52 @@ impl ServiceLog {
         self.file = None;
         self.file_failed = true;
         Some(why)
+    }
+
+    /// What a re-exec carries: the pipes' fds (stdout's read and write ends, then stderr's),
+    /// their partial lines, and the ring's lines.
+    pub fn carry(&self) -> crate::reexec::LogRecord {
+        let [o, e] = &self.pipes;
+        crate::reexec::LogRecord {
+            fds: [
+                o.read.as_raw_fd(),
+                o.write.as_raw_fd(),
+                e.read.as_raw_fd(),
+                e.write.as_raw_fd(),
+            ],
+            partial: [o.splitter.carry(), e.splitter.carry()],
+            lines: self.ring.lines().collect(),
+        }
+    }
+
+    /// A service's log carried across a re-exec: its pipes (`[read, write]` of stdout, then of
+    /// stderr), partial lines and ring; the file is opened again as `config` says.
+    pub fn restored(
+        pipes: [[OwnedFd; 2]; 2],
+        rec: &crate::reexec::LogRecord,
+        config: &LogConfig,
+    ) -> ServiceLog {
+        let [[r0, w0], [r1, w1]] = pipes;
+        let pipe =
+            |read: OwnedFd, write: OwnedFd, (partial, going_on): &(Vec<u8>, Option<u8>)| Pipe {
+                read: mio::unix::pipe::Receiver::from(read),
+                write,
+                splitter: Splitter::restored(partial.clone(), *going_on),
+            };
+        let mut ring = Ring::new(config.ring);
+        for line in &rec.lines {
+            ring.push(line);
+        }
+        let mut log = ServiceLog {
+            pipes: [pipe(r0, w0, &rec.partial[0]), pipe(r1, w1, &rec.partial[1])],
+            ring,
+            file: None,
+            file_failed: false,
+        };
+        if let Err(why) = log.configure(config) {
+            crate::warn!("{why}");
+        }
+        log
     }
 
     /// The ring.

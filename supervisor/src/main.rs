@@ -27,6 +27,7 @@ mod notify;
 mod on_exit;
 mod pid1;
 mod procstat;
+mod reexec;
 mod service;
 mod sockets;
 mod spawn;
@@ -114,7 +115,8 @@ fn emergency_mode(args: &[std::ffi::OsString]) -> ExitCode {
 /// back, see [`sys::protect_from_oom_killer`]). Done first thing, and again once the log is set
 /// up (`say`) to say what failed; again after the early mounts, which bring `/proc` and `/dev`.
 fn protect_pid1(role: Role, say: bool) {
-    let faults = pid1::fault::install(role == Role::Machine, false);
+    // The first time opens nothing: a re-executed image takes what it inherited first.
+    let faults = pid1::fault::install(say && role == Role::Machine, false);
     let oom = sys::protect_from_oom_killer();
     if say {
         if let Err(e) = faults {
@@ -149,9 +151,102 @@ impl End {
     }
 }
 
+/// What the first arguments ask of a re-exec (see [`reexec`]).
+enum Handover {
+    /// An ordinary start.
+    None,
+    /// `--restore <fd>`: take over the state in `fd`.
+    Restore(String),
+    /// `--check-restore`: check the state on stdin, say so, and exit.
+    Check,
+}
+
+/// `--check-restore`: reads the state on stdin and the configuration, and prints
+/// [`reexec::CHECK_OK`] when this archon can take them over; the exit code.
+fn check_restore(opts: &args::Options) -> u8 {
+    let stdin = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned();
+    let state = stdin
+        .and_then(reexec::read_all)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| reexec::State::decode(&bytes).map_err(|e| e.to_string()));
+    let state = match state {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("archon: --check-restore: {e}");
+            return 1;
+        }
+    };
+    let euid = nix::unistd::geteuid().as_raw();
+    let declared: Vec<String> = match event_loop::config_source(opts, euid) {
+        Some(source) => match event_loop::evaluate_config(&source) {
+            Ok(c) => c.config.services.into_iter().map(|s| s.name).collect(),
+            Err(e) => {
+                eprintln!("archon: --check-restore: {e}");
+                return EXIT_CONFIG;
+            }
+        },
+        None => Vec::new(),
+    };
+    // A running unit the file no longer declares would be kept as a bare process: refused, so
+    // that the file is fixed (or reloaded) first.
+    let lost: Vec<&str> = state
+        .units
+        .iter()
+        .filter(|u| u.life.pid().is_some() && !declared.contains(&u.name))
+        .map(|u| u.name.as_str())
+        .collect();
+    if !lost.is_empty() {
+        eprintln!(
+            "archon: --check-restore: the configuration no longer declares {}, which runs: \
+             reload first",
+            lost.join(", ")
+        );
+        return EXIT_CONFIG;
+    }
+    print!("{}", String::from_utf8_lossy(reexec::CHECK_OK));
+    0
+}
+
+/// Reads the state a previous image handed over in `fd`; the fds it names, in a bank made
+/// before anything is opened.
+fn read_handover(fd: &str) -> Result<(reexec::State, reexec::FdBank), String> {
+    let fd: i32 = fd
+        .parse()
+        .ok()
+        .filter(|&fd| fd >= 3)
+        .ok_or_else(|| format!("--restore: bad fd {fd:?}"))?;
+    let mut bank = reexec::FdBank::new(&[fd]);
+    let memfd = bank
+        .take(fd)
+        .ok_or_else(|| format!("--restore: fd {fd} is not open"))?;
+    let bytes = reexec::read_all(memfd).map_err(|e| format!("--restore: {e}"))?;
+    let state = reexec::State::decode(&bytes).map_err(|e| e.to_string())?;
+    let bank = reexec::FdBank::new(&state.fds());
+    reexec::cloexec_inherited();
+    Ok((state, bank))
+}
+
 /// Everything but the end of the machine's init; `role` is updated once `/proc` tells more.
 fn run(role: &mut Role) -> End {
-    let opts = match args::parse(std::env::args_os().skip(1)) {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let handover = match argv.first().and_then(|a| a.to_str()) {
+        Some(reexec::RESTORE_ARG) if argv.len() >= 2 => {
+            let fd = argv[1].to_string_lossy().into_owned();
+            argv.drain(..2);
+            Handover::Restore(fd)
+        }
+        Some(reexec::CHECK_ARG) => {
+            argv.remove(0);
+            Handover::Check
+        }
+        _ => Handover::None,
+    };
+    // The state is read before anything is opened: its fds are this image's only.
+    let restore = match handover {
+        Handover::Restore(ref fd) => Some(read_handover(fd)),
+        _ => None,
+    };
+    let opts = match args::parse(argv) {
         Ok(args::Parsed::Run(opts)) => opts,
         Ok(args::Parsed::Help) => {
             print!("{}", args::USAGE);
@@ -167,9 +262,30 @@ fn run(role: &mut Role) -> End {
             return End::failed(EXIT_USAGE, e);
         }
     };
+    if let Handover::Check = handover {
+        return End::code(check_restore(&opts));
+    }
     log::init(opts.log_level);
+    let restore = match restore {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) if role.is_pid1() => {
+            // Process 1 must not exit: it starts afresh (what ran is reaped as orphans).
+            error!("re-exec: cannot take over: {e}: starting afresh");
+            reexec::close_inherited();
+            None
+        }
+        Some(Err(e)) => {
+            error!("re-exec: cannot take over: {e}");
+            return End::failed(EXIT_CANNOT_START, e);
+        }
+        None => None,
+    };
     if role.is_pid1() {
+        // Once what a re-exec handed over is taken (or closed): the kernel's log is opened now.
         protect_pid1(*role, true);
+    }
+    if let Some(restore) = restore {
+        return serve(role, opts, Some(restore));
     }
     if *role == Role::Machine || opts.early_mounts {
         early_boot(role);
@@ -181,7 +297,35 @@ fn run(role: &mut Role) -> End {
             warn!("Ctrl-Alt-Del will reboot at once, not through archon: {e}");
         }
     }
-    let mut supervisor = match event_loop::Supervisor::new(opts, *role) {
+    serve(role, opts, None)
+}
+
+/// Runs the loop, set up afresh or from a previous image's state, and ends as it says.
+fn serve(
+    role: &mut Role,
+    opts: args::Options,
+    restore: Option<(reexec::State, reexec::FdBank)>,
+) -> End {
+    let restoring = restore.is_some();
+    let made = match restore {
+        Some((state, bank)) => {
+            match event_loop::Supervisor::restore(opts.clone(), *role, state, bank) {
+                Err(e) if role.is_pid1() => {
+                    // What it had taken is closed again: process 1 starts afresh rather than
+                    // exit (what ran is reaped as orphans).
+                    error!("re-exec: cannot take over: {e}: starting afresh");
+                    event_loop::Supervisor::new(opts, *role)
+                }
+                made => made,
+            }
+        }
+        None => event_loop::Supervisor::new(opts, *role),
+    };
+    if restoring {
+        // Blocked by the previous image across the exec; the handlers are in place now.
+        reexec::unblock_all();
+    }
+    let mut supervisor = match made {
         Ok(s) => s,
         Err(e @ event_loop::StartError::Config(_)) => {
             error!("{e}");

@@ -304,6 +304,27 @@ enum Datagram {
     Oversized,
 }
 
+impl NotifySocket {
+    /// What a re-exec carries of it.
+    pub fn carry(&self) -> crate::reexec::NotifyRecord {
+        crate::reexec::NotifyRecord {
+            fd: self.socket.as_raw_fd(),
+            path: self.path.clone(),
+            file_id: self.file_id,
+        }
+    }
+
+    /// A notify socket carried across a re-exec (non-blocking, `SO_PASSCRED` set, as bound).
+    pub fn adopt(fd: OwnedFd, rec: &crate::reexec::NotifyRecord) -> NotifySocket {
+        let std_socket = std::os::unix::net::UnixDatagram::from(fd);
+        NotifySocket {
+            socket: mio::net::UnixDatagram::from_std(std_socket),
+            path: rec.path.clone(),
+            file_id: rec.file_id,
+        }
+    }
+}
+
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         // A socket bound at the same path since (a restart) is not this one's to remove.
@@ -419,6 +440,20 @@ impl ReadyPipe {
             },
             OwnedFd::from(sender),
         ))
+    }
+
+    /// Its read end's fd (for a re-exec).
+    pub fn fd(&self) -> RawFd {
+        self.receiver.as_raw_fd()
+    }
+
+    /// A ready pipe carried across a re-exec: nothing read yet.
+    pub fn adopt(fd: OwnedFd) -> ReadyPipe {
+        ReadyPipe {
+            receiver: mio::unix::pipe::Receiver::from(fd),
+            seen: 0,
+            done: None,
+        }
     }
 
     /// Reads what is pending, until a verdict or until the pipe is empty.

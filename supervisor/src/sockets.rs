@@ -239,6 +239,88 @@ impl Sockets {
         Ok(())
     }
 
+    /// What a re-exec carries: every socket held, by service and name.
+    pub fn carry(&self) -> Vec<crate::reexec::SocketRecord> {
+        let mut out = Vec::new();
+        for (service, list) in &self.by_service {
+            for b in list {
+                out.push(crate::reexec::SocketRecord {
+                    service: service.clone(),
+                    name: b.decl.name.clone(),
+                    fd: b.fd(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Takes a socket carried across a re-exec for the declaration of `service` named `name` in
+    /// `config`, if the socket is bound where that declaration says (a later [`apply`] keeps
+    /// it); otherwise it is closed, and `apply` binds the declaration anew.
+    ///
+    /// [`apply`]: Self::apply
+    pub fn adopt(
+        &mut self,
+        config: &Config,
+        service: &str,
+        name: &str,
+        fd: OwnedFd,
+    ) -> Result<(), String> {
+        let decl = config
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.sockets.iter().find(|d| d.name == name))
+            .ok_or_else(|| format!("{service}: socket {name} is no longer declared"))?;
+        let kind = sock_type(&fd).map_err(|e| format!("{service}: socket {name}: {e}"))?;
+        let (local, file_id) = match &decl.listen {
+            Listen::Tcp(a) | Listen::Udp(a) => {
+                let want = if matches!(decl.listen, Listen::Tcp(_)) {
+                    libc::SOCK_STREAM
+                } else {
+                    libc::SOCK_DGRAM
+                };
+                let got = local_addr(&fd).map_err(|e| format!("{service}: {name}: {e}"))?;
+                let same =
+                    kind == want && got.ip() == a.ip() && (a.port() == 0 || a.port() == got.port());
+                let local = if matches!(decl.listen, Listen::Tcp(_)) {
+                    Listen::Tcp(got)
+                } else {
+                    Listen::Udp(got)
+                };
+                (same.then_some(local), None)
+            }
+            Listen::Unix(addr) | Listen::UnixGram(addr) => {
+                let want = if decl.listen.is_stream() {
+                    libc::SOCK_STREAM
+                } else {
+                    libc::SOCK_DGRAM
+                };
+                let same = kind == want && unix_name(&fd).as_ref() == Some(addr);
+                let id = match addr {
+                    UnixAddr::Path(path) => std::fs::symlink_metadata(path)
+                        .ok()
+                        .map(|m| (m.dev(), m.ino())),
+                    UnixAddr::Abstract(_) => None,
+                };
+                (same.then(|| decl.listen.clone()), id)
+            }
+        };
+        let local = local.ok_or_else(|| {
+            format!("{service}: socket {name} is now declared elsewhere: bound anew")
+        })?;
+        self.by_service
+            .entry(service.to_string())
+            .or_default()
+            .push(Bound {
+                decl: decl.clone(),
+                fd,
+                local,
+                file_id,
+            });
+        Ok(())
+    }
+
     /// The sockets of `service`, in declaration order.
     pub fn of(&self, service: &str) -> &[Bound] {
         self.by_service.get(service).map_or(&[], Vec::as_slice)
@@ -445,6 +527,57 @@ fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 /// The address a TCP or UDP socket is bound to (`getsockname`).
+/// `SO_TYPE` of a socket.
+fn sock_type(fd: &OwnedFd) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len describe a valid c_int buffer.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+/// The address a Unix socket is bound to: a path, or an abstract name.
+fn unix_name(fd: &OwnedFd) -> Option<UnixAddr> {
+    // SAFETY: an all-zero sockaddr_un is valid; len says its size.
+    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr and len describe a valid buffer.
+    let r = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_un).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || libc::c_int::from(addr.sun_family) != libc::AF_UNIX {
+        return None;
+    }
+    let offset = std::mem::size_of::<libc::sa_family_t>();
+    let used = (len as usize)
+        .saturating_sub(offset)
+        .min(addr.sun_path.len());
+    let path: Vec<u8> = addr.sun_path[..used].iter().map(|&c| c as u8).collect();
+    match path.split_first() {
+        // An abstract name: a NUL, then the name's bytes, as many as the length says.
+        Some((0, name)) if !name.is_empty() => Some(UnixAddr::Abstract(name.to_vec())),
+        Some((0, _)) | None => None,
+        Some(_) => {
+            let path: Vec<u8> = path.into_iter().take_while(|&c| c != 0).collect();
+            Some(UnixAddr::Path(PathBuf::from(std::ffi::OsStr::from_bytes(
+                &path,
+            ))))
+        }
+    }
+}
+
 fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     // SAFETY: an all-zero sockaddr_storage is valid; len says its size.
     let mut storage: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };

@@ -745,6 +745,11 @@ impl Spawner {
         self.children_nofile = Some(limit);
     }
 
+    /// The open files limit children get, if set.
+    pub fn children_nofile(&self) -> Option<(u64, u64)> {
+        self.children_nofile
+    }
+
     /// Gives back the memory of stacks no child runs on: the pool's free stacks are unmapped
     /// (mapped again when a burst of starts needs them) and the pages the vfork stack touched
     /// are dropped.

@@ -410,6 +410,30 @@ impl Table {
         out
     }
 
+    /// The id the next process gets (for a re-exec).
+    pub fn next_id(&self) -> Id {
+        self.next_id
+    }
+
+    /// Puts back a process carried across a re-exec, under its own id; the next new process
+    /// gets `next_id` or more. A live `Run` holds its pool slot again.
+    pub fn restore(&mut self, proc: Proc, next_id: Id) {
+        let id = proc.row.id;
+        self.next_id = self.next_id.max(next_id).max(id + 1);
+        self.exit_actions += proc.on_exit.len();
+        if proc.is_live() {
+            if proc.is_child() {
+                self.children.insert(proc.row.pid, id);
+            }
+            if proc.row.kind == Kind::Run {
+                self.runs_active += 1;
+            }
+        } else {
+            self.ended.push_back(id);
+        }
+        self.procs.insert(id, proc);
+    }
+
     /// The rows of a `List` reply, by id.
     pub fn rows(&self) -> Vec<ProcessRow> {
         self.procs.values().map(|p| p.row.clone()).collect()

@@ -124,6 +124,11 @@ pub enum Action {
     ArchonVersion,
     /// `poweroff`, `reboot`, `halt`.
     Power(Power),
+    /// `reexec [PATH]`.
+    ReExec {
+        /// The program to execute, absolute; archon's own when `None`.
+        path: Option<Vec<u8>>,
+    },
 }
 
 /// A parsed command line.
@@ -208,6 +213,7 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
         b"poweroff" => none(rest, Action::Power(Power::Poweroff))?,
         b"reboot" => none(rest, Action::Power(Power::Reboot))?,
         b"halt" => none(rest, Action::Power(Power::Halt))?,
+        b"reexec" => reexec(rest)?,
         line => {
             if !rest.is_empty() {
                 return Err(usage(
@@ -472,6 +478,22 @@ fn tree(args: &[OsString]) -> Result<Action, UsageError> {
         name,
         format: format(&flags),
     })
+}
+
+fn reexec(args: &[OsString]) -> Result<Action, UsageError> {
+    let Some(Split {
+        positionals: pos, ..
+    }) = split_flags(args, &[])?
+    else {
+        return Ok(Action::Help);
+    };
+    let path = match pos[..] {
+        [] => None,
+        [p] if p.as_bytes().first() == Some(&b'/') => Some(p.as_bytes().to_vec()),
+        [p] => return Err(usage(format!("the path must be absolute: {}", show(p)))),
+        [_, extra, ..] => return Err(usage(format!("unexpected argument: {}", show(extra)))),
+    };
+    Ok(Action::ReExec { path })
 }
 
 fn config(args: &[OsString]) -> Result<Action, UsageError> {
@@ -986,6 +1008,13 @@ mod tests {
         assert_eq!(action(&["poweroff"]), Action::Power(Power::Poweroff));
         assert_eq!(action(&["reboot"]), Action::Power(Power::Reboot));
         assert_eq!(action(&["halt"]), Action::Power(Power::Halt));
+        assert_eq!(action(&["reexec"]), Action::ReExec { path: None });
+        assert_eq!(
+            action(&["reexec", "/usr/sbin/archon"]),
+            Action::ReExec {
+                path: Some(b"/usr/sbin/archon".to_vec())
+            }
+        );
         assert_eq!(action(&["halt", "--help"]), Action::Help);
         // The verbs themselves are raw lines.
         assert_eq!(action(&["Poweroff"]), Action::Raw(b"Poweroff".to_vec()));
@@ -1059,6 +1088,8 @@ mod tests {
             &["events", "--follow=yes"],
             &["events", "--grace", "1"],
             &["poweroff", "now"],
+            &["reexec", "archon"],
+            &["reexec", "/a", "/b"],
             &["reboot", "-f"],
             &["halt", "--grace", "1"],
         ];

@@ -19,7 +19,7 @@ use crate::{debug, error, info};
 #[derive(Debug)]
 pub(super) struct MainCommand {
     argv: Vec<Vec<u8>>,
-    id: Option<Id>,
+    pub(super) id: Option<Id>,
 }
 
 impl MainCommand {
@@ -36,7 +36,13 @@ impl Supervisor {
     /// Starts the main command, if there is one. When it cannot be started, archon shuts down
     /// with the exit code the shell would give (127 not found, 126 not executable).
     pub(super) fn start_main(&mut self) {
-        let Some(argv) = self.main.as_ref().map(|m| m.argv.clone()) else {
+        let Some(argv) = self
+            .main
+            .as_ref()
+            .filter(|m| m.id.is_none())
+            .map(|m| m.argv.clone())
+        else {
+            // None, or carried across a re-exec: running already.
             return;
         };
         let cmd = Command {

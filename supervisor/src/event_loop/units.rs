@@ -52,23 +52,23 @@ const MAX_ANCESTRY: usize = 64;
 const LOG_FD_RESERVE: u64 = 1024;
 
 /// Which of a unit's fds woke the loop (the low bits of the token's id).
-const SUB_PIDFD: u64 = 0;
-const SUB_NOTIFY: u64 = 1;
-const SUB_READY: u64 = 2;
+pub(super) const SUB_PIDFD: u64 = 0;
+pub(super) const SUB_NOTIFY: u64 = 1;
+pub(super) const SUB_READY: u64 = 2;
 const SUB_PROBE: u64 = 3;
 const SUB_EXEC: u64 = 4;
 /// stdout's log pipe; stderr's is the next.
-const SUB_LOG: u64 = 5;
+pub(super) const SUB_LOG: u64 = 5;
 /// The sockets of an on-demand service, while it is down.
 const SUB_SOCKETS: u64 = 7;
 const SUB_BITS: u32 = 3;
 
-fn unit_token(id: UnitId, sub: u64) -> Token {
+pub(super) fn unit_token(id: UnitId, sub: u64) -> Token {
     token(TAG_UNIT, (id << SUB_BITS) | sub)
 }
 
 /// A health check in flight.
-enum Probe {
+pub(super) enum Probe {
     /// A TCP connect, waiting to become writable.
     Tcp(TcpProbe),
     /// A command: its pid and pidfd.
@@ -79,24 +79,24 @@ enum Probe {
 #[derive(Default)]
 pub(super) struct UnitRt {
     /// The main process: pid and pidfd.
-    pid: i32,
-    pidfd: Option<OwnedFd>,
+    pub(super) pid: i32,
+    pub(super) pidfd: Option<OwnedFd>,
     /// The exec of the main process while its outcome is unknown: what the child reads, and the
     /// pipe it reports on (registered as `SUB_EXEC`); boxed, as it is there for a moment.
-    exec: Option<Box<PendingExec>>,
-    cgroup: Option<ServiceCgroup>,
+    pub(super) exec: Option<Box<PendingExec>>,
+    pub(super) cgroup: Option<ServiceCgroup>,
     /// Boxed, as the probe: most units have none.
-    notify: Option<Box<NotifySocket>>,
-    ready: Option<ReadyPipe>,
+    pub(super) notify: Option<Box<NotifySocket>>,
+    pub(super) ready: Option<ReadyPipe>,
     /// A health check in progress (boxed: most units have none, and a unit's runtime is kept
     /// for each of thousands of units).
-    probe: Option<Box<(Probe, TimerKey)>>,
-    timers: UnitTimers,
+    pub(super) probe: Option<Box<(Probe, TimerKey)>>,
+    pub(super) timers: UnitTimers,
     /// The pipes of its stdout and stderr, made at its first start and kept until it is
     /// removed; its ring and log file (boxed: the ring's lines are the bulk).
-    log: Option<Box<ServiceLog>>,
+    pub(super) log: Option<Box<ServiceLog>>,
     /// For an on-demand service that is down: its sockets, watched for a connection.
-    watch: Option<Watch>,
+    pub(super) watch: Option<Watch>,
 }
 
 /// The sockets of an on-demand service registered with the poll, as copies of archon's (close-on
@@ -110,7 +110,7 @@ pub(super) struct Watch(Vec<OwnedFd>);
 /// A unit's armed timers, one per kind: a short list, not a hash map, since a unit has one or
 /// two at a time and thousands of units each keep theirs.
 #[derive(Default)]
-pub(super) struct UnitTimers(Vec<(TimerKind, TimerKey)>);
+pub(super) struct UnitTimers(pub(super) Vec<(TimerKind, TimerKey)>);
 
 impl UnitTimers {
     /// Arms `kind` as `key`; the key it replaces, if any.
@@ -1232,7 +1232,7 @@ impl Supervisor {
         self.run_actions();
     }
 
-    fn drop_probe(&mut self, probe: Probe) {
+    pub(super) fn drop_probe(&mut self, probe: Probe) {
         match probe {
             Probe::Tcp(mut p) => {
                 let _ = self.poll.registry().deregister(&mut p);
@@ -1420,7 +1420,7 @@ pub(super) const DEMO: &str = include_str!("../../../examples/demo.lua");
 
 /// Where the configuration comes from: a file, read again on each reload, or the demo.
 #[derive(Debug, Clone)]
-pub(super) enum Source {
+pub enum Source {
     /// `--config FILE`, or the default file.
     File(std::path::PathBuf),
     /// `--demo`.
@@ -1429,7 +1429,7 @@ pub(super) enum Source {
 
 impl Source {
     /// The name errors and the sockets' owner give the configuration.
-    pub(super) fn name(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
             Source::File(path) => path.display().to_string(),
             Source::Demo => "demo.lua".to_string(),
@@ -1438,7 +1438,7 @@ impl Source {
 }
 
 /// Evaluates the configuration, keeping its handlers, then gives back what the Lua state used.
-pub(super) fn evaluate(source: &Source) -> Result<archon_lua::Loaded, archon_lua::LoadError> {
+pub fn evaluate(source: &Source) -> Result<archon_lua::Loaded, archon_lua::LoadError> {
     let config = match source {
         Source::File(path) => archon_lua::load(path),
         Source::Demo => archon_lua::load_source("demo.lua", DEMO.as_bytes()),

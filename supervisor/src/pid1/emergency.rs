@@ -396,7 +396,7 @@ impl Emergency {
                     info!("emergency: {name}: exit");
                     self.begin_down(None);
                 }
-                SignalAction::Reload | SignalAction::Ignore => {
+                SignalAction::Reload | SignalAction::ReExec | SignalAction::Ignore => {
                     info!("emergency: {name}: ignored in emergency mode");
                 }
             }

@@ -23,10 +23,9 @@
 //! deliberately: this handler tells a stack overflow from another fault the same way, by the
 //! fault's address (just below the main thread's stack), and says so.
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStringExt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
@@ -72,30 +71,17 @@ static STACK_LOW: AtomicUsize = AtomicUsize::new(0);
 /// The alternate signal stack, mapped once for archon's life.
 static ALT_STACK_BASE: AtomicUsize = AtomicUsize::new(0);
 
-/// archon's own program: `/proc/self/exe` where it is (without the ` (deleted)` of a program
-/// replaced meanwhile), else `argv[0]` when it is a path (at boot, before `/proc` is mounted, the
-/// kernel starts `/init` by its path).
-pub fn own_exe() -> Option<PathBuf> {
-    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
-        let bytes = exe.as_os_str().as_bytes();
-        return Some(match bytes.strip_suffix(b" (deleted)") {
-            Some(p) => PathBuf::from(OsStr::from_bytes(p)),
-            None => exe,
-        });
-    }
-    let argv0 = PathBuf::from(std::env::args_os().next()?);
-    argv0.is_absolute().then_some(argv0)
-}
-
-/// Installs the fault handlers on an alternate stack; `machine` also opens the kernel's log for
-/// their message. In emergency mode (`emergency`) a fault is not re-executed again: the handler
+/// Installs the fault handlers on an alternate stack; `kmsg` also opens the kernel's log for
+/// their message (the machine's init). In emergency mode (`emergency`) a fault is not re-executed again: the handler
 /// reaps for ever instead. Failures are returned, each one said in the log by the caller.
-pub fn install(machine: bool, emergency: bool) -> Result<(), String> {
+pub fn install(kmsg: bool, emergency: bool) -> Result<(), String> {
     IN_EMERGENCY.store(emergency, Ordering::SeqCst);
-    if let Some(exe) = own_exe().and_then(|p| CString::new(p.into_os_string().into_vec()).ok()) {
+    if let Some(exe) =
+        crate::reexec::own_exe().and_then(|p| CString::new(p.into_os_string().into_vec()).ok())
+    {
         let _ = EXE.set(exe);
     }
-    if machine && KMSG.get().is_none() {
+    if kmsg && KMSG.get().is_none() {
         if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
             let _ = KMSG.set(OwnedFd::from(f));
         }

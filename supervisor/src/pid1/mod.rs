@@ -84,6 +84,8 @@ pub enum SignalAction {
     Power(Power),
     /// Read the configuration file again.
     Reload,
+    /// Hand archon's state to a new image of its program (see [`crate::reexec`]).
+    ReExec,
     /// Nothing: logged.
     Ignore,
 }
@@ -102,15 +104,18 @@ pub const INIT_SIGNALS: [i32; 1] = [libc::SIGPWR];
 /// | SIGUSR1          | halt           | halt             | ignored   |
 /// | SIGUSR2, SIGPWR  | power off      | power off        | ignored   |
 /// | SIGHUP           | reload         | reload           | reload    |
+/// | SIGQUIT          | re-exec        | re-exec          | re-exec   |
 ///
 /// The kernel sends SIGINT to the machine's init for Ctrl-Alt-Del (once archon has asked for
 /// it), which reboots, as sysvinit's `ctrlaltdel` line usually says. SIGTERM reboots too, as
 /// with busybox init and s6-linux-init (archon does not re-execute itself). A container's init
 /// exits on both, as `docker stop` and Ctrl-C expect, and powers off (ends the namespace) on
-/// SIGPWR, which is what LXC sends to stop a container.
+/// SIGPWR, which is what LXC sends to stop a container. SIGQUIT re-executes archon in place (an
+/// upgrade that restarts no service), as it makes busybox init run its `restart` action.
 pub fn signal_action(role: Role, sig: i32) -> SignalAction {
     match (role, sig) {
         (_, libc::SIGHUP) => SignalAction::Reload,
+        (_, libc::SIGQUIT) => SignalAction::ReExec,
         (Role::Machine, libc::SIGINT | libc::SIGTERM) => SignalAction::Power(Power::Reboot),
         (_, libc::SIGINT | libc::SIGTERM) => SignalAction::Exit,
         (Role::Process, _) => SignalAction::Ignore,
@@ -162,7 +167,7 @@ mod tests {
 
     #[test]
     fn the_signal_table() {
-        use SignalAction::{Exit, Ignore, Reload};
+        use SignalAction::{Exit, Ignore, ReExec, Reload};
         let (reboot, halt, off) = (
             SignalAction::Power(Power::Reboot),
             SignalAction::Power(Power::Halt),
@@ -175,7 +180,8 @@ mod tests {
             (libc::SIGUSR2, off, off, Ignore),
             (libc::SIGPWR, off, off, Ignore),
             (libc::SIGHUP, Reload, Reload, Reload),
-            (libc::SIGQUIT, Ignore, Ignore, Ignore),
+            (libc::SIGQUIT, ReExec, ReExec, ReExec),
+            (libc::SIGALRM, Ignore, Ignore, Ignore),
         ];
         for (sig, machine, container, process) in table {
             assert_eq!(signal_action(Role::Machine, sig), machine, "{sig}");
@@ -191,6 +197,7 @@ mod tests {
                 libc::SIGHUP,
                 libc::SIGUSR1,
                 libc::SIGUSR2,
+                libc::SIGQUIT,
             ]
             .contains(&sig)
                 || INIT_SIGNALS.contains(&sig);

@@ -30,8 +30,11 @@ use archon_proto::{
 };
 
 use super::policy;
+
+mod carry;
 use crate::table::ReplyTo;
 use crate::{info, warn};
+pub use carry::Carried;
 
 /// A unit, by the number archon gave it (never reused, so a stale timer finds nothing).
 pub type UnitId = u64;

@@ -12,4 +12,4 @@ mod tests;
 
 #[cfg(test)]
 pub use manager::State;
-pub use manager::{Action, Health, Manager, TimerKind, UnitId};
+pub use manager::{Action, Carried, Health, Manager, TimerKind, UnitId};

@@ -1234,3 +1234,53 @@ fn a_handlers_restarts_keep_to_backoff_and_flap_limit() {
     w.exit("web", Status::Signaled(libc::SIGTERM));
     assert_eq!(w.take_spawned(), ["web"]);
 }
+
+#[test]
+fn a_restored_manager_takes_units_back_by_name_as_they_were() {
+    let mut w = World::new(vec![svc("a"), svc("b"), requires(svc("c"), &["a"])]);
+    let pid_a = w.m.view(w.id("a")).and_then(|v| v.pid);
+    // The first restart is at once, the second after a backoff.
+    w.exit("b", Status::Exited(1));
+    w.exit("b", Status::Exited(1));
+    assert_eq!(w.state("b"), State::Backoff);
+    let carried: Vec<(String, crate::service::Carried)> = ["a", "b", "c"]
+        .iter()
+        .filter_map(|n| Some((n.to_string(), w.m.carry(w.id(n))?)))
+        .collect();
+    // The file now declares a, b and a new d; c is gone.
+    let (m, unknown) = Manager::restored(
+        Config {
+            services: vec![svc("a"), svc("b"), svc("d")],
+        },
+        carried,
+        w.now,
+    );
+    w.m = m;
+    w.spawned.clear();
+    w.events.clear();
+    w.run();
+    assert_eq!(
+        unknown.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert_eq!(w.spawned, ["d"], "only the new unit is started");
+    let a = w.m.view(w.id("a"));
+    assert_eq!(
+        a.as_ref().map(|v| (v.state, v.pid)),
+        Some((State::Ready, pid_a))
+    );
+    assert_eq!(w.state("b"), State::Backoff, "b waits for its backoff");
+    assert!(
+        w.events.iter().all(|e| e.subject != b"a"),
+        "no event for a unit taken back: {:?}",
+        w.events
+    );
+    // Its life goes on: a crash is restarted, and b's backoff timer brings it back.
+    w.exit("a", Status::Signaled(9));
+    assert_eq!(w.spawned, ["d", "a"]);
+    let restarts = w.m.view(w.id("a")).map(|v| v.restarts);
+    assert_eq!(restarts, Some(1));
+    w.m.timer(w.id("b"), TimerKind::Backoff, w.now);
+    w.run();
+    assert_eq!(w.state("b"), State::Ready);
+}
