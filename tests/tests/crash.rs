@@ -274,6 +274,30 @@ fn fault_signals_sent_from_outside() -> Result {
     Ok(())
 }
 
+/// After a re-exec (an upgrade in place) the new image is protected as the first was: a fault
+/// takes the emergency path, whose socket is the one the re-exec handed over.
+#[test]
+fn a_fault_after_a_re_exec() -> Result {
+    if skipped() {
+        return Ok(());
+    }
+    let (mut a, talker) = start(&[])?;
+    let reply = a.conn()?.request_fields(&["ReExec"])?;
+    ensure!(reply.starts_with("Ok,"), "ReExec: {reply}");
+    ensure_eq!(a.request("Ping")?, "Pong");
+    fault(&a, "null")?;
+    wait_emergency(&a, "SIGSEGV")?;
+    ensure_eq!(a.request("Ping")?, "Pong");
+    ensure!(
+        stat(talker).is_some_and(|s| s.state != 'Z' && s.ppid == a.pid()),
+        "the talker"
+    );
+    ensure_eq!(a.request("Halt")?, "Ok,halt");
+    let status = a.wait_exit(LONG_BOUND)?;
+    ensure_eq!(status.signal(), Some(libc::SIGINT), "the namespace ended");
+    Ok(())
+}
+
 /// Process 1 is out of the OOM killer's reach (`oom_score_adj` -1000); its service is not: it
 /// has the value archon was started with. Without `CAP_SYS_RESOURCE` (some sandboxes drop it)
 /// archon cannot lower its value, and says so.
