@@ -140,7 +140,9 @@ fn say(role: Role, reason: &str) {
     // In the kernel's log once: the line above went there already when archon's log does.
     if role == Role::Machine && !crate::log::to_kmsg() {
         if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open(KMSG) {
-            let _ = writeln!(kmsg, "{KMSG_LEVEL}archon: emergency: {reason}");
+            // One write: each write to /dev/kmsg is a record of its own.
+            let record = format!("{KMSG_LEVEL}archon: emergency: {reason}\n");
+            let _ = kmsg.write_all(record.as_bytes());
         }
     }
 }

@@ -207,6 +207,15 @@ impl Cause {
         }
     }
 
+    /// True when `sig` with this cause is a fault of archon's own. A SIGABRT another process
+    /// sent is not: as a container's entrypoint archon forwards it to its main command (see
+    /// `entry.rs`), and otherwise process 1 ignores it, as it did before it had a handler. The
+    /// other fault signals are never forwarded, and one sent takes the emergency path as a real
+    /// fault does.
+    pub fn is_fault(self, sig: i32) -> bool {
+        !(sig == libc::SIGABRT && matches!(self, Cause::Sent(_)))
+    }
+
     /// The `<why>` of `--emergency <why>`.
     pub fn word(self, sig: i32) -> &'static CStr {
         match self {
@@ -357,6 +366,9 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut lib
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     let cause = Cause::of(code, addr, sender, me, STACK_LOW.load(Ordering::Relaxed));
+    if !cause.is_fault(sig) {
+        return;
+    }
     let emergency = IN_EMERGENCY.load(Ordering::Relaxed);
     let then: &[u8] = if emergency {
         b"in emergency mode already: archon only reaps from now on"
@@ -648,6 +660,11 @@ mod tests {
             c"stack-overflow"
         );
         assert_eq!(Cause::Sent(2).word(libc::SIGBUS), c"SIGBUS");
+        // A SIGABRT sent is not a fault (it is forwarded to a main command); one raised is.
+        assert!(!Cause::Sent(0).is_fault(libc::SIGABRT));
+        assert!(Cause::Raised.is_fault(libc::SIGABRT));
+        assert!(Cause::Sent(0).is_fault(libc::SIGSEGV));
+        assert!(Cause::Fault(16).is_fault(libc::SIGSEGV));
     }
 
     #[test]
