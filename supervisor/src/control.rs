@@ -342,7 +342,15 @@ impl Client {
                 self.closing = true;
                 (Err(RequestError::Frame(error)), len)
             }
-            Frame::Record { body, consumed } => (Request::parse(&self.inbuf[..body]), consumed),
+            Frame::Record { body, consumed } => {
+                // A debug build's hidden request for the tests: a real fault of archon's own
+                // (see `pid1::fault::debug_fault`); not in a release build.
+                #[cfg(debug_assertions)]
+                if let Some(kind) = self.inbuf[..body].strip_prefix(b"DebugFault,") {
+                    crate::pid1::fault::debug_fault(kind);
+                }
+                (Request::parse(&self.inbuf[..body]), consumed)
+            }
             Frame::Invalid { consumed, error } => (Err(RequestError::Frame(error)), consumed),
             Frame::TooLong => {
                 // The stream cannot be resynchronised: answer and close.

@@ -44,8 +44,9 @@ pub const KEPT: [(i32, &str); 11] = [
     (libc::SIGTTIN, "ignored"),
     (libc::SIGTTOU, "ignored"),
     // The kernel raises these in a process for a fault of its own execution. One raised in
-    // archon is archon's fault and must end it with its default action; and Rust's runtime
-    // owns SIGSEGV and SIGBUS (its stack overflow guard).
+    // archon is archon's fault: as process 1 it takes the emergency path (see `pid1::fault`),
+    // elsewhere it ends archon. (SIGABRT, forwarded above, is a fault only when archon raised
+    // it itself.)
     (libc::SIGILL, "a fault of archon's own"),
     (libc::SIGTRAP, "a fault of archon's own"),
     (libc::SIGBUS, "a fault of archon's own"),

@@ -343,6 +343,10 @@ impl Supervisor {
             Some(l) => l,
             None => crate::listen::listen(&path).map_err(StartError::Listen)?,
         };
+        if role.is_pid1() {
+            // The emergency mode after a fault serves it (see `pid1::fault`).
+            crate::pid1::fault::set_control_socket(listening.listener.as_raw_fd());
+        }
         let std_listener = listening
             .listener
             .try_clone()

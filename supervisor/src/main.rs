@@ -70,10 +70,19 @@ fn check(path: &std::path::Path) -> u8 {
 fn main() -> ExitCode {
     // Before anything is opened, so that nothing lands on fds 0-2 by accident.
     sys::ensure_stdio_open();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args
+        .first()
+        .is_some_and(|a| a == pid1::fault::EMERGENCY_ARG)
+    {
+        return emergency_mode(&args);
+    }
     let mut role = pid1::Role::detect();
-    if role == Role::Machine {
-        // From here on a panic does not unwind out of main: the kernel panics when init exits.
+    if role.is_pid1() {
+        // From here on a panic or a fault does not end process 1: the kernel panics when the
+        // machine's init exits, and a container ends with its init.
         pid1::emergency::install_panic_hook();
+        protect_pid1(role, false);
     }
     let end = run(&mut role);
     if role == Role::Machine {
@@ -83,6 +92,40 @@ fn main() -> ExitCode {
         ));
     }
     ExitCode::from(end.code)
+}
+
+/// `archon --emergency <why> [--control-fd <fd>]`: the emergency mode process 1 executes after a
+/// fault or a panic (see [`pid1::fault`]); refused to anything but process 1.
+fn emergency_mode(args: &[std::ffi::OsString]) -> ExitCode {
+    if !sys::is_pid1() {
+        eprintln!(
+            "archon: {} is internal: process 1 executes it after a fault (see archon(8))",
+            pid1::fault::EMERGENCY_ARG
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let (why, control) = pid1::fault::parse_emergency_args(args)
+        .unwrap_or_else(|| ("an unknown fault".into(), None));
+    pid1::emergency::mode(&why, control)
+}
+
+/// What process 1 does against an end by accident: fault handlers that take the emergency path
+/// (see [`pid1::fault`]), and an `oom_score_adj` of -1000, so that the kernel's OOM killer, whose
+/// SIGKILL nothing can catch, never picks archon (its children get the value archon started with
+/// back, see [`sys::protect_from_oom_killer`]). Done first thing, and again once the log is set
+/// up (`say`) to say what failed; again after the early mounts, which bring `/proc` and `/dev`.
+fn protect_pid1(role: Role, say: bool) {
+    // The first time opens nothing: a re-executed image takes what it inherited first.
+    let faults = pid1::fault::install(say && role == Role::Machine, false);
+    let oom = sys::protect_from_oom_killer();
+    if say {
+        if let Err(e) = faults {
+            warn!("faults of process 1 may not take the emergency path: {e}");
+        }
+        if let Err(e) = oom {
+            debug!("oom_score_adj stays as it is: {e}");
+        }
+    }
 }
 
 /// How archon ends when it exits: the exit code, and why, for the emergency path of the
@@ -237,6 +280,10 @@ fn run(role: &mut Role) -> End {
         }
         None => None,
     };
+    if role.is_pid1() {
+        // Once what a re-exec handed over is taken (or closed): the kernel's log is opened now.
+        protect_pid1(*role, true);
+    }
     if let Some(restore) = restore {
         return serve(role, opts, Some(restore));
     }
@@ -293,6 +340,7 @@ fn serve(
     let outcome = supervisor.run();
     debug!("socket {} removed", supervisor.socket_path().display());
     drop(supervisor);
+    pid1::fault::set_control_socket(-1);
     if let Some(power) = pid1::power_at_end(*role, outcome.power()) {
         let e = pid1::halt::go_down(*role == Role::Machine, power);
         error!("cannot {power}: reboot(2): {e}");
@@ -317,11 +365,10 @@ fn early_boot(role: &mut Role) {
             Err(e) => warn!("cannot mount {} on {}: {e}", m.mount.fstype, m.mount.target),
         }
     }
-    let was = *role;
     *role = pid1::Role::detect();
-    if was == Role::Machine && *role != Role::Machine {
-        // Taken for the machine's init without /proc; a container's init may exit after all.
-        drop(std::panic::take_hook());
-    }
     sys::console_stdio();
+    if role.is_pid1() {
+        // Again, with /proc and /dev there now: archon's own path, the kernel's log.
+        protect_pid1(*role, true);
+    }
 }

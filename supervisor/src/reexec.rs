@@ -955,9 +955,14 @@ fn read_unit_part(st: &mut State, tag: &[u8], fields: &[&[u8]]) -> Result<(), Fo
 // ----- the kernel's side -----
 
 /// archon's own program, as it was started (to be taken before an upgrade replaces the file: the
-/// path still names the new file then, where `/proc/self/exe` says `(deleted)`).
+/// path still names the new file then, where `/proc/self/exe` says `(deleted)`). Without `/proc`
+/// (the machine's init before its early mounts), `argv[0]` when it is an absolute path: the
+/// kernel starts `/init` by its path.
 pub fn own_exe() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
+    let Ok(exe) = std::env::current_exe() else {
+        let argv0 = PathBuf::from(std::env::args_os().next()?);
+        return argv0.is_absolute().then_some(argv0);
+    };
     let bytes = exe.as_os_str().as_bytes();
     Some(match bytes.strip_suffix(b" (deleted)") {
         Some(p) => PathBuf::from(OsStr::from_bytes(p)),

@@ -1412,6 +1412,20 @@ fn child_side(plan: &ChildPlan) -> ! {
                 std::ptr::null_mut::<libc::rlimit64>()
             );
         }
+        // The OOM killer's regard archon was started with, not process 1's -1000 (see
+        // `sys::protect_from_oom_killer`); a failure leaves it protected, no reason not to run.
+        if let Some(adj) = crate::sys::children_oom_score_adj() {
+            let fd = sys!(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC
+            );
+            if fd >= 0 {
+                sys!(libc::SYS_write, fd, adj.as_ptr(), adj.len());
+                sys!(libc::SYS_close, fd);
+            }
+        }
         for (i, &(resource, soft, hard)) in opts.rlimits.iter().enumerate() {
             let lim = libc::rlimit64 {
                 rlim_cur: soft,

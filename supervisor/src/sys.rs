@@ -377,6 +377,34 @@ pub fn is_pid1() -> bool {
     std::process::id() == 1
 }
 
+/// The `oom_score_adj` archon's children get back (see [`protect_from_oom_killer`]).
+static CHILDREN_OOM_SCORE_ADJ: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// The `oom_score_adj` of process 1: the kernel's OOM killer never picks it.
+const PID1_OOM_SCORE_ADJ: &[u8] = b"-1000";
+
+/// Sets archon's `oom_score_adj` to -1000, as systemd does for itself: the OOM killer's SIGKILL
+/// is the one end of process 1 nothing can catch. Its children get the value archon had before
+/// back ([`children_oom_score_adj`]): the value is inherited, and a service must stay a fair
+/// target. Needs `CAP_SYS_RESOURCE` (not given in most containers).
+pub fn protect_from_oom_killer() -> io::Result<()> {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let was = fs::read(PATH)?;
+    let was = was.trim_ascii();
+    if was == PID1_OOM_SCORE_ADJ {
+        return Ok(());
+    }
+    fs::write(PATH, PID1_OOM_SCORE_ADJ)?;
+    let _ = CHILDREN_OOM_SCORE_ADJ.set(was.to_vec());
+    Ok(())
+}
+
+/// The `oom_score_adj` a child sets first, as decimal digits: the one archon had before it
+/// protected itself; `None` when it did not.
+pub fn children_oom_score_adj() -> Option<&'static [u8]> {
+    CHILDREN_OOM_SCORE_ADJ.get().map(Vec::as_slice)
+}
+
 /// The process group of `pid`.
 pub fn getpgid(pid: i32) -> io::Result<i32> {
     // SAFETY: getpgid has no memory effects.

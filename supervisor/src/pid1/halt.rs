@@ -159,12 +159,6 @@ pub fn ctrl_alt_del_to_sigint() -> io::Result<()> {
     }
 }
 
-/// Reboots, for the emergency path once its shell has ended: syncs first. Returns only on
-/// failure.
-pub fn reboot_now() -> io::Error {
-    go_down(true, Power::Reboot)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use archon_proto::Power;
 
 pub mod emergency;
+pub mod fault;
 pub mod halt;
 pub mod mounts;
 
