@@ -319,6 +319,52 @@ on("exit", "crashy", function(ev) archon.restart("crashy") end)
     Ok(())
 }
 
+/// The number the next event gets: `History`'s last row, plus one.
+fn next_seq(a: &Archon) -> Result<u64> {
+    Ok(a.conn()?
+        .history(&["", "", "1"])?
+        .last()
+        .map_or(0, |e| e.seq + 1))
+}
+
+#[test]
+fn handlers_that_feed_each_other_are_stopped_by_their_run_limit() -> Result {
+    // Each handler's signal is the other's event: a loop no budget per run sees.
+    let lua = r#"
+service "a" { argv = {"/bin/sleep", "100"} }
+service "b" { argv = {"/bin/sleep", "100"} }
+on("signal", "a", function(ev) archon.signal("b", "CONT") end)
+on("signal", "b", function(ev) archon.signal("a", "CONT") end)
+"#;
+    let a = start_with_config(lua)?;
+    a.wait_state("a", ServiceState::Ready)?;
+    a.wait_state("b", ServiceState::Ready)?;
+    ensure_eq!(a.request("Signal,a,CONT")?, "Ok,a");
+    let e = wait_event(&a, "a handler stopped by its run limit", |e| {
+        e.what == EventKind::Handler
+    })?;
+    let reason = String::from_utf8_lossy(&e.reason).into_owned();
+    ensure!(reason.contains("runs too often"), "{reason}");
+    // The loop is broken: archon goes quiet.
+    let mut last = next_seq(&a)?;
+    wait_until("no more events", BOUND, || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = next_seq(&a).unwrap_or(0);
+        std::mem::replace(&mut last, now) == now
+    })?;
+    ensure_eq!(a.request("Ping")?, "Pong");
+    // A client's requests are not held to it: each still runs the handlers (two events each:
+    // its own signal, and the one the handler's signal caused).
+    let before = next_seq(&a)?;
+    for _ in 0..3 {
+        ensure_eq!(a.request("Signal,b,CONT")?, "Ok,b");
+    }
+    wait_until("the handler's signals", BOUND, || {
+        next_seq(&a).is_ok_and(|n| n >= before + 6)
+    })?;
+    Ok(())
+}
+
 #[test]
 fn a_reload_replaces_the_handlers() -> Result {
     let cfg = ConfigFile::new()?;

@@ -7,7 +7,8 @@
 //! as it is emitted, and the queue is run at the end of the loop's turn, at most
 //! [`MAX_HANDLER_RUNS_PER_TURN`] runs before the next `poll` (which then does not sleep): a
 //! handler never runs inside a request, an exit or an action of the manager, and a chain of
-//! handlers that feed each other cannot keep the loop from its other work. What a handler asked
+//! handlers that feed each other cannot keep the loop from its other work; such a chain is
+//! ended by each handler's run budget (`archon_lua::HANDLER_RUN_BURST`). What a handler asked
 //! for is carried out after it returned, on its behalf (`Cause::Lua`), like a client's request;
 //! what fails is a `handler` event.
 //!
