@@ -241,6 +241,47 @@ on("exit", "trigger", function(ev) archon.start("nope") end)
     Ok(())
 }
 
+/// A change the kernel could not queue (more events waited than
+/// `/proc/sys/fs/inotify/max_queued_events`: archon was stopped while the directory churned)
+/// still runs the handler: an overflow runs every watch handler.
+#[test]
+fn a_change_lost_to_an_inotify_queue_overflow_still_runs_the_handler() -> Result {
+    let max: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")?
+        .trim()
+        .parse()
+        .context("max_queued_events")?;
+    if max > 100_000 {
+        println!("skipped: the inotify queue holds {max} events");
+        return Ok(());
+    }
+    let cfg = ConfigFile::new()?;
+    let dir = cfg.file("etc");
+    fs::create_dir(&dir)?;
+    let watched = format!("{dir}/app.conf");
+    fs::write(&watched, "one")?;
+    cfg.write(&format!(
+        "watch(\"{watched}\", function(ev) archon.log(ev.change) end)\n"
+    ))?;
+    let a = cfg.start(Archon::builder())?;
+    a.signal(nix::sys::signal::Signal::SIGSTOP)?;
+    let churn = || -> Result {
+        for i in 0..max / 2 + 1 {
+            let f = format!("{dir}/churn{i}");
+            fs::write(&f, "")?;
+            fs::remove_file(&f)?;
+        }
+        Ok(())
+    };
+    let churned = churn();
+    // Past the queue's end: only the overflow says something happened.
+    fs::write(&watched, "two")?;
+    a.signal(nix::sys::signal::Signal::SIGCONT)?;
+    churned?;
+    wait_note(&a, "write")?;
+    ensure_eq!(a.request("Ping")?, "Pong");
+    Ok(())
+}
+
 #[test]
 fn errors_endless_loops_and_memory_bombs_are_events_and_archon_goes_on() -> Result {
     let lua = r#"

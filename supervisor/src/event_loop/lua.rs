@@ -301,12 +301,18 @@ impl Supervisor {
                 }
             };
             let mut changed: Vec<(usize, Change)> = Vec::new();
+            let mut overflow = false;
             for ev in read {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    overflow = true;
+                    continue;
+                }
                 let Some(files) = rt.watches.get(&ev.wd) else {
                     continue;
                 };
                 if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
                     warn!("watch: a watched directory is gone: its files are no longer watched");
+                    rt.watches.remove(&ev.wd);
                     continue;
                 }
                 let change = if ev
@@ -333,6 +339,22 @@ impl Supervisor {
                         }
                         Some(_) => {}
                         None => changed.push((*i, change)),
+                    }
+                }
+            }
+            if overflow {
+                // The kernel's queue was full: changes were lost, of any watched file. Each
+                // handler not run by this read runs, told what the file is now.
+                warn!("watch: inotify's queue overflowed: every watched file may have changed");
+                let watched: Vec<usize> = rt.watches.values().flatten().map(|f| f.1).collect();
+                for (i, path) in rt.handlers.watches() {
+                    if watched.contains(&i) && changed.iter().all(|(h, _)| *h != i) {
+                        let now = if path.exists() {
+                            Change::Write
+                        } else {
+                            Change::Delete
+                        };
+                        changed.push((i, now));
                     }
                 }
             }
