@@ -50,6 +50,9 @@ pub const CHECK_ARG: &str = "--check-restore";
 
 const MAGIC: &[u8] = b"archon-state";
 
+/// The largest id or counter a state may hold (2^63 - 1): counting on from it cannot overflow.
+const MAX_COUNTER: u64 = i64::MAX as u64;
+
 /// A state that cannot be read, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormatError(pub String);
@@ -770,6 +773,16 @@ impl State {
         if !seen_listen || !seen_counters {
             return Err(FormatError("no listen or counters record".to_string()));
         }
+        // Each counter goes on by one from what it was: one near its end would overflow.
+        let counters = [st.next_client, st.next_seq, st.next_proc]
+            .into_iter()
+            .chain(st.clients.iter().flat_map(|c| [c.id, c.next_seq]))
+            .chain(st.procs.iter().map(|p| p.row.id));
+        if counters.into_iter().any(|n| n > MAX_COUNTER) {
+            return Err(FormatError(format!(
+                "a counter or an id past {MAX_COUNTER}"
+            )));
+        }
         let mut fds = st.fds();
         fds.sort_unstable();
         if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
@@ -1389,6 +1402,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_counter_or_an_id_at_its_end_is_refused() {
+        for change in [
+            |st: &mut State| st.next_seq = u64::MAX,
+            |st: &mut State| st.next_client = u64::MAX,
+            |st: &mut State| st.next_proc = MAX_COUNTER + 1,
+            |st: &mut State| st.clients[0].id = u64::MAX,
+            |st: &mut State| st.clients[0].next_seq = u64::MAX,
+            |st: &mut State| st.procs[0].row.id = u64::MAX,
+        ] {
+            let mut st = sample();
+            change(&mut st);
+            assert!(State::decode(&st.encode()).is_err(), "{st:?}");
+        }
+        let mut st = sample();
+        st.next_seq = MAX_COUNTER;
+        assert!(State::decode(&st.encode()).is_ok());
     }
 
     #[test]
