@@ -25,7 +25,7 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use archon_proto::event::{check_pattern, glob_match};
 use archon_proto::log::{level_name, parse_level};
@@ -35,8 +35,8 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 use crate::sandbox::{self, Phase, Shared, busy, current_line};
 use crate::value::{describe, duration};
 use crate::{
-    HANDLER_HEAP_BYTES, MAX_ACTIONS, MAX_HANDLER_INSTRUCTIONS, MAX_HANDLER_TIME, MAX_HANDLERS,
-    MIN_EVERY,
+    HANDLER_HEAP_BYTES, HANDLER_RUN_BURST, HANDLER_RUNS_PER_SECOND, MAX_ACTIONS,
+    MAX_HANDLER_INSTRUCTIONS, MAX_HANDLER_TIME, MAX_HANDLERS, MIN_EVERY,
 };
 
 /// What a handler asked archon to do, carried out after it returned.
@@ -122,6 +122,75 @@ pub(crate) struct Registration {
     on: On,
     line: u32,
     func: Function,
+    runs: RunBudget,
+}
+
+/// The runs a handler has left: [`HANDLER_RUN_BURST`] at most, given back at
+/// [`HANDLER_RUNS_PER_SECOND`] (a token bucket).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunBudget {
+    left: u32,
+    /// When the last run was given back.
+    since: Option<Instant>,
+    /// Runs skipped since the last one allowed.
+    skipped: u64,
+}
+
+/// Whether a handler may run now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Allow {
+    /// It may.
+    Run,
+    /// It may not, and this is the first run skipped since it last ran: said once.
+    SkipFirst,
+    /// It may not, and was told already.
+    Skip,
+}
+
+impl RunBudget {
+    pub(crate) fn new() -> RunBudget {
+        RunBudget {
+            left: HANDLER_RUN_BURST,
+            since: None,
+            skipped: 0,
+        }
+    }
+
+    /// Takes one run at `now`, if there is one left.
+    pub(crate) fn take(&mut self, now: Instant) -> Allow {
+        let since = *self.since.get_or_insert(now);
+        let per_run = Duration::from_secs(1) / HANDLER_RUNS_PER_SECOND;
+        let back = now.saturating_duration_since(since).as_nanos() / per_run.as_nanos();
+        if back > 0 {
+            let back = u32::try_from(back).unwrap_or(u32::MAX);
+            self.left = self.left.saturating_add(back).min(HANDLER_RUN_BURST);
+            // What is left of a run's time counts toward the next one.
+            self.since = Some(since + per_run * back);
+            if self.left == HANDLER_RUN_BURST {
+                self.since = Some(now);
+            }
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            self.skipped = 0;
+            return Allow::Run;
+        }
+        self.skipped += 1;
+        if self.skipped == 1 {
+            Allow::SkipFirst
+        } else {
+            Allow::Skip
+        }
+    }
+}
+
+/// The `handler` event's reason when a handler's runs begin to be skipped.
+pub(crate) fn too_often_message() -> String {
+    format!(
+        "handler runs too often (more than {HANDLER_RUN_BURST} runs at once, then \
+         {HANDLER_RUNS_PER_SECOND} a second): its runs are skipped until it slows down \
+         (handlers that feed each other?)"
+    )
 }
 
 /// The handlers of a configuration and the Lua state they run in.
@@ -288,22 +357,65 @@ impl Handlers {
         self.for_log(service, line).next().is_some()
     }
 
-    /// Runs the handlers an event triggers.
+    /// Runs the handlers an event triggers: each within its [`RunBudget`], unless a client's
+    /// request caused the event.
     pub fn run_event(&mut self, e: &Event, host: &dyn Host) -> Vec<Outcome> {
         let which: Vec<usize> = self.for_event(e).collect();
+        let counted = !matches!(e.cause, Cause::Client { .. });
+        let now = Instant::now();
         which
             .into_iter()
-            .map(|i| self.run(i, host, |lua| event_table(lua, e)))
+            .filter_map(|i| match counted.then(|| self.take_run(i, now)) {
+                Some(Err(skipped)) => skipped,
+                _ => Some(self.run(i, host, |lua| event_table(lua, e))),
+            })
             .collect()
     }
 
-    /// Runs the handlers a captured line of `service` triggers.
+    /// Runs the handlers a captured line of `service` triggers, each within its
+    /// [`RunBudget`].
     pub fn run_log(&mut self, service: &str, line: &LogLine, host: &dyn Host) -> Vec<Outcome> {
         let which: Vec<usize> = self.for_log(service, line).collect();
+        let now = Instant::now();
         which
             .into_iter()
-            .map(|i| self.run(i, host, |lua| log_table(lua, service, line)))
+            .filter_map(|i| match self.take_run(i, now) {
+                Err(skipped) => skipped,
+                Ok(()) => Some(self.run(i, host, |lua| log_table(lua, service, line))),
+            })
             .collect()
+    }
+
+    /// Takes a run of handler `i` from its budget; when none is left, the outcome to report
+    /// (the first run skipped) or none (the ones after).
+    fn take_run(&mut self, i: usize, now: Instant) -> Result<(), Option<Outcome>> {
+        let Some(r) = self.regs.get_mut(i) else {
+            return Ok(());
+        };
+        let (allow, line) = (r.runs.take(now), r.line);
+        match allow {
+            Allow::Run => Ok(()),
+            Allow::Skip => Err(None),
+            Allow::SkipFirst => Err(Some(Outcome {
+                handler: i,
+                actions: Vec::new(),
+                error: Some(format!(
+                    "{}:{line}: {}",
+                    self.shown_source(),
+                    too_often_message()
+                )),
+            })),
+        }
+    }
+
+    /// The file as errors name it.
+    fn shown_source(&self) -> String {
+        let source = self
+            .state
+            .try_borrow()
+            .map(|s| s.source().to_string())
+            .unwrap_or_default();
+        source.strip_prefix('=').unwrap_or(&source).to_string()
     }
 
     /// Runs `every` handler `handler`; `now_ms` is the time since the epoch.
@@ -328,6 +440,13 @@ impl Handlers {
             Some(On::Watch(p)) => p.clone(),
             _ => PathBuf::new(),
         };
+        if let Err(skipped) = self.take_run(handler, Instant::now()) {
+            return skipped.unwrap_or(Outcome {
+                handler,
+                actions: Vec::new(),
+                error: None,
+            });
+        }
         self.run(handler, host, |lua| {
             let t = lua.create_table()?;
             t.raw_set("kind", "watch")?;
@@ -800,7 +919,12 @@ fn register(lua: &Lua, st: &Shared, on: On, func: Function) -> mlua::Result<()> 
         return Err(refuse(format!("too many handlers: at most {MAX_HANDLERS}")));
     }
     let line = current_line(lua, s.source()).unwrap_or(0);
-    s.handlers.push(Registration { on, line, func });
+    s.handlers.push(Registration {
+        on,
+        line,
+        func,
+        runs: RunBudget::new(),
+    });
     Ok(())
 }
 
@@ -1087,6 +1211,56 @@ mod tests {
             assert_eq!(o.error, None);
             assert_eq!(o.actions, [Action::Log(i.to_string())], "globals are kept");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_budget_allows_a_burst_then_its_rate_and_says_once_when_it_skips() {
+        let t0 = Instant::now();
+        let mut b = RunBudget::new();
+        for _ in 0..HANDLER_RUN_BURST {
+            assert_eq!(b.take(t0), Allow::Run);
+        }
+        assert_eq!(b.take(t0), Allow::SkipFirst);
+        assert_eq!(b.take(t0), Allow::Skip);
+        let per_run = Duration::from_secs(1) / HANDLER_RUNS_PER_SECOND;
+        // Half a run's time: none back yet; then a whole one: one run, and a new streak.
+        assert_eq!(b.take(t0 + per_run / 2), Allow::Skip);
+        let t1 = t0 + per_run + per_run / 2;
+        assert_eq!(b.take(t1), Allow::Run);
+        assert_eq!(b.take(t1), Allow::SkipFirst);
+        // The half left over counts toward the next run.
+        assert_eq!(b.take(t0 + per_run * 2), Allow::Run);
+        // A long pause gives the whole burst back, not more.
+        let t2 = t0 + Duration::from_secs(3600);
+        for _ in 0..HANDLER_RUN_BURST {
+            assert_eq!(b.take(t2), Allow::Run);
+        }
+        assert_eq!(b.take(t2), Allow::SkipFirst);
+    }
+
+    #[test]
+    fn events_a_client_caused_are_not_counted_the_others_are() -> Res {
+        let mut h = load("on(\"exit\", \"*\", function(ev) archon.log('x') end)")?;
+        let client = Cause::Client { uid: 0, pid: 1 };
+        for _ in 0..HANDLER_RUN_BURST + 10 {
+            let o = one(h.run_event(&exit("a", client), &NoHost))?;
+            assert_eq!(o.error, None);
+        }
+        // Runs come back as time passes: run until one is skipped.
+        let mut skipped = None;
+        for _ in 0..100 * HANDLER_RUN_BURST {
+            let outs = h.run_event(&exit("a", Cause::Archon), &NoHost);
+            if let Some(o) = outs.into_iter().find(|o| o.actions.is_empty()) {
+                skipped = Some(o);
+                break;
+            }
+        }
+        let err = skipped.and_then(|o| o.error).unwrap_or_default();
+        assert!(
+            err.starts_with("h.lua:1: ") && err.contains("too often"),
+            "{err}"
+        );
         Ok(())
     }
 

@@ -80,6 +80,15 @@ pub const HANDLER_HEAP_BYTES: usize = 8 << 20;
 pub const MAX_HANDLERS: usize = 1024;
 /// The most actions (`archon.start`, ...) one run of a handler may ask for.
 pub const MAX_ACTIONS: usize = 64;
+/// The runs one handler may make at once for events archon or a handler caused, for log lines
+/// and for file changes: past them, its runs are skipped until it has slowed down to
+/// [`HANDLER_RUNS_PER_SECOND`]. Handlers that feed each other (a signal one sends is the
+/// other's event) or a handler that feeds itself through a process or a file (an `archon.run`
+/// whose exit is its event) stop there. A client's requests are not counted: the client
+/// drives them, and each runs the handlers. `every` has its period.
+pub const HANDLER_RUN_BURST: u32 = 4096;
+/// The runs per second one handler gets back after [`HANDLER_RUN_BURST`].
+pub const HANDLER_RUNS_PER_SECOND: u32 = 100;
 /// The shortest period of `every`.
 pub const MIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 

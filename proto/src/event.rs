@@ -63,8 +63,9 @@ wire_enum! {
         /// `lua`), the reason the message.
         Note = "note",
         /// archon itself (subject `archon`, kind `archon`) hands its state to a new image of
-        /// its program (`ReExec`, SIGQUIT): one event as it begins, one from the new image once
-        /// it has taken over, or one from the old image when that failed; the reason says which.
+        /// its program (`ReExec`, SIGQUIT): one event as it begins (once the new program has
+        /// checked the state), one from the new image once it has taken over, or one from the
+        /// old image when that failed; the reason says which.
         Reexec = "reexec",
     }
 }

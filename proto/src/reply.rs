@@ -249,7 +249,8 @@ pub struct ServiceRow {
     pub reason: Vec<u8>,
     /// Where its sockets are bound, in the order declared, separated by a space, each as
     /// `<transport>:<address>` (`tcp:127.0.0.1:43211`, `udp:[::1]:5353`, `unix:/run/web.sock`,
-    /// `unixgram:@log`): a port 0 is the port archon got. Empty for none, and for a process.
+    /// `unixgram:@log`): a port 0 is the port archon got; a space, a backslash or a control
+    /// character of a Unix address is written `\xHH`. Empty for none, and for a process.
     pub sockets: Vec<u8>,
 }
 

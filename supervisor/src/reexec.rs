@@ -50,6 +50,9 @@ pub const CHECK_ARG: &str = "--check-restore";
 
 const MAGIC: &[u8] = b"archon-state";
 
+/// The largest id or counter a state may hold (2^63 - 1): counting on from it cannot overflow.
+const MAX_COUNTER: u64 = i64::MAX as u64;
+
 /// A state that cannot be read, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormatError(pub String);
@@ -403,6 +406,20 @@ fn read_cause(c: &mut Cursor<'_>) -> Result<Cause, FormatError> {
 fn read_fd(c: &mut Cursor<'_>) -> Result<RawFd, FormatError> {
     c.num::<RawFd>()
         .and_then(|fd| if fd >= 0 { Ok(fd) } else { Err(c.bad("fd")) })
+}
+
+/// A process id: 1 or more (0 and the negative ones name groups, or every process, to kill).
+pub fn read_pid(c: &mut Cursor<'_>) -> Result<i32, FormatError> {
+    c.num::<i32>()
+        .and_then(|pid| if pid > 0 { Ok(pid) } else { Err(c.bad("pid")) })
+}
+
+/// [`read_pid`], or empty.
+pub fn read_opt_pid(c: &mut Cursor<'_>) -> Result<Option<i32>, FormatError> {
+    match c.opt_num::<i32>()? {
+        Some(pid) if pid <= 0 => Err(c.bad("pid")),
+        pid => Ok(pid),
+    }
 }
 
 fn read_opt_fd(c: &mut Cursor<'_>) -> Result<Option<RawFd>, FormatError> {
@@ -787,6 +804,16 @@ impl State {
         if !seen_listen || !seen_counters {
             return Err(FormatError("no listen or counters record".to_string()));
         }
+        // Each counter goes on by one from what it was: one near its end would overflow.
+        let counters = [st.next_client, st.next_seq, st.next_proc]
+            .into_iter()
+            .chain(st.clients.iter().flat_map(|c| [c.id, c.next_seq]))
+            .chain(st.procs.iter().map(|p| p.row.id));
+        if counters.into_iter().any(|n| n > MAX_COUNTER) {
+            return Err(FormatError(format!(
+                "a counter or an id past {MAX_COUNTER}"
+            )));
+        }
         let mut fds = st.fds();
         fds.sort_unstable();
         if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
@@ -824,7 +851,7 @@ fn read_proc(fields: &[&[u8]]) -> Result<ProcRecord, FormatError> {
     let mut c = Cursor::new(fields, "proc");
     let id = c.num()?;
     let kind = c.with(Kind::from_field, "kind")?;
-    let pid = c.num()?;
+    let pid = read_pid(&mut c)?;
     let state = c.with(ProcState::from_field, "state")?;
     let started_ms = c.num()?;
     let status = c.opt_with(Status::from_field, "status")?;
@@ -1307,12 +1334,40 @@ mod tests {
                     ),
                 ],
             }],
-            units: Vec::new(),
+            units: vec![unit()],
             sockets: vec![SocketRecord {
                 service: "web".into(),
                 name: "http".into(),
                 fd: 8,
             }],
+        }
+    }
+
+    /// A unit with every part a record can carry: its life, fds, notify socket, timers, log
+    /// pipes and lines.
+    fn unit() -> UnitRecord {
+        UnitRecord {
+            name: "web".into(),
+            life: Carried::sample(),
+            pidfd: Some(9),
+            notify: Some(NotifyRecord {
+                fd: 10,
+                path: "/run/archon/notify/web".into(),
+                file_id: (3, 77),
+            }),
+            ready: Some(11),
+            timers: vec![(TimerKind::Backoff, 100), (TimerKind::Health, 0)],
+            log: Some(LogRecord {
+                fds: [12, 13, 14, 15],
+                partial: [(b"half a li".to_vec(), Some(3)), (Vec::new(), None)],
+                lines: vec![LogLine {
+                    time_ms: 1_500,
+                    stream: LogStream::Stderr,
+                    level: 4,
+                    cut: true,
+                    text: b"a line, \n with \xff".to_vec(),
+                }],
+            }),
         }
     }
 
@@ -1322,7 +1377,120 @@ mod tests {
         assert_eq!(State::decode(&st.encode()), Ok(st.clone()));
         let mut fds = st.fds();
         fds.sort_unstable();
-        assert_eq!(fds, [3, 4, 5, 6, 7, 8]);
+        assert_eq!(fds, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        let tags: Vec<Vec<u8>> = records(&st.encode())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.first().map(|t| t.to_vec()))
+            .collect();
+        for tag in [
+            "origin",
+            "listen",
+            "counters",
+            "event",
+            "client",
+            "slot",
+            "proc",
+            "proc-exit",
+            "unit",
+            "unit-fds",
+            "unit-notify",
+            "unit-timer",
+            "unit-log",
+            "unit-line",
+            "socket",
+            "end",
+        ] {
+            assert!(
+                tags.contains(&tag.as_bytes().to_vec()),
+                "the sample has no {tag}"
+            );
+        }
+    }
+
+    /// Each record dropped, doubled, or moved to the front: an error or a state, never a panic;
+    /// each field of each record replaced by an odd value likewise.
+    #[test]
+    fn records_dropped_doubled_moved_or_with_odd_fields_are_no_panic() {
+        let good = sample().encode();
+        let recs = records(&good).unwrap_or_default();
+        let rebuild = |recs: &[Vec<&[u8]>]| {
+            let mut out = Vec::new();
+            for r in recs {
+                put(&mut out, r.iter());
+            }
+            out
+        };
+        for i in 0..recs.len() {
+            let mut r = recs.clone();
+            r.remove(i);
+            let _ = State::decode(&rebuild(&r));
+            let mut r = recs.clone();
+            r.insert(i, recs[i].clone());
+            let _ = State::decode(&rebuild(&r));
+            let mut r = recs.clone();
+            let moved = r.remove(i);
+            r.insert(1, moved);
+            let _ = State::decode(&rebuild(&r));
+        }
+        let odd: [&[u8]; 10] = [
+            b"",
+            b"-1",
+            b"0",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"-9223372036854775809",
+            b"2147483648",
+            b"x",
+            b"\xff\x00",
+            b"99999999999999999999",
+        ];
+        for i in 0..recs.len() {
+            for j in 0..recs[i].len() {
+                for v in odd {
+                    let mut r = recs.clone();
+                    r[i][j] = v;
+                    let _ = State::decode(&rebuild(&r));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_counter_or_an_id_at_its_end_is_refused() {
+        for change in [
+            |st: &mut State| st.next_seq = u64::MAX,
+            |st: &mut State| st.next_client = u64::MAX,
+            |st: &mut State| st.next_proc = MAX_COUNTER + 1,
+            |st: &mut State| st.clients[0].id = u64::MAX,
+            |st: &mut State| st.clients[0].next_seq = u64::MAX,
+            |st: &mut State| st.procs[0].row.id = u64::MAX,
+        ] {
+            let mut st = sample();
+            change(&mut st);
+            assert!(State::decode(&st.encode()).is_err(), "{st:?}");
+        }
+        let mut st = sample();
+        st.next_seq = MAX_COUNTER;
+        assert!(State::decode(&st.encode()).is_ok());
+    }
+
+    #[test]
+    fn a_pid_below_1_is_refused() {
+        let mut st = sample();
+        st.procs[0].row.pid = 0;
+        assert!(State::decode(&st.encode()).is_err(), "a proc of pid 0");
+        st.procs[0].row.pid = -1;
+        assert!(State::decode(&st.encode()).is_err(), "a proc of pid -1");
+        let good = sample().encode();
+        for bad in [&b"3:-1"[..], b"1:0"] {
+            let text =
+                String::from_utf8_lossy(&good).replace("2:42", &String::from_utf8_lossy(bad));
+            assert!(
+                State::decode(text.as_bytes()).is_err(),
+                "a unit of pid {bad:?}"
+            );
+        }
     }
 
     #[test]

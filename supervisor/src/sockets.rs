@@ -343,7 +343,8 @@ impl Sockets {
     }
 
     /// Where the sockets of `service` are bound, for `Status`: `tcp:127.0.0.1:43211
-    /// unix:/run/web.sock`, in declaration order; empty for none.
+    /// unix:/run/web.sock`, in declaration order, a space, a backslash or a control character of
+    /// a Unix address written `\xHH`; empty for none.
     pub fn summary(&self, service: &str) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, b) in self.of(service).iter().enumerate() {
@@ -354,7 +355,7 @@ impl Sockets {
             out.push(b':');
             match &b.local {
                 Listen::Tcp(a) | Listen::Udp(a) => out.extend_from_slice(a.to_string().as_bytes()),
-                Listen::Unix(a) | Listen::UnixGram(a) => out.extend_from_slice(&a.as_bytes()),
+                Listen::Unix(a) | Listen::UnixGram(a) => escape_into(&mut out, &a.as_bytes()),
             }
         }
         out
@@ -366,6 +367,18 @@ impl Sockets {
             .iter()
             .map(|b| Some(b.local.clone()))
             .collect()
+    }
+}
+
+/// Appends `bytes` with a space, a backslash and the control characters written `\xHH`: an
+/// entry of [`Sockets::summary`] is one word, whatever a Unix address holds.
+fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        if b == b' ' || b == b'\\' || b < 0x20 || b == 0x7f {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+        }
     }
 }
 

@@ -349,3 +349,27 @@ service "more" { argv = {"@PYTHON@", "@DIR@/once.py", "@DIR@/got"}, on_demand = 
     ensure!(answer.ends_with(" more\n"), "more's answer {answer:?}");
     Ok(())
 }
+
+/// Status's sockets field is one entry per socket, separated by spaces, whatever the addresses
+/// hold: a space, a backslash or a control character (a newline) is written `\xHH`.
+#[test]
+fn status_sockets_escape_spaces_and_control_characters() -> Result {
+    let a = start(
+        r#"
+service "odd" { argv = {"@PYTHON@", "@DIR@/once.py", "@DIR@/got"}, on_demand = true,
+                sockets = {{name = "a", unix = "@DIR@/with space,comma.sock"},
+                           {name = "b", unixgram = "@archon test\nline\\x"}} }
+"#,
+    )?;
+    let row = a.service("odd")?;
+    let dir = a.config().dir().display().to_string();
+    ensure_eq!(
+        String::from_utf8_lossy(&row.sockets),
+        format!("unix:{dir}/with\\x20space,comma.sock unixgram:@archon\\x20test\\x0aline\\x5cx")
+    );
+    ensure!(
+        fs::metadata(format!("{dir}/with space,comma.sock")).is_ok(),
+        "the socket is bound at its path as declared"
+    );
+    Ok(())
+}

@@ -241,6 +241,47 @@ on("exit", "trigger", function(ev) archon.start("nope") end)
     Ok(())
 }
 
+/// A change the kernel could not queue (more events waited than
+/// `/proc/sys/fs/inotify/max_queued_events`: archon was stopped while the directory churned)
+/// still runs the handler: an overflow runs every watch handler.
+#[test]
+fn a_change_lost_to_an_inotify_queue_overflow_still_runs_the_handler() -> Result {
+    let max: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")?
+        .trim()
+        .parse()
+        .context("max_queued_events")?;
+    if max > 100_000 {
+        println!("skipped: the inotify queue holds {max} events");
+        return Ok(());
+    }
+    let cfg = ConfigFile::new()?;
+    let dir = cfg.file("etc");
+    fs::create_dir(&dir)?;
+    let watched = format!("{dir}/app.conf");
+    fs::write(&watched, "one")?;
+    cfg.write(&format!(
+        "watch(\"{watched}\", function(ev) archon.log(ev.change) end)\n"
+    ))?;
+    let a = cfg.start(Archon::builder())?;
+    a.signal(nix::sys::signal::Signal::SIGSTOP)?;
+    let churn = || -> Result {
+        for i in 0..max / 2 + 1 {
+            let f = format!("{dir}/churn{i}");
+            fs::write(&f, "")?;
+            fs::remove_file(&f)?;
+        }
+        Ok(())
+    };
+    let churned = churn();
+    // Past the queue's end: only the overflow says something happened.
+    fs::write(&watched, "two")?;
+    a.signal(nix::sys::signal::Signal::SIGCONT)?;
+    churned?;
+    wait_note(&a, "write")?;
+    ensure_eq!(a.request("Ping")?, "Pong");
+    Ok(())
+}
+
 #[test]
 fn errors_endless_loops_and_memory_bombs_are_events_and_archon_goes_on() -> Result {
     let lua = r#"
@@ -316,6 +357,52 @@ on("exit", "crashy", function(ev) archon.restart("crashy") end)
     ensure_eq!(backoffs, 2, "{}", shown(&history));
     std::thread::sleep(Duration::from_millis(300));
     ensure_eq!(spawns(&a)?, 4, "no more restarts");
+    Ok(())
+}
+
+/// The number the next event gets: `History`'s last row, plus one.
+fn next_seq(a: &Archon) -> Result<u64> {
+    Ok(a.conn()?
+        .history(&["", "", "1"])?
+        .last()
+        .map_or(0, |e| e.seq + 1))
+}
+
+#[test]
+fn handlers_that_feed_each_other_are_stopped_by_their_run_limit() -> Result {
+    // Each handler's signal is the other's event: a loop no budget per run sees.
+    let lua = r#"
+service "a" { argv = {"/bin/sleep", "100"} }
+service "b" { argv = {"/bin/sleep", "100"} }
+on("signal", "a", function(ev) archon.signal("b", "CONT") end)
+on("signal", "b", function(ev) archon.signal("a", "CONT") end)
+"#;
+    let a = start_with_config(lua)?;
+    a.wait_state("a", ServiceState::Ready)?;
+    a.wait_state("b", ServiceState::Ready)?;
+    ensure_eq!(a.request("Signal,a,CONT")?, "Ok,a");
+    let e = wait_event(&a, "a handler stopped by its run limit", |e| {
+        e.what == EventKind::Handler
+    })?;
+    let reason = String::from_utf8_lossy(&e.reason).into_owned();
+    ensure!(reason.contains("runs too often"), "{reason}");
+    // The loop is broken: archon goes quiet.
+    let mut last = next_seq(&a)?;
+    wait_until("no more events", BOUND, || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = next_seq(&a).unwrap_or(0);
+        std::mem::replace(&mut last, now) == now
+    })?;
+    ensure_eq!(a.request("Ping")?, "Pong");
+    // A client's requests are not held to it: each still runs the handlers (two events each:
+    // its own signal, and the one the handler's signal caused).
+    let before = next_seq(&a)?;
+    for _ in 0..3 {
+        ensure_eq!(a.request("Signal,b,CONT")?, "Ok,b");
+    }
+    wait_until("the handler's signals", BOUND, || {
+        next_seq(&a).is_ok_and(|n| n >= before + 6)
+    })?;
     Ok(())
 }
 

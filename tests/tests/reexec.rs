@@ -426,6 +426,33 @@ fn a_program_that_is_not_archon_is_refused_and_archon_carries_on() -> Result {
     Ok(())
 }
 
+/// A re-exec that cannot be done changes nothing: a `Run` waiting for a slot goes on waiting
+/// and runs once the slot is free, and no `begins` event is recorded.
+#[test]
+fn a_refused_reexec_leaves_a_waiting_run_waiting() -> Result {
+    let a = Archon::with_args(["--max-runs", "1"])?;
+    let mut running = a.conn()?;
+    running.send(b"Run,/bin/sh,-c,sleep 0.5; exit 3\n")?;
+    wait_until("the Run to start", BOUND, || {
+        a.list().is_ok_and(|l| l.iter().any(|r| r.status.is_none()))
+    })?;
+    let mut waiting = a.conn()?;
+    waiting.send(b"Run,/bin/sh,-c,exit 4\n")?;
+    std::thread::sleep(Duration::from_millis(100));
+    for path in ["/nonexistent/archon", "/bin/true"] {
+        let reply = reexec(&a, Some(path))?;
+        ensure!(reply.starts_with("Error,"), "{path}: {reply}");
+    }
+    ensure_eq!(running.reply_text()?, "ExitStatus,3");
+    ensure_eq!(waiting.reply_text()?, "ExitStatus,4", "the waiting Run ran");
+    let reasons = reexec_events(&a)?;
+    ensure!(
+        reasons.iter().all(|r| r.starts_with("failed")),
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
 /// A client that is neither root is refused, whatever uid archon runs as.
 #[test]
 fn a_client_that_is_not_root_is_refused() -> Result {

@@ -7,7 +7,8 @@
 //! as it is emitted, and the queue is run at the end of the loop's turn, at most
 //! [`MAX_HANDLER_RUNS_PER_TURN`] runs before the next `poll` (which then does not sleep): a
 //! handler never runs inside a request, an exit or an action of the manager, and a chain of
-//! handlers that feed each other cannot keep the loop from its other work. What a handler asked
+//! handlers that feed each other cannot keep the loop from its other work; such a chain is
+//! ended by each handler's run budget (`archon_lua::HANDLER_RUN_BURST`). What a handler asked
 //! for is carried out after it returned, on its behalf (`Cause::Lua`), like a client's request;
 //! what fails is a `handler` event.
 //!
@@ -300,12 +301,18 @@ impl Supervisor {
                 }
             };
             let mut changed: Vec<(usize, Change)> = Vec::new();
+            let mut overflow = false;
             for ev in read {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    overflow = true;
+                    continue;
+                }
                 let Some(files) = rt.watches.get(&ev.wd) else {
                     continue;
                 };
                 if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
                     warn!("watch: a watched directory is gone: its files are no longer watched");
+                    rt.watches.remove(&ev.wd);
                     continue;
                 }
                 let change = if ev
@@ -332,6 +339,22 @@ impl Supervisor {
                         }
                         Some(_) => {}
                         None => changed.push((*i, change)),
+                    }
+                }
+            }
+            if overflow {
+                // The kernel's queue was full: changes were lost, of any watched file. Each
+                // handler not run by this read runs, told what the file is now.
+                warn!("watch: inotify's queue overflowed: every watched file may have changed");
+                let watched: Vec<usize> = rt.watches.values().flatten().map(|f| f.1).collect();
+                for (i, path) in rt.handlers.watches() {
+                    if watched.contains(&i) && changed.iter().all(|(h, _)| *h != i) {
+                        let now = if path.exists() {
+                            Change::Write
+                        } else {
+                            Change::Delete
+                        };
+                        changed.push((i, now));
                     }
                 }
             }

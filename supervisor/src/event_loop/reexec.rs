@@ -157,6 +157,25 @@ impl Supervisor {
             .ok_or("archon cannot find its own program: give its path")?;
         let started = Instant::now();
         info!("re-exec of {} asked by {by}", exe.display());
+        let fail = |this: &mut Supervisor, why: String| {
+            warn!("re-exec of {}: {why}", exe.display());
+            this.emit(reexec_event(format!("failed: {why}"), by));
+            Err(why)
+        };
+        let write = |state: &State| {
+            let bytes = state.encode();
+            rx::write_memfd(&bytes)
+                .map(|fd| (fd, bytes.len()))
+                .map_err(|e| format!("cannot write the state: {e}"))
+        };
+        // The new program checks the state as it is now, before anything changes: a re-exec
+        // that cannot be done leaves everything as it was (a queued Run waits on).
+        let args = rx::original_args();
+        let checked =
+            write(&self.snapshot(by, to)).and_then(|(memfd, _)| rx::check(&exe, &args, &memfd));
+        if let Err(why) = checked {
+            return fail(self, why);
+        }
         // Not carried: a queued Run is asked again.
         // An exit action waiting for a slot is reported as not run.
         for run in self.table.take_queue() {
@@ -168,26 +187,17 @@ impl Supervisor {
         for c in self.clients.values_mut() {
             c.flush();
         }
+        // The state handed over: the one checked, with those answers and that event.
         let state = self.snapshot(by, to);
-        let fail = |this: &mut Supervisor, why: String| {
-            warn!("re-exec of {}: {why}", exe.display());
-            this.emit(reexec_event(format!("failed: {why}"), by));
-            Err(why)
+        let (memfd, len) = match write(&state) {
+            Ok(w) => w,
+            Err(why) => return fail(self, why),
         };
-        let bytes = state.encode();
-        let memfd = match rx::write_memfd(&bytes) {
-            Ok(fd) => fd,
-            Err(e) => return fail(self, format!("cannot write the state: {e}")),
-        };
-        let args = rx::original_args();
-        if let Err(why) = rx::check(&exe, &args, &memfd) {
-            return fail(self, why);
-        }
         let mut fds = state.fds();
         fds.push(memfd.as_raw_fd());
         info!(
             "re-exec: {} bytes of state and {} fds handed over, checked in {} ms",
-            bytes.len(),
+            len,
             fds.len(),
             started.elapsed().as_millis()
         );

@@ -11,7 +11,7 @@ use archon_lua::Config;
 use archon_proto::{Cause, EventKind, Status};
 
 use super::{AfterStop, Health, Manager, State, Unit, UnitId, Waiter, Want};
-use crate::reexec::{Cursor, FormatError, num};
+use crate::reexec::{Cursor, FormatError, num, read_opt_pid};
 use crate::table::ReplyTo;
 
 /// Every state, to read one back by its name.
@@ -141,7 +141,7 @@ impl Carried {
             b"down" => Want::Down,
             _ => return Err(c.bad("want")),
         };
-        let pid = c.opt_num::<i32>()?;
+        let pid = read_opt_pid(c)?;
         let since_ms = c.num()?;
         let started_ms = c.num()?;
         let restarts = c.num()?;
@@ -169,7 +169,7 @@ impl Carried {
         let removing = c.flag()?;
         let restart_pending = c.flag()?;
         let status_text = c.text()?;
-        let last_pid = c.opt_num::<i32>()?;
+        let last_pid = read_opt_pid(c)?;
         let by = cause(c)?;
         let stop_what = c.with(EventKind::from_field, "event kind")?;
         let stop_why = c.text()?;
@@ -345,13 +345,10 @@ impl Manager {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reexec::Cursor;
-
-    #[test]
-    fn a_life_reads_back_as_written() {
-        let c = Carried {
+impl Carried {
+    /// A life with every field set, for tests.
+    pub(crate) fn sample() -> Carried {
+        Carried {
             state: State::Stopping,
             want: Want::Up,
             pid: Some(42),
@@ -380,7 +377,18 @@ mod tests {
             stop_what: EventKind::Restart,
             stop_why: String::new(),
             removed_by: Cause::Archon,
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reexec::Cursor;
+
+    #[test]
+    fn a_life_reads_back_as_written() {
+        let c = Carried::sample();
         let fields = c.to_fields();
         let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         let mut cur = Cursor::new(&refs, "unit");
