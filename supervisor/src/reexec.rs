@@ -808,7 +808,12 @@ impl State {
         let counters = [st.next_client, st.next_seq, st.next_proc]
             .into_iter()
             .chain(st.clients.iter().flat_map(|c| [c.id, c.next_seq]))
-            .chain(st.procs.iter().map(|p| p.row.id));
+            .chain(st.procs.iter().map(|p| p.row.id))
+            .chain(
+                st.units
+                    .iter()
+                    .flat_map(|u| u.accept.iter().flatten().map(|i| i.number)),
+            );
         if counters.into_iter().any(|n| n > MAX_COUNTER) {
             return Err(FormatError(format!(
                 "a counter or an id past {MAX_COUNTER}"
@@ -909,7 +914,7 @@ fn read_unit_part(st: &mut State, tag: &[u8], fields: &[&[u8]]) -> Result<(), Fo
         b"unit-instance" => {
             let rec = InstanceRecord {
                 number: c.num()?,
-                pid: c.num()?,
+                pid: read_pid(&mut c)?,
                 pidfd: read_opt_fd(&mut c)?,
                 peer: c.text()?,
             };
@@ -1368,6 +1373,12 @@ mod tests {
                     text: b"a line, \n with \xff".to_vec(),
                 }],
             }),
+            accept: Some(vec![InstanceRecord {
+                number: 1,
+                pid: 4321,
+                pidfd: Some(16),
+                peer: "127.0.0.1:40312".into(),
+            }]),
         }
     }
 
@@ -1377,7 +1388,7 @@ mod tests {
         assert_eq!(State::decode(&st.encode()), Ok(st.clone()));
         let mut fds = st.fds();
         fds.sort_unstable();
-        assert_eq!(fds, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(fds, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
         let tags: Vec<Vec<u8>> = records(&st.encode())
             .unwrap_or_default()
             .iter()
@@ -1398,6 +1409,8 @@ mod tests {
             "unit-timer",
             "unit-log",
             "unit-line",
+            "unit-accept",
+            "unit-instance",
             "socket",
             "end",
         ] {
@@ -1465,6 +1478,11 @@ mod tests {
             |st: &mut State| st.clients[0].id = u64::MAX,
             |st: &mut State| st.clients[0].next_seq = u64::MAX,
             |st: &mut State| st.procs[0].row.id = u64::MAX,
+            |st: &mut State| {
+                if let Some(i) = st.units[0].accept.as_mut().and_then(|a| a.first_mut()) {
+                    i.number = u64::MAX;
+                }
+            },
         ] {
             let mut st = sample();
             change(&mut st);

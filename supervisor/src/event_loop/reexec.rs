@@ -552,7 +552,7 @@ impl Supervisor {
             ));
         }
         self.pids.insert(rec.pid, PidOwner::Instance(rec.number));
-        self.next_instance = self.next_instance.max(rec.number + 1);
+        self.next_instance = self.next_instance.max(rec.number.saturating_add(1));
         self.instances.insert(
             rec.number,
             Instance {
