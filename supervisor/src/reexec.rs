@@ -1053,7 +1053,8 @@ pub fn check(exe: &Path, args: &[OsString], memfd: &OwnedFd) -> Result<(), Strin
         .map_err(|e| format!("cannot execute {}: {e}", exe.display()))?;
     let ended = match crate::sys::pidfd_open(child.id() as i32) {
         Ok(pidfd) => wait_readable(&pidfd, CHECK_TIMEOUT),
-        Err(_) => true,
+        // No pidfd (out of fds): asked every few ms instead, within the same time.
+        Err(_) => wait_polling(&mut child, CHECK_TIMEOUT),
     };
     if !ended {
         let _ = child.kill();
@@ -1098,6 +1099,19 @@ pub fn check(exe: &Path, args: &[OsString], memfd: &OwnedFd) -> Result<(), Strin
         "{} cannot take the state over ({status}; see archon's log)",
         exe.display()
     ))
+}
+
+/// Waits until `child` has ended, asking every 5 ms, at most `timeout`: false when the time ran
+/// out. Its status stays in `child` for a later `wait`.
+fn wait_polling(child: &mut std::process::Child, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return true,
+            Ok(None) if std::time::Instant::now() >= deadline => return false,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
 }
 
 /// Waits until `fd` is readable, at most `timeout`: false when the time ran out.
@@ -1467,6 +1481,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn without_a_pidfd_the_check_is_waited_for_within_its_time() {
+        let spawn = |prog: &str, arg: &str| std::process::Command::new(prog).arg(arg).spawn();
+        let Ok(mut quick) = spawn("/bin/sleep", "0") else {
+            return;
+        };
+        assert!(wait_polling(&mut quick, Duration::from_secs(10)));
+        assert!(quick.wait().is_ok_and(|s| s.success()));
+        let Ok(mut slow) = spawn("/bin/sleep", "10") else {
+            return;
+        };
+        assert!(!wait_polling(&mut slow, Duration::from_millis(50)));
+        let _ = slow.kill();
+        let _ = slow.wait();
     }
 
     #[test]
