@@ -1334,6 +1334,29 @@ pub fn status_field(pid: i32, key: &str) -> Result<String> {
         .context(format!("no {key} in /proc/{pid}/status"))
 }
 
+/// `voluntary_ctxt_switches` plus `nonvoluntary_ctxt_switches` of `pid`.
+pub fn context_switches(pid: i32) -> Result<u64> {
+    let v: u64 = status_field(pid, "voluntary_ctxt_switches")?.parse()?;
+    let n: u64 = status_field(pid, "nonvoluntary_ctxt_switches")?.parse()?;
+    Ok(v + n)
+}
+
+/// Fails unless archon (`pid`) blocks in `epoll_wait` and then stays there for a second and a
+/// half without a single context switch: no timer, no tick, no loop woken by something it does
+/// not take. `what` says when, in the failure.
+pub fn stays_asleep(pid: i32, what: &str) -> Result {
+    wait_until("archon to block in epoll_wait", BOUND, || {
+        fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .is_ok_and(|w| w.contains("epoll") || w.contains("ep_poll"))
+    })?;
+    let before = context_switches(pid)?;
+    // A periodic wake-up of up to a second would show here.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = context_switches(pid)?;
+    ensure_eq!(after, before, "archon's context switches {what}");
+    Ok(())
+}
+
 /// Waits until `pid` is asleep in `nanosleep`: a `sleep` that has finished starting up (it opens
 /// and closes files of its own on the way, which must not be mistaken for inherited ones).
 pub fn wait_in_nanosleep(pid: i32) -> Result {

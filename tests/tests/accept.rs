@@ -36,27 +36,6 @@ fn tcp_port(row: &ServiceRow) -> Result<u16> {
         .context(format!("a tcp port in {sockets:?}"))
 }
 
-/// `voluntary_ctxt_switches` plus `nonvoluntary_ctxt_switches` of `pid`.
-fn context_switches(pid: i32) -> Result<u64> {
-    let v: u64 = status_field(pid, "voluntary_ctxt_switches")?.parse()?;
-    let n: u64 = status_field(pid, "nonvoluntary_ctxt_switches")?.parse()?;
-    Ok(v + n)
-}
-
-/// Fails unless archon stays blocked in `epoll_wait` for a second and a half: no context
-/// switch at all.
-fn stays_asleep(a: &Archon, what: &str) -> Result {
-    wait_until("archon to block in epoll_wait", BOUND, || {
-        fs::read_to_string(format!("/proc/{}/wchan", a.pid()))
-            .is_ok_and(|w| w.contains("epoll") || w.contains("ep_poll"))
-    })?;
-    let before = context_switches(a.pid())?;
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = context_switches(a.pid())?;
-    ensure_eq!(after, before, "archon's context switches {what}");
-    Ok(())
-}
-
 /// Waits until `name`'s Status reason says it runs `n` instances.
 fn wait_instances(a: &Archon, name: &str, n: usize) -> Result<ServiceRow> {
     a.wait_service(name, format!("{n} instances"), LONG_BOUND, |r| {
@@ -210,7 +189,7 @@ service "echo" { argv = {"/bin/sh", "-c", "read l; echo \"$$ $l\""}, accept = tr
     let mut three = TcpStream::connect(("127.0.0.1", port)).context("connect a third")?;
     three.write_all(b"three\n").context("write")?;
     unanswered(&three, "the third connection at the limit")?;
-    stays_asleep(&a, "while a connection waits at max_connections")?;
+    stays_asleep(a.pid(), "while a connection waits at max_connections")?;
     // One ends: the third is served.
     ask(&mut one, "one")?;
     three.set_read_timeout(None)?;
@@ -257,7 +236,7 @@ service "hold" { argv = {"/bin/sh", "-c", "echo up; read l; echo \"$l\""}, accep
     // Stopped, archon does not accept: a connection waits in the backlog...
     let mut waiting = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
     unanswered(&waiting, "a connection to a stopped acceptor")?;
-    stays_asleep(&a, "while a stopped acceptor has a connection waiting")?;
+    stays_asleep(a.pid(), "while a stopped acceptor has a connection waiting")?;
     // ...until it is started again.
     ensure_eq!(a.request("Start,hold")?, "Ok,hold");
     waiting.set_read_timeout(Some(BOUND))?;

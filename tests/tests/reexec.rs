@@ -49,24 +49,6 @@ fn reexec_events(a: &Archon) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Fails unless archon blocks in `epoll_wait` and stays there for a while: no timer is left.
-fn ensure_idle(pid: i32) -> Result {
-    wait_until("archon to block in epoll_wait", BOUND, || {
-        fs::read_to_string(format!("/proc/{pid}/wchan"))
-            .is_ok_and(|w| w.contains("epoll") || w.contains("ep_poll"))
-    })?;
-    let switches = || -> Result<u64> {
-        let v: u64 = status_field(pid, "voluntary_ctxt_switches")?.parse()?;
-        let n: u64 = status_field(pid, "nonvoluntary_ctxt_switches")?.parse()?;
-        Ok(v + n)
-    };
-    let before = switches()?;
-    std::thread::sleep(Duration::from_millis(1200));
-    let after = switches()?;
-    ensure_eq!(after, before, "archon woke up while idle after the re-exec");
-    Ok(())
-}
-
 /// A hundred services: the same pids after, the history from before, a crash after is
 /// restarted, and the lines a service wrote before (a partial one too) and after are there.
 #[test]
@@ -163,7 +145,7 @@ fn a_hundred_services_keep_their_pids_and_a_crash_after_is_restarted() -> Result
         let end = format!(",{want}");
         ensure!(logs.lines().any(|l| l.ends_with(&end)), "{want} in {logs}");
     }
-    ensure_idle(a.pid())
+    stays_asleep(a.pid(), "after the re-exec")
 }
 
 /// A socket the configuration declares is the very socket after a re-exec (the service's fd
