@@ -12,13 +12,13 @@
 //! for a slot (answered `Error` before the state is written), a health check in flight (a new
 //! one runs at once), fds that came with requests not yet read.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use archon_lua::Config;
-use archon_proto::{Cause, Event, EventKind, Kind, Reply, ServiceKind};
+use archon_proto::{Cause, Event, EventKind, Id, Kind, Reply, ServiceKind};
 use mio::Interest;
 use mio::net::UnixStream;
 use mio::unix::SourceFd;
@@ -565,25 +565,11 @@ impl Supervisor {
     }
 
     /// A unit the configuration no longer declares (or that cannot be read): its process is
-    /// kept as a daemon, listed by its id, with the unit's name as its command line.
+    /// kept as a daemon, listed by its id, with the unit's name as its command line; so are the
+    /// instances of an acceptor.
     fn keep_as_daemon(&mut self, rec: UnitRecord, bank: &mut FdBank, problems: &mut Vec<String>) {
         for i in rec.accept.iter().flatten() {
-            // An instance of an acceptor no longer declared: a daemon too.
-            let pidfd = bank
-                .take_opt(i.pidfd)
-                .or_else(|| sys::pidfd_open(i.pid).ok());
-            let mut p = Proc::new(
-                Kind::Daemon,
-                i.pid,
-                now_ms(),
-                vec![rec.name.clone().into_bytes()],
-            );
-            let raw = pidfd.as_ref().map(AsRawFd::as_raw_fd);
-            p.pidfd = pidfd;
-            let id = self.table.insert(p);
-            if let Some(raw) = raw {
-                let _ = self.watch_pidfd(id, raw);
-            }
+            let id = self.adopt_daemon(&rec.name, i.pid, bank.take_opt(i.pidfd));
             problems.push(format!(
                 "{}: not in the configuration: its instance {} is kept as {id}",
                 rec.name, i.pid
@@ -593,27 +579,27 @@ impl Supervisor {
             problems.push(format!("{}: no longer declared", rec.name));
             return;
         };
-        let pidfd = bank
-            .take_opt(rec.pidfd)
-            .or_else(|| sys::pidfd_open(pid).ok());
-        let mut p = Proc::new(
-            Kind::Daemon,
-            pid,
-            now_ms(),
-            vec![rec.name.clone().into_bytes()],
-        );
+        let id = self.adopt_daemon(&rec.name, pid, bank.take_opt(rec.pidfd));
+        problems.push(format!(
+            "{}: not in the configuration: its process {pid} is kept as {id}",
+            rec.name
+        ));
+    }
+
+    /// Process `pid` of unit `name`, taken into the table as a daemon and watched through
+    /// `pidfd` (or one opened now); its id.
+    fn adopt_daemon(&mut self, name: &str, pid: i32, pidfd: Option<OwnedFd>) -> Id {
+        let pidfd = pidfd.or_else(|| sys::pidfd_open(pid).ok());
+        let mut p = Proc::new(Kind::Daemon, pid, now_ms(), vec![name.as_bytes().to_vec()]);
         let raw = pidfd.as_ref().map(AsRawFd::as_raw_fd);
         p.pidfd = pidfd;
         let id = self.table.insert(p);
         if let Some(raw) = raw {
             let _ = self.watch_pidfd(id, raw);
         }
-        problems.push(format!(
-            "{}: not in the configuration: its process {pid} is kept as {id}",
-            rec.name
-        ));
         if let Some(event) = self.table.get(id).map(|p| p.start_event(Cause::Archon)) {
             self.emit(event);
         }
+        id
     }
 }
