@@ -14,9 +14,9 @@ use crate::log::Level;
 
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
-usage: archon [--config FILE | --demo] [--socket PATH] [--max-runs N] [--run-queue N] [--stop-grace MS]
-              [--history N] [--log-level LEVEL] [--echo-logs] [--early-mounts]
-              [--forward-to-group] [-- CMD [ARG...]]
+usage: archon [--config FILE | --demo] [--socket PATH] [--max-runs N] [--run-queue N]
+              [--stop-grace MS] [--history N] [--log-level LEVEL] [--echo-logs]
+              [--early-mounts] [--forward-to-group] [-- CMD [ARG...]]
        archon --check FILE | --version | --help
 
   -c, --config FILE     the services and tasks to run (a Lua file, see archon.lua(5); default
