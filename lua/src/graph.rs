@@ -25,7 +25,7 @@ pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
         let lists = [
             (&s.requires, format!("{} requires", s.name)),
             (&s.after, format!("{}: after names", s.name)),
-            (&s.before, format!("{}: before names", s.name)),
+            (&s.extras.before, format!("{}: before names", s.name)),
         ];
         for (names, says) in lists {
             if let Some(missing) = names.iter().find(|n| !index.contains_key(n.as_str())) {
@@ -35,7 +35,7 @@ pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
     }
     let mut preceded_by: Vec<Vec<usize>> = vec![Vec::new(); services.len()];
     for (i, s) in services.iter().enumerate() {
-        for b in &s.before {
+        for b in &s.extras.before {
             if let Some(&j) = index.get(b.as_str()) {
                 preceded_by[j].push(i);
             }

@@ -317,7 +317,7 @@ impl Supervisor {
             }
             Ready::Exec => {}
         }
-        if let Some(ms) = spec.watchdog_ms {
+        if let Some(ms) = spec.extras.watchdog_ms {
             set("WATCHDOG_USEC", (ms * 1000).to_string().into_bytes());
         }
         // The sockets' fds are borrowed for the spawn: archon keeps them.
@@ -329,7 +329,7 @@ impl Supervisor {
         for (i, b) in held.iter().enumerate() {
             extra_fds.push((b.fd(), archon_lua::model::LISTEN_FDS_START + i as i32));
         }
-        let shim = match &spec.bind_shim {
+        let shim = match &spec.extras.bind_shim {
             BindShim::Off => None,
             BindShim::Default => Some(self.shim.clone()?),
             BindShim::Path(p) => Some(p.clone()),
@@ -490,7 +490,7 @@ impl Supervisor {
             services
                 .id(name)
                 .and_then(|id| services.spec(id))
-                .map(|s| s.sockets.as_slice())
+                .map(|s| s.extras.sockets.as_slice())
         };
         let (service, i) = archon_lua::refs::find(r, lookup)?;
         self.sockets
@@ -758,7 +758,7 @@ impl Supervisor {
         // Services running as another user must reach their socket.
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let path = dir.join(id.to_string());
-        let owner = spec.user.as_ref().map(|c| (c.uid, c.gid));
+        let owner = spec.extras.user.as_ref().map(|c| (c.uid, c.gid));
         let mut socket = NotifySocket::bind(&path, owner)
             .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
         self.poll
@@ -1736,21 +1736,23 @@ fn spawn_options(
 ) -> SpawnOptions {
     SpawnOptions {
         cwd: spec
+            .extras
             .cwd
             .as_ref()
             .and_then(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes().to_vec()).ok()),
-        creds: spec.user.as_ref().map(|c| Creds {
+        creds: spec.extras.user.as_ref().map(|c| Creds {
             uid: c.uid,
             gid: c.gid,
             groups: c.groups.clone(),
         }),
-        umask: spec.umask,
+        umask: spec.extras.umask,
         rlimits: spec
+            .extras
             .rlimits
             .iter()
             .map(|r| (r.resource, r.soft, r.hard))
             .collect(),
-        nice: spec.nice,
+        nice: spec.extras.nice,
         cgroup: cgroup.map(AsRawFd::as_raw_fd),
         cgroup_procs: None,
         extra_fds,

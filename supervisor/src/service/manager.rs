@@ -1222,7 +1222,7 @@ impl Manager {
             u.ready,
             u.spec.kind,
             u.spec.ready_timeout_ms,
-            u.spec.watchdog_ms,
+            u.spec.extras.watchdog_ms,
         );
         let health = u.spec.health.as_ref().map(|h| h.interval_ms);
         if !ready && kind == UnitKind::Service && u.spec.ready != Ready::Exec {
@@ -1288,7 +1288,9 @@ impl Manager {
         let Some(u) = self.units.get(&id) else {
             return;
         };
-        if let (Some(ms), Some(_), false) = (u.spec.watchdog_ms, u.pid, u.state == State::Paused) {
+        if let (Some(ms), Some(_), false) =
+            (u.spec.extras.watchdog_ms, u.pid, u.state == State::Paused)
+        {
             self.arm(id, TimerKind::Watchdog, ms);
         }
     }
@@ -1549,7 +1551,7 @@ impl Manager {
             TimerKind::Watchdog if u.pid.is_some() && state != State::Stopping => {
                 let why = format!(
                     "watchdog: no WATCHDOG=1 within {}",
-                    ms_text(u.spec.watchdog_ms.unwrap_or(0))
+                    ms_text(u.spec.extras.watchdog_ms.unwrap_or(0))
                 );
                 warn!("{name}: {why}");
                 self.begin_stop(id, AfterStop::Failure(why), now_ms);

@@ -16,11 +16,7 @@ fn svc(name: &str) -> Service {
         line: 1,
         argv: vec![b"/bin/true".to_vec()],
         env: Vec::new(),
-        cwd: None,
-        user: None,
-        umask: None,
-        rlimits: Vec::new(),
-        nice: None,
+        extras: archon_lua::model::Extras::default(),
         restart: Restart::Always,
         backoff: Backoff {
             initial_ms: 100,
@@ -43,13 +39,9 @@ fn svc(name: &str) -> Service {
         early: false,
         requires: Vec::new(),
         after: Vec::new(),
-        before: Vec::new(),
         ready: Ready::Exec,
         ready_timeout_ms: 60_000,
-        watchdog_ms: None,
         health: None,
-        sockets: Vec::new(),
-        bind_shim: archon_lua::BindShim::Off,
         log: None,
     }
 }
@@ -533,7 +525,7 @@ fn not_ready_in_time_is_a_failed_start() {
 fn a_missed_watchdog_restarts() {
     let mut s = svc("dog");
     s.ready = Ready::Notify;
-    s.watchdog_ms = Some(1000);
+    s.extras.watchdog_ms = Some(1000);
     let mut w = World::new(vec![s]);
     w.ready("dog");
     assert_eq!(w.armed("dog", TimerKind::Watchdog), Some(1000));
