@@ -352,16 +352,18 @@ impl Supervisor {
         .map_err(|e| e.to_string())?;
         let cgroup = self.unit_cgroup(id, spec);
         let opts = spawn_options(spec, cgroup.as_ref(), extra_fds);
-        let stdio = match self.unit_log(id, spec) {
-            Some([out, err]) => [self.devnull.as_raw_fd(), out, err],
+        let writers = self.unit_log(id, spec);
+        let stdio = match &writers {
+            Some([out, err]) => [self.devnull.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()],
             None => [self.devnull.as_raw_fd(), 2, 2],
         };
         let spawned = self
             .spawner
             .spawn_pipelined(exec, stdio, opts)
             .map_err(|e| e.to_string())?;
-        // The child has its copy; archon's must go, or an EOF on the pipe would never come.
+        // The child has its copies; archon's must go, or an EOF on the pipe would never come.
         drop(ready_write);
+        drop(writers);
         let (child, pending) = match spawned {
             Spawned::Running(child) => {
                 debug!(
@@ -578,24 +580,23 @@ impl Supervisor {
         Ok(fd)
     }
 
-    /// The write ends of the unit's log pipes, made and registered at its first start; its ring
-    /// and file set as its declaration says now. `None` when the pipes cannot be made: its
-    /// output then goes to archon's stderr.
-    fn unit_log(&mut self, id: UnitId, spec: &Service) -> Option<[i32; 2]> {
+    /// Write ends of the unit's log pipes for a process about to start (archon closes them once
+    /// it has started it); the pipes are made and registered at its first start, and its ring
+    /// and file set as its declaration says now. `None` when the pipes cannot be made or
+    /// written to: its output then goes to archon's stderr.
+    fn unit_log(&mut self, id: UnitId, spec: &Service) -> Option<[OwnedFd; 2]> {
         let units = self.services.len() as u64;
         let rt = self.units.entry(id).or_default();
+        let mut first = None;
         if rt.log.is_none() {
             if self.log_fds_short {
                 return None;
             }
-            let made = ServiceLog::new(spec.log()).and_then(|mut log| {
+            let made = ServiceLog::new(spec.log()).and_then(|(mut log, writers)| {
                 // fds are numbered lowest first: the highest one counts what is open. Every
                 // unit must still get its pidfd, and clients their connections.
-                let highest = log
-                    .pipes
-                    .iter()
-                    .map(|p| p.read.as_raw_fd().max(p.write.as_raw_fd()));
-                if highest.max().unwrap_or(0) as u64 + units + LOG_FD_RESERVE >= self.nofile {
+                let highest = writers.iter().map(|w| w.as_raw_fd()).max().unwrap_or(0);
+                if highest as u64 + units + LOG_FD_RESERVE >= self.nofile {
                     return Err(io::Error::from_raw_os_error(libc::EMFILE));
                 }
                 for (i, pipe) in log.pipes.iter_mut().enumerate() {
@@ -605,10 +606,13 @@ impl Supervisor {
                         Interest::READABLE,
                     )?;
                 }
-                Ok(log)
+                Ok((log, writers))
             });
             match made {
-                Ok(log) => rt.log = Some(Box::new(log)),
+                Ok((log, writers)) => {
+                    rt.log = Some(Box::new(log));
+                    first = Some(writers);
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
                     self.log_fds_short = true;
                     warn!(
@@ -632,7 +636,17 @@ impl Supervisor {
         if let Err(why) = log.configure(spec.log()) {
             warn!("{}: {why}", spec.name);
         }
-        Some(log.write_fds())
+        match first.map_or_else(|| log.writers(), Ok) {
+            Ok(writers) => Some(writers),
+            Err(e) => {
+                warn!(
+                    "{}: cannot open its log pipes for writing ({e}): its output goes to \
+                     archon's stderr",
+                    spec.name
+                );
+                None
+            }
+        }
     }
 
     /// A log pipe of `id` is readable, or was left with more to read: one turn's read.
@@ -1262,10 +1276,12 @@ impl Supervisor {
             cgroup.as_ref(),
             vec![(fd, archon_lua::model::LISTEN_FDS_START)],
         );
-        let stderr = match self.unit_log(id, spec) {
-            Some([_, err]) => err,
+        let writers = self.unit_log(id, spec);
+        let stderr = match &writers {
+            Some([_, err]) => err.as_raw_fd(),
             None => 2,
         };
+        // A vfork spawn: the child has its copies when this returns, and archon's go.
         self.spawner
             .spawn_with(&exec, [fd, fd, stderr], &opts)
             .map_err(|e| e.to_string())
