@@ -492,7 +492,9 @@ impl Supervisor {
             let [w0, w1] = log.writes.map(|fd| bank.take_opt(fd));
             let handed = |fd: Option<RawFd>, w: &Option<OwnedFd>| fd.is_none() || w.is_some();
             match (r0, r1) {
-                (Some(r0), Some(r1)) if handed(log.writes[0], &w0) && handed(log.writes[1], &w1) => {
+                (Some(r0), Some(r1))
+                    if handed(log.writes[0], &w0) && handed(log.writes[1], &w1) =>
+                {
                     let mut l = ServiceLog::restored([(r0, w0), (r1, w1)], log, spec.log());
                     for (i, pipe) in l.pipes.iter_mut().enumerate() {
                         if let Err(e) = registry.register(
