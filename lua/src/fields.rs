@@ -277,10 +277,10 @@ pub(crate) fn service(
         }
     }
     if let Some(v) = f.get("requires") {
-        s.requires = names(v, "requires", name, room)?;
+        s.extras.requires = names(v, "requires", name, room)?;
     }
     if let Some(v) = f.get("after") {
-        s.after = names(v, "after", name, room)?;
+        s.extras.after = names(v, "after", name, room)?;
     }
     if let Some(v) = f.get("before") {
         s.extras.before = names(v, "before", name, room)?;

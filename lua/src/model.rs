@@ -411,6 +411,11 @@ pub enum BindShim {
 /// that sets one of them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Extra {
+    /// Hard dependencies, as written (deduplicated).
+    pub requires: Vec<String>,
+    /// Everything this starts after: `after` ∪ `requires` ∪ every X whose `before` names this,
+    /// deduplicated, in that order.
+    pub after: Vec<String>,
     /// The working directory (`None`: archon's).
     pub cwd: Option<PathBuf>,
     /// The identity to run as (`None`: archon's).
@@ -433,6 +438,8 @@ pub struct Extra {
 
 /// Every [`Extra`] setting at its default.
 static NO_EXTRA: Extra = Extra {
+    requires: Vec::new(),
+    after: Vec::new(),
     cwd: None,
     user: None,
     umask: None,
@@ -512,11 +519,6 @@ pub struct Service {
     /// A task of the early boot: every unit that is not early starts only once the early tasks
     /// are done (or have failed). Tasks only.
     pub early: bool,
-    /// Hard dependencies, as written (deduplicated).
-    pub requires: Vec<String>,
-    /// Everything this starts after: `after` ∪ `requires` ∪ every X whose `before` names this,
-    /// deduplicated, in that order.
-    pub after: Vec<String>,
     /// How readiness is known.
     pub ready: Ready,
     /// Time it has to become ready, in ms.
@@ -558,8 +560,6 @@ impl Service {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             critical: false,
             early: false,
-            requires: Vec::new(),
-            after: Vec::new(),
             ready: Ready::Exec,
             ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
             health: None,
@@ -646,11 +646,11 @@ impl Service {
             ("early", self.early.to_string()),
             (
                 "requires",
-                list(self.requires.iter().map(|s| string(s.as_bytes()))),
+                list(self.extras.requires.iter().map(|s| string(s.as_bytes()))),
             ),
             (
                 "after",
-                list(self.after.iter().map(|s| string(s.as_bytes()))),
+                list(self.extras.after.iter().map(|s| string(s.as_bytes()))),
             ),
             (
                 "before",

@@ -106,8 +106,8 @@ for i = 1, 4 do service("worker" .. i) { argv = {"/usr/bin/sleep", "1000"} } end
     );
     let web = config.get("web").ok_or("no web")?;
     assert_eq!(web.argv[3], b"8080");
-    assert_eq!(web.requires, names(&["db"]));
-    assert_eq!(web.after, names(&["db", "migrate"]));
+    assert_eq!(web.extras.requires, names(&["db"]));
+    assert_eq!(web.extras.after, names(&["db", "migrate"]));
     assert_eq!(web.restart, Restart::OnFailure);
     assert_eq!(web.env, [(b"PYTHONUNBUFFERED".to_vec(), b"1".to_vec())]);
     assert_eq!(config.get("db").map(|s| s.ready), Some(Ready::Notify));
@@ -157,7 +157,9 @@ fn defaults_of_a_service() -> Res {
         (None, None, None, None)
     );
     assert!(s.env.is_empty() && s.extras.rlimits.is_empty() && s.health.is_none());
-    assert!(s.requires.is_empty() && s.after.is_empty() && s.extras.before.is_empty());
+    assert!(
+        s.extras.requires.is_empty() && s.extras.after.is_empty() && s.extras.before.is_empty()
+    );
     Ok(())
 }
 
@@ -448,13 +450,18 @@ service "e" { argv = {"/bin/true"}, before = {"a"} }
 "#,
     )
     .map_err(|e| e.to_string())?;
-    let after = |n: &str| config.get(n).map(|s| s.after.clone()).unwrap_or_default();
+    let after = |n: &str| {
+        config
+            .get(n)
+            .map(|s| s.extras.after.clone())
+            .unwrap_or_default()
+    };
     assert_eq!(after("a"), names(&["e"]));
     assert_eq!(after("b"), names(&["a", "c", "d"]));
     assert_eq!(after("c"), names(&[]));
     assert_eq!(after("d"), names(&["c"]));
     assert_eq!(
-        config.get("b").map(|s| s.requires.clone()),
+        config.get("b").map(|s| s.extras.requires.clone()),
         Some(names(&["c", "a"]))
     );
     assert_eq!(
@@ -556,7 +563,10 @@ fn early_tasks_may_come_after_early_tasks_only() -> Res {
         .collect();
     assert_eq!(early, [("mounts", true), ("keys", true), ("web", false)]);
     // The implicit edge from every other unit is not written into its `after`.
-    assert_eq!(config.get("web").map(|s| s.after.clone()), Some(vec![]));
+    assert_eq!(
+        config.get("web").map(|s| s.extras.after.clone()),
+        Some(vec![])
+    );
     assert!(!task_with("early = false")?.early);
     errors(&[
         (

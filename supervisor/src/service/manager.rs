@@ -484,12 +484,12 @@ impl Manager {
                     self.dependents.entry(e).or_default().push(id);
                 }
             }
-            for name in &u.spec.after {
+            for name in &u.spec.extras.after {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dependents.entry(dep).or_default().push(id);
                 }
             }
-            for name in &u.spec.requires {
+            for name in &u.spec.extras.requires {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.requirers.entry(dep).or_default().push(id);
                 }
@@ -658,7 +658,7 @@ impl Manager {
             self.dirty.extend(ds.iter().copied());
         }
         if let Some(u) = self.units.get(&id) {
-            for name in &u.spec.after {
+            for name in &u.spec.extras.after {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dirty.insert(dep);
                 }
@@ -790,7 +790,7 @@ impl Manager {
             }
             self.touch(id);
             if let Some(u) = self.units.get(&id) {
-                for name in &u.spec.requires {
+                for name in &u.spec.extras.requires {
                     let Some(&dep) = self.by_name.get(name) else {
                         continue;
                     };
@@ -1394,7 +1394,7 @@ impl Manager {
     /// that one.
     fn restart_again(&mut self, id: UnitId, by: Cause, now_ms: u64) {
         let waits_for_requirement = self.units.get(&id).is_some_and(|u| {
-            u.spec.requires.iter().any(|r| {
+            u.spec.extras.requires.iter().any(|r| {
                 self.by_name
                     .get(r)
                     .and_then(|d| self.units.get(d))
@@ -1888,7 +1888,7 @@ impl Manager {
         let Some(u) = self.units.get(&id) else {
             return Gate::Wait;
         };
-        for name in &u.spec.requires {
+        for name in &u.spec.extras.requires {
             let Some(dep) = self.by_name.get(name).and_then(|d| self.units.get(d)) else {
                 return Gate::Never(format!("requires {name}, which is not declared"));
             };
@@ -1906,7 +1906,7 @@ impl Manager {
             }
             return Gate::Wait;
         }
-        for name in &u.spec.after {
+        for name in &u.spec.extras.after {
             if let Some(dep) = self.by_name.get(name).and_then(|d| self.units.get(d)) {
                 if dep.coming_up() {
                     return Gate::Wait;

@@ -37,8 +37,6 @@ fn svc(name: &str) -> Service {
         max_connections: 2,
         critical: false,
         early: false,
-        requires: Vec::new(),
-        after: Vec::new(),
         ready: Ready::Exec,
         ready_timeout_ms: 60_000,
         health: None,
@@ -55,13 +53,14 @@ fn task(name: &str) -> Service {
 }
 
 fn requires(mut s: Service, deps: &[&str]) -> Service {
-    s.requires = deps.iter().map(|d| d.to_string()).collect();
-    s.after.extend(s.requires.clone());
+    let deps: Vec<String> = deps.iter().map(|d| d.to_string()).collect();
+    s.extras.after.extend(deps.clone());
+    s.extras.requires = deps;
     s
 }
 
 fn after(mut s: Service, deps: &[&str]) -> Service {
-    s.after.extend(deps.iter().map(|d| d.to_string()));
+    s.extras.after.extend(deps.iter().map(|d| d.to_string()));
     s
 }
 
