@@ -259,7 +259,7 @@ impl Supervisor {
             if let Some(rt) = self.units.get(&id) {
                 rec.pidfd = rt.pidfd.as_ref().map(AsRawFd::as_raw_fd);
                 rec.notify = rt.notify.as_ref().map(|n| n.carry());
-                rec.ready = rt.ready.as_ref().map(ReadyPipe::fd);
+                rec.ready = rt.ready.as_deref().map(ReadyPipe::fd);
                 rec.log = rt.log.as_ref().map(|l| l.carry());
                 rec.timers = rt
                     .timers
@@ -483,7 +483,7 @@ impl Supervisor {
         if let Some(fd) = bank.take_opt(rec.ready) {
             let mut pipe = ReadyPipe::adopt(fd);
             match registry.register(&mut pipe, unit_token(id, SUB_READY), Interest::READABLE) {
-                Ok(()) => rt.ready = Some(pipe),
+                Ok(()) => rt.ready = Some(Box::new(pipe)),
                 Err(e) => problems.push(format!("{name}: ready pipe: {e}")),
             }
         }

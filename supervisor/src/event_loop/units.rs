@@ -95,7 +95,8 @@ pub(super) struct UnitRt {
     pub(super) cgroup: Option<ServiceCgroup>,
     /// Boxed, as the probe: most units have none.
     pub(super) notify: Option<Box<NotifySocket>>,
-    pub(super) ready: Option<ReadyPipe>,
+    /// Boxed, as the rest of what only some units have.
+    pub(super) ready: Option<Box<ReadyPipe>>,
     /// A health check in progress (boxed: most units have none, and a unit's runtime is kept
     /// for each of thousands of units).
     pub(super) probe: Option<Box<(Probe, TimerKey)>>,
@@ -104,7 +105,7 @@ pub(super) struct UnitRt {
     /// removed; its ring and log file (boxed: the ring's lines are the bulk).
     pub(super) log: Option<Box<ServiceLog>>,
     /// For an on-demand service that is down: its sockets, watched for a connection.
-    pub(super) watch: Option<Watch>,
+    pub(super) watch: Option<Box<Watch>>,
 }
 
 /// The sockets of an on-demand service registered with the poll, as copies of archon's (close-on
@@ -313,7 +314,7 @@ impl Supervisor {
                 if let Some(mut old) = rt.ready.take() {
                     let _ = self.poll.registry().deregister(&mut old);
                 }
-                rt.ready = Some(pipe);
+                rt.ready = Some(Box::new(pipe));
             }
             Ready::Exec => {}
         }
@@ -959,7 +960,7 @@ impl Supervisor {
             let _ = self.poll.registry().deregister(&mut s);
         }
         if let Some(watch) = rt.watch.take() {
-            self.drop_watch(watch);
+            self.drop_watch(*watch);
         }
         let left: Vec<u64> = self
             .instances
@@ -1081,13 +1082,13 @@ impl Supervisor {
             sockets.len(),
             if accept { " to accept" } else { "" }
         );
-        self.units.entry(id).or_default().watch = Some(Watch { accept, sockets });
+        self.units.entry(id).or_default().watch = Some(Box::new(Watch { accept, sockets }));
     }
 
     /// Stops watching the sockets of `id`, if they were.
     fn unwatch(&mut self, id: UnitId) {
         if let Some(watch) = self.units.get_mut(&id).and_then(|rt| rt.watch.take()) {
-            self.drop_watch(watch);
+            self.drop_watch(*watch);
         }
     }
 
