@@ -223,10 +223,10 @@ pub(crate) fn service(
         s.restart = restart(v, kind)?;
     }
     if let Some(v) = f.get("backoff") {
-        s.backoff = backoff(v)?;
+        s.extras.backoff = backoff(v)?;
     }
     if let Some(v) = f.get("flap") {
-        s.flap = flap(v)?;
+        s.extras.flap = flap(v)?;
     }
     if let Some(v) = f.get("stop_signal") {
         s.stop_signal = signal(v)?;

@@ -411,6 +411,10 @@ pub enum BindShim {
 /// that sets one of them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Extra {
+    /// Restart spacing.
+    pub backoff: Backoff,
+    /// The flap limit.
+    pub flap: Flap,
     /// Hard dependencies, as written (deduplicated).
     pub requires: Vec<String>,
     /// Everything this starts after: `after` ∪ `requires` ∪ every X whose `before` names this,
@@ -438,6 +442,16 @@ pub struct Extra {
 
 /// Every [`Extra`] setting at its default.
 static NO_EXTRA: Extra = Extra {
+    backoff: Backoff {
+        initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
+        max_ms: DEFAULT_BACKOFF_MAX_MS,
+        multiplier: DEFAULT_BACKOFF_MULTIPLIER,
+        reset_after_ms: DEFAULT_BACKOFF_RESET_AFTER_MS,
+    },
+    flap: Flap {
+        restarts: DEFAULT_FLAP_RESTARTS,
+        within_ms: DEFAULT_FLAP_WITHIN_MS,
+    },
     requires: Vec::new(),
     after: Vec::new(),
     cwd: None,
@@ -493,10 +507,6 @@ pub struct Service {
     pub extras: Extras,
     /// The restart policy.
     pub restart: Restart,
-    /// Restart spacing.
-    pub backoff: Backoff,
-    /// The flap limit.
-    pub flap: Flap,
     /// The signal that asks it to stop.
     pub stop_signal: i32,
     /// Time between the stop signal and SIGKILL, in ms.
@@ -549,8 +559,6 @@ impl Service {
                 UnitKind::Service => Restart::Always,
                 UnitKind::Task => Restart::Never,
             },
-            backoff: Backoff::default(),
-            flap: Flap::default(),
             stop_signal: DEFAULT_STOP_SIGNAL,
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             enabled: true,
@@ -618,18 +626,18 @@ impl Service {
                 "backoff",
                 format!(
                     "{{initial = {}, max = {}, multiplier = {}, reset_after = {}}}",
-                    duration(self.backoff.initial_ms),
-                    duration(self.backoff.max_ms),
-                    literal::number(self.backoff.multiplier),
-                    duration(self.backoff.reset_after_ms)
+                    duration(self.extras.backoff.initial_ms),
+                    duration(self.extras.backoff.max_ms),
+                    literal::number(self.extras.backoff.multiplier),
+                    duration(self.extras.backoff.reset_after_ms)
                 ),
             ),
             (
                 "flap",
                 format!(
                     "{{restarts = {}, within = {}}}",
-                    self.flap.restarts,
-                    duration(self.flap.within_ms)
+                    self.extras.flap.restarts,
+                    duration(self.extras.flap.within_ms)
                 ),
             ),
             ("stop_signal", literal::signal(self.stop_signal)),
@@ -732,6 +740,8 @@ mod extras_tests {
             dir.extras.cwd.as_deref(),
             Some(std::path::Path::new("/srv"))
         );
+        // What a service without a box reads is what a new box holds.
+        assert_eq!(super::NO_EXTRA, super::Extra::default());
         // Equal by their settings, boxed or not.
         let mut boxed = plain.clone();
         boxed.extras.nice = None;

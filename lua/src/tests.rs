@@ -126,7 +126,7 @@ fn defaults_of_a_service() -> Res {
     assert_eq!(s, want);
     assert_eq!(s.restart, Restart::Always);
     assert_eq!(
-        s.backoff,
+        s.extras.backoff,
         Backoff {
             initial_ms: 100,
             max_ms: 30_000,
@@ -135,7 +135,7 @@ fn defaults_of_a_service() -> Res {
         }
     );
     assert_eq!(
-        s.flap,
+        s.extras.flap,
         Flap {
             restarts: 5,
             within_ms: 10_000
@@ -307,7 +307,7 @@ fn restart_backoff_flap() -> Res {
     )?;
     assert_eq!(s.restart, Restart::Never);
     assert_eq!(
-        s.backoff,
+        s.extras.backoff,
         Backoff {
             initial_ms: 500,
             max_ms: 60_000,
@@ -316,7 +316,7 @@ fn restart_backoff_flap() -> Res {
         }
     );
     assert_eq!(
-        s.flap,
+        s.extras.flap,
         Flap {
             restarts: 0,
             within_ms: 30_000
@@ -324,9 +324,12 @@ fn restart_backoff_flap() -> Res {
     );
     // A partial table keeps the other defaults.
     let s = with("backoff = {max = 60}, flap = {restarts = 9}")?;
-    assert_eq!((s.backoff.initial_ms, s.backoff.max_ms), (100, 60_000));
     assert_eq!(
-        s.flap,
+        (s.extras.backoff.initial_ms, s.extras.backoff.max_ms),
+        (100, 60_000)
+    );
+    assert_eq!(
+        s.extras.flap,
         Flap {
             restarts: 9,
             within_ms: 10_000

@@ -817,18 +817,18 @@ impl Manager {
         if u.state == State::Backoff {
             return Ok(false);
         }
-        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.extras.flap) {
             return Err(format!(
                 "{} started more than {} times within {}: refused",
                 u.spec.name,
-                u.spec.flap.restarts,
-                ms_text(u.spec.flap.within_ms)
+                u.spec.extras.flap.restarts,
+                ms_text(u.spec.extras.flap.within_ms)
             ));
         }
         if u.has_process() || !matches!(u.state, State::Stopped | State::Failed | State::Done) {
             return Ok(true);
         }
-        let delay = policy::backoff_delay(&u.spec.backoff, u.consecutive);
+        let delay = policy::backoff_delay(&u.spec.extras.backoff, u.consecutive);
         u.consecutive = u.consecutive.saturating_add(1);
         if delay.is_zero() {
             return Ok(true);
@@ -1159,8 +1159,8 @@ impl Manager {
         if !u.dormant() || shutting_down {
             return;
         }
-        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
-            let flap = u.spec.flap;
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.extras.flap) {
+            let flap = u.spec.extras.flap;
             let why = format!(
                 "started by its sockets more than {} times within {}",
                 flap.restarts,
@@ -1316,7 +1316,7 @@ impl Manager {
         u.health = Health::None;
         u.stop_timeout_ms = None;
         let uptime = now_ms.saturating_sub(u.started_ms);
-        if uptime >= u.spec.backoff.reset_after_ms {
+        if uptime >= u.spec.extras.backoff.reset_after_ms {
             u.consecutive = 0;
         }
         let stopping = u.state == State::Stopping;
@@ -1484,8 +1484,8 @@ impl Manager {
             self.fail(id, reason, EventKind::Exit, now_ms);
             return;
         }
-        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
-            let flap = &u.spec.flap;
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.extras.flap) {
+            let flap = &u.spec.extras.flap;
             let why = format!(
                 "{reason}; more than {} restarts within {}",
                 flap.restarts,
@@ -1494,7 +1494,7 @@ impl Manager {
             self.fail(id, why, EventKind::Exit, now_ms);
             return;
         }
-        let delay = policy::backoff_delay(&u.spec.backoff, u.consecutive);
+        let delay = policy::backoff_delay(&u.spec.extras.backoff, u.consecutive);
         u.consecutive = u.consecutive.saturating_add(1);
         u.restarts = u.restarts.saturating_add(1);
         u.reason = reason.clone();

@@ -10,7 +10,7 @@ use super::*;
 use crate::table::ReplyTo;
 
 fn svc(name: &str) -> Service {
-    Service {
+    let mut s = Service {
         name: name.to_string(),
         kind: UnitKind::Service,
         line: 1,
@@ -18,16 +18,6 @@ fn svc(name: &str) -> Service {
         env: Vec::new(),
         extras: archon_lua::model::Extras::default(),
         restart: Restart::Always,
-        backoff: Backoff {
-            initial_ms: 100,
-            max_ms: 30_000,
-            multiplier: 2.0,
-            reset_after_ms: 10_000,
-        },
-        flap: Flap {
-            restarts: 5,
-            within_ms: 10_000,
-        },
         stop_signal: libc::SIGTERM,
         stop_timeout_ms: 7000,
         enabled: true,
@@ -41,7 +31,18 @@ fn svc(name: &str) -> Service {
         ready_timeout_ms: 60_000,
         health: None,
         log: None,
-    }
+    };
+    s.extras.backoff = Backoff {
+        initial_ms: 100,
+        max_ms: 30_000,
+        multiplier: 2.0,
+        reset_after_ms: 10_000,
+    };
+    s.extras.flap = Flap {
+        restarts: 5,
+        within_ms: 10_000,
+    };
+    s
 }
 
 fn task(name: &str) -> Service {
