@@ -189,8 +189,8 @@ pub(crate) fn service(
         s.env = env(lua, v, room)?;
     }
     if let Some(v) = f.get("cwd") {
-        s.cwd = Some(cwd(v)?);
-        room.take(s.cwd.as_ref().map_or(0, |p| p.as_os_str().len()))?;
+        s.extras.cwd = Some(cwd(v)?);
+        room.take(s.extras.cwd.as_ref().map_or(0, |p| p.as_os_str().len()))?;
     }
     let user = f.get("user").map(|v| who(v, "user")).transpose()?;
     let group = f.get("group").map(|v| who(v, "group")).transpose()?;
@@ -206,24 +206,27 @@ pub(crate) fn service(
         )?),
         None => None,
     };
-    s.user = users::credentials(user.as_ref(), group.as_ref(), groups.as_deref())?;
+    // Assigned only when given, so that a service without one has no extras box.
+    if let Some(creds) = users::credentials(user.as_ref(), group.as_ref(), groups.as_deref())? {
+        s.extras.user = Some(creds);
+    }
     if let Some(v) = f.get("umask") {
-        s.umask = Some(umask(v)?);
+        s.extras.umask = Some(umask(v)?);
     }
     if let Some(v) = f.get("rlimits") {
-        s.rlimits = rlimits(v)?;
+        s.extras.rlimits = rlimits(v)?;
     }
     if let Some(v) = f.get("nice") {
-        s.nice = Some(integer(v, "nice", -20..=19, "a whole number from -20 to 19")? as i32);
+        s.extras.nice = Some(integer(v, "nice", -20..=19, "a whole number from -20 to 19")? as i32);
     }
     if let Some(v) = f.get("restart") {
         s.restart = restart(v, kind)?;
     }
     if let Some(v) = f.get("backoff") {
-        s.backoff = backoff(v)?;
+        s.extras.backoff = backoff(v)?;
     }
     if let Some(v) = f.get("flap") {
-        s.flap = flap(v)?;
+        s.extras.flap = flap(v)?;
     }
     if let Some(v) = f.get("stop_signal") {
         s.stop_signal = signal(v)?;
@@ -274,13 +277,13 @@ pub(crate) fn service(
         }
     }
     if let Some(v) = f.get("requires") {
-        s.requires = names(v, "requires", name, room)?;
+        s.extras.requires = names(v, "requires", name, room)?;
     }
     if let Some(v) = f.get("after") {
-        s.after = names(v, "after", name, room)?;
+        s.extras.after = names(v, "after", name, room)?;
     }
     if let Some(v) = f.get("before") {
-        s.before = names(v, "before", name, room)?;
+        s.extras.before = names(v, "before", name, room)?;
     }
     if let Some(v) = f.get("ready") {
         s.ready = ready(v)?;
@@ -307,7 +310,7 @@ pub(crate) fn service(
                     .to_string(),
             );
         }
-        s.watchdog_ms = Some(positive(v, "watchdog")?);
+        s.extras.watchdog_ms = Some(positive(v, "watchdog")?);
     }
     if let Some(v) = f.get("health") {
         if kind == UnitKind::Task {
@@ -316,14 +319,14 @@ pub(crate) fn service(
         s.health = Some(Box::new(health(lua, v, room)?));
     }
     if let Some(v) = f.get("sockets") {
-        s.sockets = crate::sockets::sockets(v, name)?;
-        room.take(s.sockets.len() * std::mem::size_of::<crate::model::Socket>())?;
+        s.extras.sockets = crate::sockets::sockets(v, name)?;
+        room.take(s.extras.sockets.len() * std::mem::size_of::<crate::model::Socket>())?;
     }
     if let Some(v) = f.get("bind_shim") {
-        s.bind_shim = crate::sockets::bind_shim(v)?;
+        s.extras.bind_shim = crate::sockets::bind_shim(v)?;
     }
     crate::sockets::check_ready_fd(&s)?;
-    if s.on_demand && s.sockets.is_empty() {
+    if s.on_demand && s.extras.sockets.is_empty() {
         return Err(
             "on_demand needs sockets: the service starts at the first connection on one of them"
                 .to_string(),
@@ -381,10 +384,11 @@ fn accept(s: &mut Service, f: &Fields) -> Res<()> {
     if s.on_demand {
         return why_not("it cannot also be on_demand (archon already takes the first connection)");
     }
-    if s.sockets.is_empty() {
+    if s.extras.sockets.is_empty() {
         return why_not("it needs sockets, as in sockets = {{tcp = \"127.0.0.1:7000\"}}");
     }
     if let Some((i, sock)) = s
+        .extras
         .sockets
         .iter()
         .enumerate()
@@ -410,7 +414,7 @@ fn accept(s: &mut Service, f: &Fields) -> Res<()> {
     if s.health.is_some() {
         return why_not("there is no one process to check; leave health out");
     }
-    if s.bind_shim != crate::model::BindShim::Off {
+    if s.extras.bind_shim != crate::model::BindShim::Off {
         return why_not(
             "an instance gets its connection, not a listening socket; leave bind_shim out",
         );

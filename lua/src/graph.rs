@@ -23,9 +23,9 @@ pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
         .collect();
     for s in services.iter() {
         let lists = [
-            (&s.requires, format!("{} requires", s.name)),
-            (&s.after, format!("{}: after names", s.name)),
-            (&s.before, format!("{}: before names", s.name)),
+            (&s.extras.requires, format!("{} requires", s.name)),
+            (&s.extras.after, format!("{}: after names", s.name)),
+            (&s.extras.before, format!("{}: before names", s.name)),
         ];
         for (names, says) in lists {
             if let Some(missing) = names.iter().find(|n| !index.contains_key(n.as_str())) {
@@ -35,7 +35,7 @@ pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
     }
     let mut preceded_by: Vec<Vec<usize>> = vec![Vec::new(); services.len()];
     for (i, s) in services.iter().enumerate() {
-        for b in &s.before {
+        for b in &s.extras.before {
             if let Some(&j) = index.get(b.as_str()) {
                 preceded_by[j].push(i);
             }
@@ -45,9 +45,10 @@ pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
     for (i, s) in services.iter().enumerate() {
         let mut after: Vec<usize> = Vec::new();
         let written = s
+            .extras
             .after
             .iter()
-            .chain(&s.requires)
+            .chain(&s.extras.requires)
             .filter_map(|n| index.get(n.as_str()));
         for j in written.copied().chain(preceded_by[i].iter().copied()) {
             if !after.contains(&j) {
@@ -82,7 +83,10 @@ pub(crate) fn resolve(services: &mut [Service]) -> Result<(), GraphError> {
     }
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     for (s, after) in services.iter_mut().zip(edges) {
-        s.after = after.into_iter().map(|j| names[j].clone()).collect();
+        // Only where there is something to say, or was: most services have no extras box.
+        if !after.is_empty() || !s.extras.after.is_empty() {
+            s.extras.after = after.into_iter().map(|j| names[j].clone()).collect();
+        }
     }
     Ok(())
 }

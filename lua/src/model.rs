@@ -394,15 +394,100 @@ pub struct Socket {
 }
 
 /// Whether `LD_PRELOAD` brings in the bind shim, `libarchon_bind.so`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum BindShim {
     /// `bind_shim = false` (the default).
+    #[default]
     Off,
     /// `bind_shim = true`: the shim installed beside archon (`../lib/`, or archon's own
     /// directory in a build tree).
     Default,
     /// `bind_shim = "/path/libarchon_bind.so"`.
     Path(PathBuf),
+}
+
+/// The settings of a [`Service`] that most services leave at their defaults. Thousands of
+/// services are each kept in memory, so these are kept apart, in a box made only for a service
+/// that sets one of them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Extra {
+    /// Restart spacing.
+    pub backoff: Backoff,
+    /// The flap limit.
+    pub flap: Flap,
+    /// Hard dependencies, as written (deduplicated).
+    pub requires: Vec<String>,
+    /// Everything this starts after: `after` ∪ `requires` ∪ every X whose `before` names this,
+    /// deduplicated, in that order.
+    pub after: Vec<String>,
+    /// The working directory (`None`: archon's).
+    pub cwd: Option<PathBuf>,
+    /// The identity to run as (`None`: archon's).
+    pub user: Option<Credentials>,
+    /// The file mode creation mask (`None`: archon's).
+    pub umask: Option<u32>,
+    /// Resource limits, sorted by resource name.
+    pub rlimits: Vec<Rlimit>,
+    /// The nice value (`None`: archon's).
+    pub nice: Option<i32>,
+    /// `before` as written (deduplicated); already folded into the others' `after`.
+    pub before: Vec<String>,
+    /// For `ready = "notify"`: the longest time between two `WATCHDOG=1`, in ms.
+    pub watchdog_ms: Option<u64>,
+    /// The sockets archon binds for it, passed from fd 3 on.
+    pub sockets: Vec<Socket>,
+    /// Whether the bind shim is preloaded.
+    pub bind_shim: BindShim,
+}
+
+/// Every [`Extra`] setting at its default.
+static NO_EXTRA: Extra = Extra {
+    backoff: Backoff {
+        initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
+        max_ms: DEFAULT_BACKOFF_MAX_MS,
+        multiplier: DEFAULT_BACKOFF_MULTIPLIER,
+        reset_after_ms: DEFAULT_BACKOFF_RESET_AFTER_MS,
+    },
+    flap: Flap {
+        restarts: DEFAULT_FLAP_RESTARTS,
+        within_ms: DEFAULT_FLAP_WITHIN_MS,
+    },
+    requires: Vec::new(),
+    after: Vec::new(),
+    cwd: None,
+    user: None,
+    umask: None,
+    rlimits: Vec::new(),
+    nice: None,
+    before: Vec::new(),
+    watchdog_ms: None,
+    sockets: Vec::new(),
+    bind_shim: BindShim::Off,
+};
+
+/// A service's [`Extra`] settings: nothing until one is set (through `DerefMut`, which makes the
+/// box); reading gives the defaults meanwhile. Two are equal when their settings are.
+#[derive(Debug, Clone, Default)]
+pub struct Extras(Option<Box<Extra>>);
+
+impl std::ops::Deref for Extras {
+    type Target = Extra;
+
+    fn deref(&self) -> &Extra {
+        self.0.as_deref().unwrap_or(&NO_EXTRA)
+    }
+}
+
+impl std::ops::DerefMut for Extras {
+    fn deref_mut(&mut self) -> &mut Extra {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Extras {
+    fn eq(&self, other: &Extras) -> bool {
+        **self == **other
+    }
 }
 
 /// One declaration: `service "name" {...}` or `task "name" {...}`, with every default filled in.
@@ -418,22 +503,10 @@ pub struct Service {
     pub argv: Vec<Vec<u8>>,
     /// Variables added to the base environment, sorted by name.
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The working directory (`None`: archon's).
-    pub cwd: Option<PathBuf>,
-    /// The identity to run as (`None`: archon's).
-    pub user: Option<Credentials>,
-    /// The file mode creation mask (`None`: archon's).
-    pub umask: Option<u32>,
-    /// Resource limits, sorted by resource name.
-    pub rlimits: Vec<Rlimit>,
-    /// The nice value (`None`: archon's).
-    pub nice: Option<i32>,
+    /// The settings most services leave as they are: boxed, and only once one is set.
+    pub extras: Extras,
     /// The restart policy.
     pub restart: Restart,
-    /// Restart spacing.
-    pub backoff: Backoff,
-    /// The flap limit.
-    pub flap: Flap,
     /// The signal that asks it to stop.
     pub stop_signal: i32,
     /// Time between the stop signal and SIGKILL, in ms.
@@ -456,25 +529,12 @@ pub struct Service {
     /// A task of the early boot: every unit that is not early starts only once the early tasks
     /// are done (or have failed). Tasks only.
     pub early: bool,
-    /// Hard dependencies, as written (deduplicated).
-    pub requires: Vec<String>,
-    /// Everything this starts after: `after` ∪ `requires` ∪ every X whose `before` names this,
-    /// deduplicated, in that order.
-    pub after: Vec<String>,
-    /// `before` as written (deduplicated); already folded into the others' `after`.
-    pub before: Vec<String>,
     /// How readiness is known.
     pub ready: Ready,
     /// Time it has to become ready, in ms.
     pub ready_timeout_ms: u64,
-    /// For `ready = "notify"`: the longest time between two `WATCHDOG=1`, in ms.
-    pub watchdog_ms: Option<u64>,
     /// The health check (services only).
     pub health: Option<Box<Health>>,
-    /// The sockets archon binds for it, passed from fd 3 on.
-    pub sockets: Vec<Socket>,
-    /// Whether the bind shim is preloaded.
-    pub bind_shim: BindShim,
     /// Where its output goes.
     pub log: Option<Box<Log>>,
 }
@@ -494,17 +554,11 @@ impl Service {
             line: 0,
             argv,
             env: Vec::new(),
-            cwd: None,
-            user: None,
-            umask: None,
-            rlimits: Vec::new(),
-            nice: None,
+            extras: Extras::default(),
             restart: match kind {
                 UnitKind::Service => Restart::Always,
                 UnitKind::Task => Restart::Never,
             },
-            backoff: Backoff::default(),
-            flap: Flap::default(),
             stop_signal: DEFAULT_STOP_SIGNAL,
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             enabled: true,
@@ -514,15 +568,9 @@ impl Service {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             critical: false,
             early: false,
-            requires: Vec::new(),
-            after: Vec::new(),
-            before: Vec::new(),
             ready: Ready::Exec,
             ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
-            watchdog_ms: None,
             health: None,
-            sockets: Vec::new(),
-            bind_shim: BindShim::Off,
             log: None,
         }
     }
@@ -550,13 +598,13 @@ impl Service {
     /// port the kernel picked).
     pub fn settings_bound(&self, bound: &[Option<Listen>]) -> Vec<(&'static str, String)> {
         use literal::{duration, list, opt, string};
-        let user = self.user.as_ref();
+        let user = self.extras.user.as_ref();
         vec![
             ("argv", list(self.argv.iter().map(|a| string(a)))),
             ("env", literal::env(&self.env)),
             (
                 "cwd",
-                opt(self.cwd.as_ref().map(|p| {
+                opt(self.extras.cwd.as_ref().map(|p| {
                     use std::os::unix::ffi::OsStrExt;
                     string(p.as_os_str().as_bytes())
                 })),
@@ -567,26 +615,29 @@ impl Service {
                 "groups",
                 opt(user.map(|c| list(c.groups.iter().map(u32::to_string)))),
             ),
-            ("umask", opt(self.umask.map(|m| format!("\"{m:03o}\"")))),
-            ("rlimits", literal::rlimits(&self.rlimits)),
-            ("nice", opt(self.nice.map(|n| n.to_string()))),
+            (
+                "umask",
+                opt(self.extras.umask.map(|m| format!("\"{m:03o}\""))),
+            ),
+            ("rlimits", literal::rlimits(&self.extras.rlimits)),
+            ("nice", opt(self.extras.nice.map(|n| n.to_string()))),
             ("restart", string(self.restart.as_str().as_bytes())),
             (
                 "backoff",
                 format!(
                     "{{initial = {}, max = {}, multiplier = {}, reset_after = {}}}",
-                    duration(self.backoff.initial_ms),
-                    duration(self.backoff.max_ms),
-                    literal::number(self.backoff.multiplier),
-                    duration(self.backoff.reset_after_ms)
+                    duration(self.extras.backoff.initial_ms),
+                    duration(self.extras.backoff.max_ms),
+                    literal::number(self.extras.backoff.multiplier),
+                    duration(self.extras.backoff.reset_after_ms)
                 ),
             ),
             (
                 "flap",
                 format!(
                     "{{restarts = {}, within = {}}}",
-                    self.flap.restarts,
-                    duration(self.flap.within_ms)
+                    self.extras.flap.restarts,
+                    duration(self.extras.flap.within_ms)
                 ),
             ),
             ("stop_signal", literal::signal(self.stop_signal)),
@@ -603,15 +654,15 @@ impl Service {
             ("early", self.early.to_string()),
             (
                 "requires",
-                list(self.requires.iter().map(|s| string(s.as_bytes()))),
+                list(self.extras.requires.iter().map(|s| string(s.as_bytes()))),
             ),
             (
                 "after",
-                list(self.after.iter().map(|s| string(s.as_bytes()))),
+                list(self.extras.after.iter().map(|s| string(s.as_bytes()))),
             ),
             (
                 "before",
-                list(self.before.iter().map(|s| string(s.as_bytes()))),
+                list(self.extras.before.iter().map(|s| string(s.as_bytes()))),
             ),
             (
                 "ready",
@@ -629,12 +680,12 @@ impl Service {
                 }),
             ),
             ("ready_timeout", duration(self.ready_timeout_ms)),
-            ("watchdog", opt(self.watchdog_ms.map(duration))),
+            ("watchdog", opt(self.extras.watchdog_ms.map(duration))),
             ("health", opt(self.health.as_deref().map(literal::health))),
-            ("sockets", literal::sockets(&self.sockets, bound)),
+            ("sockets", literal::sockets(&self.extras.sockets, bound)),
             (
                 "bind_shim",
-                match &self.bind_shim {
+                match &self.extras.bind_shim {
                     BindShim::Off => "false".to_string(),
                     BindShim::Default => "true".to_string(),
                     BindShim::Path(p) => {
@@ -668,3 +719,33 @@ pub(crate) const RESOURCES: [(&str, i32); 15] = [
     ("sigpending", libc::RLIMIT_SIGPENDING as i32),
     ("stack", libc::RLIMIT_STACK as i32),
 ];
+
+#[cfg(test)]
+mod extras_tests {
+
+    #[test]
+    fn a_service_gets_its_extras_box_only_when_it_sets_one() -> Result<(), String> {
+        let config = crate::load_str(
+            "t",
+            b"service 'plain' { argv = {'/bin/true'}, user = nil }\n\
+              service 'dir' { argv = {'/bin/true'}, cwd = '/srv' }\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let get = |name: &str| config.get(name).ok_or(format!("no {name}"));
+        let (plain, dir) = (get("plain")?, get("dir")?);
+        assert!(plain.extras.0.is_none());
+        assert_eq!(plain.extras.cwd, None);
+        assert!(dir.extras.0.is_some());
+        assert_eq!(
+            dir.extras.cwd.as_deref(),
+            Some(std::path::Path::new("/srv"))
+        );
+        // What a service without a box reads is what a new box holds.
+        assert_eq!(super::NO_EXTRA, super::Extra::default());
+        // Equal by their settings, boxed or not.
+        let mut boxed = plain.clone();
+        boxed.extras.nice = None;
+        assert!(boxed.extras.0.is_some() && boxed == *plain);
+        Ok(())
+    }
+}

@@ -290,7 +290,7 @@ pub(crate) fn check_ready_fd(s: &Service) -> Res<()> {
     let Ready::Fd(fd) = s.ready else {
         return Ok(());
     };
-    let n = s.sockets.len() as i32;
+    let n = s.extras.sockets.len() as i32;
     let end = LISTEN_FDS_START + n;
     if (LISTEN_FDS_START..end).contains(&fd) {
         return Err(format!(
@@ -319,7 +319,7 @@ fn key(listen: &Listen) -> Option<Listen> {
 pub(crate) fn check_all(services: &[Service]) -> Result<(), (u32, String)> {
     let mut seen: HashMap<Listen, (&str, usize)> = HashMap::new();
     for s in services {
-        for (i, sock) in s.sockets.iter().enumerate() {
+        for (i, sock) in s.extras.sockets.iter().enumerate() {
             let Some(k) = key(&sock.listen) else {
                 continue;
             };
@@ -342,7 +342,7 @@ pub(crate) fn check_all(services: &[Service]) -> Result<(), (u32, String)> {
         }
     }
     let by_name: HashMap<&str, &Service> = services.iter().map(|s| (s.name.as_str(), s)).collect();
-    let lookup = |name: &str| by_name.get(name).map(|s| s.sockets.as_slice());
+    let lookup = |name: &str| by_name.get(name).map(|s| s.extras.sockets.as_slice());
     for s in services {
         let args = s
             .argv

@@ -106,8 +106,8 @@ for i = 1, 4 do service("worker" .. i) { argv = {"/usr/bin/sleep", "1000"} } end
     );
     let web = config.get("web").ok_or("no web")?;
     assert_eq!(web.argv[3], b"8080");
-    assert_eq!(web.requires, names(&["db"]));
-    assert_eq!(web.after, names(&["db", "migrate"]));
+    assert_eq!(web.extras.requires, names(&["db"]));
+    assert_eq!(web.extras.after, names(&["db", "migrate"]));
     assert_eq!(web.restart, Restart::OnFailure);
     assert_eq!(web.env, [(b"PYTHONUNBUFFERED".to_vec(), b"1".to_vec())]);
     assert_eq!(config.get("db").map(|s| s.ready), Some(Ready::Notify));
@@ -126,7 +126,7 @@ fn defaults_of_a_service() -> Res {
     assert_eq!(s, want);
     assert_eq!(s.restart, Restart::Always);
     assert_eq!(
-        s.backoff,
+        s.extras.backoff,
         Backoff {
             initial_ms: 100,
             max_ms: 30_000,
@@ -135,7 +135,7 @@ fn defaults_of_a_service() -> Res {
         }
     );
     assert_eq!(
-        s.flap,
+        s.extras.flap,
         Flap {
             restarts: 5,
             within_ms: 10_000
@@ -144,15 +144,22 @@ fn defaults_of_a_service() -> Res {
     assert_eq!((s.stop_signal, s.stop_timeout_ms), (libc::SIGTERM, 7000));
     assert_eq!((s.enabled, s.autostart, s.critical), (true, true, false));
     assert_eq!(
-        (s.ready, s.ready_timeout_ms, s.watchdog_ms),
+        (s.ready, s.ready_timeout_ms, s.extras.watchdog_ms),
         (Ready::Exec, 60_000, None)
     );
     assert_eq!(
-        (s.cwd.as_ref(), s.user.as_ref(), s.umask, s.nice),
+        (
+            s.extras.cwd.as_ref(),
+            s.extras.user.as_ref(),
+            s.extras.umask,
+            s.extras.nice
+        ),
         (None, None, None, None)
     );
-    assert!(s.env.is_empty() && s.rlimits.is_empty() && s.health.is_none());
-    assert!(s.requires.is_empty() && s.after.is_empty() && s.before.is_empty());
+    assert!(s.env.is_empty() && s.extras.rlimits.is_empty() && s.health.is_none());
+    assert!(
+        s.extras.requires.is_empty() && s.extras.after.is_empty() && s.extras.before.is_empty()
+    );
     Ok(())
 }
 
@@ -220,25 +227,25 @@ fn env_is_sorted_and_numbers_are_text() -> Res {
 #[test]
 fn cwd_umask_nice() -> Res {
     let s = with("cwd = \"/srv/www\", umask = \"027\", nice = -5")?;
-    assert_eq!(s.cwd, Some(std::path::PathBuf::from("/srv/www")));
-    assert_eq!((s.umask, s.nice), (Some(0o027), Some(-5)));
-    assert_eq!(with("umask = 18")?.umask, Some(0o022));
-    assert_eq!(with("umask = \"0\"")?.umask, Some(0));
-    assert_eq!(with("umask = \"0777\"")?.umask, Some(0o777));
-    assert_eq!(with("nice = 19")?.nice, Some(19));
-    assert_eq!(with("nice = 4.0")?.nice, Some(4));
+    assert_eq!(s.extras.cwd, Some(std::path::PathBuf::from("/srv/www")));
+    assert_eq!((s.extras.umask, s.extras.nice), (Some(0o027), Some(-5)));
+    assert_eq!(with("umask = 18")?.extras.umask, Some(0o022));
+    assert_eq!(with("umask = \"0\"")?.extras.umask, Some(0));
+    assert_eq!(with("umask = \"0777\"")?.extras.umask, Some(0o777));
+    assert_eq!(with("nice = 19")?.extras.nice, Some(19));
+    assert_eq!(with("nice = 4.0")?.extras.nice, Some(4));
     Ok(())
 }
 
 #[test]
 fn user_group_groups_are_resolved() -> Res {
     let s = with("user = \"root\"")?;
-    let c = s.user.ok_or("no user")?;
+    let c = s.extras.user.clone().ok_or("no user")?;
     assert_eq!((c.uid, c.gid), (0, 0));
     assert!(c.groups.contains(&0));
     let s = with("user = 0, group = \"root\", groups = {5, \"root\"}")?;
     assert_eq!(
-        s.user,
+        s.extras.user,
         Some(Credentials {
             uid: 0,
             gid: 0,
@@ -248,7 +255,7 @@ fn user_group_groups_are_resolved() -> Res {
     let s = with("group = 7")?;
     let me = nix::unistd::getuid().as_raw();
     assert_eq!(
-        s.user,
+        s.extras.user,
         Some(Credentials {
             uid: me,
             gid: 7,
@@ -262,16 +269,16 @@ fn user_group_groups_are_resolved() -> Res {
 fn rlimits_every_name_and_form() -> Res {
     let all: Vec<String> = RESOURCES.iter().map(|(n, _)| format!("{n} = 1")).collect();
     let s = with(&format!("rlimits = {{{}}}", all.join(", ")))?;
-    assert_eq!(s.rlimits.len(), 15);
+    assert_eq!(s.extras.rlimits.len(), 15);
     let want: Vec<i32> = RESOURCES.iter().map(|(_, r)| *r).collect();
-    let got: Vec<i32> = s.rlimits.iter().map(|r| r.resource).collect();
+    let got: Vec<i32> = s.extras.rlimits.iter().map(|r| r.resource).collect();
     assert_eq!(got, want);
     let s = with(
         "rlimits = {nofile = {1024, 4096}, core = \"infinity\", stack = {soft = 8, hard = \"infinity\"}}",
     )?;
     let inf = libc::RLIM_INFINITY;
     assert_eq!(
-        s.rlimits,
+        s.extras.rlimits,
         [
             Rlimit {
                 resource: libc::RLIMIT_CORE as i32,
@@ -300,7 +307,7 @@ fn restart_backoff_flap() -> Res {
     )?;
     assert_eq!(s.restart, Restart::Never);
     assert_eq!(
-        s.backoff,
+        s.extras.backoff,
         Backoff {
             initial_ms: 500,
             max_ms: 60_000,
@@ -309,7 +316,7 @@ fn restart_backoff_flap() -> Res {
         }
     );
     assert_eq!(
-        s.flap,
+        s.extras.flap,
         Flap {
             restarts: 0,
             within_ms: 30_000
@@ -317,9 +324,12 @@ fn restart_backoff_flap() -> Res {
     );
     // A partial table keeps the other defaults.
     let s = with("backoff = {max = 60}, flap = {restarts = 9}")?;
-    assert_eq!((s.backoff.initial_ms, s.backoff.max_ms), (100, 60_000));
     assert_eq!(
-        s.flap,
+        (s.extras.backoff.initial_ms, s.extras.backoff.max_ms),
+        (100, 60_000)
+    );
+    assert_eq!(
+        s.extras.flap,
         Flap {
             restarts: 9,
             within_ms: 10_000
@@ -388,7 +398,7 @@ fn flags() -> Res {
 fn readiness() -> Res {
     let s = with("ready = \"notify\", ready_timeout = 5, watchdog = \"2s\"")?;
     assert_eq!(
-        (s.ready, s.ready_timeout_ms, s.watchdog_ms),
+        (s.ready, s.ready_timeout_ms, s.extras.watchdog_ms),
         (Ready::Notify, 5000, Some(2000))
     );
     assert_eq!(with("ready = \"fd\"")?.ready, Ready::Fd(3));
@@ -443,17 +453,22 @@ service "e" { argv = {"/bin/true"}, before = {"a"} }
 "#,
     )
     .map_err(|e| e.to_string())?;
-    let after = |n: &str| config.get(n).map(|s| s.after.clone()).unwrap_or_default();
+    let after = |n: &str| {
+        config
+            .get(n)
+            .map(|s| s.extras.after.clone())
+            .unwrap_or_default()
+    };
     assert_eq!(after("a"), names(&["e"]));
     assert_eq!(after("b"), names(&["a", "c", "d"]));
     assert_eq!(after("c"), names(&[]));
     assert_eq!(after("d"), names(&["c"]));
     assert_eq!(
-        config.get("b").map(|s| s.requires.clone()),
+        config.get("b").map(|s| s.extras.requires.clone()),
         Some(names(&["c", "a"]))
     );
     assert_eq!(
-        config.get("c").map(|s| s.before.clone()),
+        config.get("c").map(|s| s.extras.before.clone()),
         Some(names(&["b", "d"]))
     );
     Ok(())
@@ -551,7 +566,10 @@ fn early_tasks_may_come_after_early_tasks_only() -> Res {
         .collect();
     assert_eq!(early, [("mounts", true), ("keys", true), ("web", false)]);
     // The implicit edge from every other unit is not written into its `after`.
-    assert_eq!(config.get("web").map(|s| s.after.clone()), Some(vec![]));
+    assert_eq!(
+        config.get("web").map(|s| s.extras.after.clone()),
+        Some(vec![])
+    );
     assert!(!task_with("early = false")?.early);
     errors(&[
         (
@@ -1708,12 +1726,17 @@ fn sockets_every_kind_and_default() -> Res {
             owner: Some((0, 0)),
         },
     ];
-    assert_eq!(s.sockets, want);
+    assert_eq!(s.extras.sockets, want);
     assert_eq!(s.ready, Ready::Fd(6));
-    assert_eq!(s.bind_shim, BindShim::Off);
-    assert_eq!(with("bind_shim = true")?.bind_shim, BindShim::Default);
+    assert_eq!(s.extras.bind_shim, BindShim::Off);
     assert_eq!(
-        with("bind_shim = \"/l/libarchon_bind.so\"")?.bind_shim,
+        with("bind_shim = true")?.extras.bind_shim,
+        BindShim::Default
+    );
+    assert_eq!(
+        with("bind_shim = \"/l/libarchon_bind.so\"")?
+            .extras
+            .bind_shim,
         BindShim::Path("/l/libarchon_bind.so".into())
     );
     // Unix datagram sockets, and abstract names (which have no file, so no mode or owner).
@@ -1721,7 +1744,7 @@ fn sockets_every_kind_and_default() -> Res {
         r#"sockets = {{name = "log", unixgram = "/run/log.sock", mode = "0620"},
           {name = "at", unix = "@archon-web"}, {name = "atg", unixgram = "@archon-log"}}"#,
     )?;
-    let listens: Vec<&Listen> = s.sockets.iter().map(|s| &s.listen).collect();
+    let listens: Vec<&Listen> = s.extras.sockets.iter().map(|s| &s.listen).collect();
     assert_eq!(
         listens,
         [
@@ -1730,7 +1753,7 @@ fn sockets_every_kind_and_default() -> Res {
             &Listen::UnixGram(UnixAddr::Abstract(b"archon-log".to_vec())),
         ]
     );
-    assert_eq!(s.sockets[0].mode, 0o620);
+    assert_eq!(s.extras.sockets[0].mode, 0o620);
     let dump = s.settings_bound(&[]);
     let sockets = dump
         .iter()
@@ -1746,7 +1769,7 @@ fn sockets_every_kind_and_default() -> Res {
     );
     // Named after the service when it is the only one.
     let s = one(r#"service "getty@tty1" { argv = {"/bin/true"}, sockets = {{tcp = "[::1]:1"}} }"#)?;
-    assert_eq!(s.sockets[0].name, "getty@tty1");
+    assert_eq!(s.extras.sockets[0].name, "getty@tty1");
     Ok(())
 }
 

@@ -3,11 +3,21 @@
 //! streamed to the connections that follow them.
 //!
 //! archon makes a service's two pipes once, at its first start, and keeps their read ends
-//! registered in the loop and their write ends open: every process of the service gets the same
-//! write ends as fds 1 and 2, so a line buffered in the pipe when a process ends is read after
-//! it, and a restart loses nothing (the s6-log property). Two pipes, not one, so that each line
-//! says which stream it came from; the price is that the order between a stdout line and a
-//! stderr line written within the same turn of the loop is not kept.
+//! registered in the loop until the service is removed: every process of the service writes
+//! into the same pipes as its fds 1 and 2, so a line buffered in a pipe when a process ends is
+//! read after it, and a restart loses nothing (the s6-log property). Two pipes, not one, so that
+//! each line says which stream it came from; the price is that the order between a stdout line
+//! and a stderr line written within the same turn of the loop is not kept.
+//!
+//! archon does not keep the write ends: each spawn opens new ones from the read ends
+//! (`/proc/self/fd/N` opened for writing is a new writer of the same pipe), the child gets them,
+//! and archon closes its copies after the clone. Only the read ends stay in archon's fd table:
+//! a child's clone copies that table and its exec closes every close-on-exec entry, so the
+//! fewer fds archon holds per service, the faster a burst of thousands of starts (two of the
+//! five fds per service gone). Between two processes a pipe has no writer: the read end is at
+//! end-of-file once drained, which the loop, edge-triggered, hears of once. Where `/proc` cannot
+//! reopen a pipe (not mounted yet, at boot), archon keeps that pipe's write end and gives every
+//! process a copy of it, as it always did.
 //!
 //! The pure parts ([`Splitter`], [`Ring`], [`rotation`], [`Followers`]) are tested without a
 //! pipe; [`ServiceLog`] holds the fds and the file.
@@ -384,29 +394,60 @@ fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// One of a service's pipes: the read end archon watches, the write end every process of the
-/// service gets, and the partial line.
+/// One of a service's pipes: the read end archon watches, and the partial line.
 #[derive(Debug)]
 pub struct Pipe {
     /// Registered in the loop (non-blocking).
     pub read: mio::unix::pipe::Receiver,
-    /// Blocking, close-on-exec: the spawner `dup2`s it to fd 1 or 2.
-    pub write: OwnedFd,
+    /// A write end archon keeps, only where `/proc` could not open one from the read end
+    /// (blocking, close-on-exec): every process gets a copy of it.
+    held: Option<OwnedFd>,
     splitter: Splitter,
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    /// A new pipe, and a write end for the first process.
+    fn new() -> io::Result<(Pipe, OwnedFd)> {
         let (sender, read) = mio::unix::pipe::new()?;
         // The service sees an ordinary, blocking fd; archon's reads stay non-blocking (the two
         // ends are separate open files).
         sender.set_nonblocking(false)?;
-        Ok(Pipe {
+        let sender = OwnedFd::from(sender);
+        let held = if reopens() || reopen(&read).is_ok() {
+            None
+        } else {
+            Some(sender.try_clone()?)
+        };
+        let pipe = Pipe {
             read,
-            write: OwnedFd::from(sender),
+            held,
             splitter: Splitter::default(),
-        })
+        };
+        Ok((pipe, sender))
     }
+
+    /// A new write end of the pipe, for a process about to start.
+    fn writer(&self) -> io::Result<OwnedFd> {
+        match &self.held {
+            Some(w) => w.try_clone(),
+            None => reopen(&self.read),
+        }
+    }
+}
+
+/// Set once `/proc/self/fd` has reopened a pipe: it is mounted, and stays so.
+static REOPENS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn reopens() -> bool {
+    REOPENS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A new write end of the pipe `read` is the read end of: blocking, close-on-exec.
+fn reopen(read: &impl AsRawFd) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", read.as_raw_fd());
+    let w = std::fs::OpenOptions::new().write(true).open(path)?;
+    REOPENS.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(OwnedFd::from(w))
 }
 
 /// What a read of a pipe gave.
@@ -434,14 +475,18 @@ pub struct ServiceLog {
 pub const STREAMS: [LogStream; 2] = [LogStream::Stdout, LogStream::Stderr];
 
 impl ServiceLog {
-    /// The pipes of a service, and its ring.
-    pub fn new(config: &LogConfig) -> io::Result<ServiceLog> {
-        Ok(ServiceLog {
-            pipes: [Pipe::new()?, Pipe::new()?],
+    /// The pipes of a service, and its ring; and the write ends for its first process
+    /// (stdout's, stderr's).
+    pub fn new(config: &LogConfig) -> io::Result<(ServiceLog, [OwnedFd; 2])> {
+        let (out, out_w) = Pipe::new()?;
+        let (err, err_w) = Pipe::new()?;
+        let log = ServiceLog {
+            pipes: [out, err],
             ring: Ring::new(config.ring),
             file: None,
             file_failed: false,
-        })
+        };
+        Ok((log, [out_w, err_w]))
     }
 
     /// At each start: the ring's budget and the file as `config` has them now. A file that
@@ -474,12 +519,10 @@ impl ServiceLog {
         }
     }
 
-    /// The fds a process of the service gets as 1 and 2.
-    pub fn write_fds(&self) -> [i32; 2] {
-        [
-            self.pipes[0].write.as_raw_fd(),
-            self.pipes[1].write.as_raw_fd(),
-        ]
+    /// New write ends of the pipes, for a process of the service to get as fds 1 and 2;
+    /// archon closes them once it has started the process.
+    pub fn writers(&self) -> io::Result<[OwnedFd; 2]> {
+        Ok([self.pipes[0].writer()?, self.pipes[1].writer()?])
     }
 
     /// Reads at most [`LOG_READ_PER_TURN`] bytes of pipe `i` into `buf`, and hands each line to the
@@ -509,7 +552,8 @@ impl ServiceLog {
             }
         };
         if n == 0 {
-            // archon holds a write end: no EOF comes while it does.
+            // End of file: no process of the service holds a write end now. The next one
+            // gets new write ends, and the poll (edge-triggered) wakes the loop when it writes.
             return (Drained::Empty, None);
         }
         pipe.splitter
@@ -557,36 +601,35 @@ impl ServiceLog {
         Some(why)
     }
 
-    /// What a re-exec carries: the pipes' fds (stdout's read and write ends, then stderr's),
-    /// their partial lines, and the ring's lines.
+    /// What a re-exec carries: the pipes' read ends, the write ends archon keeps (stdout's,
+    /// then stderr's), their partial lines, and the ring's lines.
     pub fn carry(&self) -> crate::reexec::LogRecord {
         let [o, e] = &self.pipes;
+        let held = |p: &Pipe| p.held.as_ref().map(|w| w.as_raw_fd());
         crate::reexec::LogRecord {
-            fds: [
-                o.read.as_raw_fd(),
-                o.write.as_raw_fd(),
-                e.read.as_raw_fd(),
-                e.write.as_raw_fd(),
-            ],
+            reads: [o.read.as_raw_fd(), e.read.as_raw_fd()],
+            writes: [held(o), held(e)],
             partial: [o.splitter.carry(), e.splitter.carry()],
             lines: self.ring.lines().collect(),
         }
     }
 
-    /// A service's log carried across a re-exec: its pipes (`[read, write]` of stdout, then of
-    /// stderr), partial lines and ring; the file is opened again as `config` says.
+    /// A service's log carried across a re-exec: its pipes (the read end and the write end
+    /// archon keeps, if any, of stdout, then of stderr), partial lines and ring; the file is
+    /// opened again as `config` says.
     pub fn restored(
-        pipes: [[OwnedFd; 2]; 2],
+        pipes: [(OwnedFd, Option<OwnedFd>); 2],
         rec: &crate::reexec::LogRecord,
         config: &LogConfig,
     ) -> ServiceLog {
-        let [[r0, w0], [r1, w1]] = pipes;
-        let pipe =
-            |read: OwnedFd, write: OwnedFd, (partial, going_on): &(Vec<u8>, Option<u8>)| Pipe {
-                read: mio::unix::pipe::Receiver::from(read),
-                write,
-                splitter: Splitter::restored(partial.clone(), *going_on),
-            };
+        let [(r0, w0), (r1, w1)] = pipes;
+        let pipe = |read: OwnedFd,
+                    held: Option<OwnedFd>,
+                    (partial, going_on): &(Vec<u8>, Option<u8>)| Pipe {
+            read: mio::unix::pipe::Receiver::from(read),
+            held,
+            splitter: Splitter::restored(partial.clone(), *going_on),
+        };
         let mut ring = Ring::new(config.ring);
         for line in &rec.lines {
             ring.push(line);

@@ -290,8 +290,12 @@ pub struct NotifyRecord {
 /// A unit's log pipes and the lines kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
-    /// stdout's read and write ends, then stderr's.
-    pub fds: [RawFd; 4],
+    /// The read ends of stdout's pipe and stderr's.
+    pub reads: [RawFd; 2],
+    /// The write ends archon keeps, of stdout's pipe and stderr's: only where `/proc` could not
+    /// open one from the read end (see [`crate::logs`]). The fields are `read write` of stdout,
+    /// then of stderr, a write end empty when there is none.
+    pub writes: [Option<RawFd>; 2],
     /// Each stream's line not yet ended, and the level of a cut line going on.
     pub partial: [(Vec<u8>, Option<u8>); 2],
     /// The lines of its ring, oldest first.
@@ -593,7 +597,9 @@ impl State {
             }
             if let Some(log) = &u.log {
                 let mut f = vec![b"unit-log".to_vec(), name.to_vec()];
-                f.extend(log.fds.iter().map(|&fd| num(fd as u64)));
+                for (&read, &write) in log.reads.iter().zip(&log.writes) {
+                    f.extend([num(read as u64), opt_fd(write)]);
+                }
                 for (bytes, going_on) in &log.partial {
                     f.push(bytes.clone());
                     f.push(going_on.map(|l| num(u64::from(l))).unwrap_or_default());
@@ -841,7 +847,8 @@ impl State {
             fds.extend(u.ready);
             fds.extend(u.notify.as_ref().map(|n| n.fd));
             if let Some(log) = &u.log {
-                fds.extend(log.fds);
+                fds.extend(log.reads);
+                fds.extend(log.writes.iter().flatten());
             }
             for i in u.accept.iter().flatten() {
                 fds.extend(i.pidfd);
@@ -943,18 +950,15 @@ fn read_unit_part(st: &mut State, tag: &[u8], fields: &[&[u8]]) -> Result<(), Fo
             unit.timers.push((kind, c.num()?));
         }
         b"unit-log" => {
-            let fds = [
-                read_fd(&mut c)?,
-                read_fd(&mut c)?,
-                read_fd(&mut c)?,
-                read_fd(&mut c)?,
-            ];
+            let (r0, w0) = (read_fd(&mut c)?, read_opt_fd(&mut c)?);
+            let (r1, w1) = (read_fd(&mut c)?, read_opt_fd(&mut c)?);
             let mut partial = [(Vec::new(), None), (Vec::new(), None)];
             for p in partial.iter_mut() {
                 *p = (c.bytes()?.to_vec(), c.opt_num::<u8>()?);
             }
             unit.log = Some(LogRecord {
-                fds,
+                reads: [r0, r1],
+                writes: [w0, w1],
                 partial,
                 lines: Vec::new(),
             });
@@ -1377,7 +1381,8 @@ mod tests {
             ready: Some(11),
             timers: vec![(TimerKind::Backoff, 100), (TimerKind::Health, 0)],
             log: Some(LogRecord {
-                fds: [12, 13, 14, 15],
+                reads: [12, 14],
+                writes: [Some(13), None],
                 partial: [(b"half a li".to_vec(), Some(3)), (Vec::new(), None)],
                 lines: vec![LogLine {
                     time_ms: 1_500,
@@ -1402,7 +1407,7 @@ mod tests {
         assert_eq!(State::decode(&st.encode()), Ok(st.clone()));
         let mut fds = st.fds();
         fds.sort_unstable();
-        assert_eq!(fds, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+        assert_eq!(fds, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16]);
         let tags: Vec<Vec<u8>> = records(&st.encode())
             .unwrap_or_default()
             .iter()

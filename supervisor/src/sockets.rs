@@ -195,8 +195,8 @@ impl Sockets {
         let mut taken = vec![false; held.len()];
         let mut plan: Vec<(&Service, Vec<Slot>)> = Vec::new();
         for s in &config.services {
-            let mut slots = Vec::with_capacity(s.sockets.len());
-            for (i, decl) in s.sockets.iter().enumerate() {
+            let mut slots = Vec::with_capacity(s.extras.sockets.len());
+            for (i, decl) in s.extras.sockets.iter().enumerate() {
                 let kept = held.iter().enumerate().position(|(k, (svc, _, b))| {
                     !taken[k] && same_socket(svc, &b.decl, &s.name, decl)
                 });
@@ -225,7 +225,7 @@ impl Sockets {
             .collect();
         for (s, slots) in plan {
             let mut list = Vec::with_capacity(slots.len());
-            for (decl, slot) in s.sockets.iter().zip(slots) {
+            for (decl, slot) in s.extras.sockets.iter().zip(slots) {
                 let bound = match slot {
                     Slot::Keep(svc, i) => old
                         .get_mut(&svc)
@@ -276,7 +276,7 @@ impl Sockets {
             .services
             .iter()
             .find(|s| s.name == service)
-            .and_then(|s| s.sockets.iter().find(|d| d.name == name))
+            .and_then(|s| s.extras.sockets.iter().find(|d| d.name == name))
             .ok_or_else(|| format!("{service}: socket {name} is no longer declared"))?;
         let kind = sock_type(&fd).map_err(|e| format!("{service}: socket {name}: {e}"))?;
         let (local, file_id) = match &decl.listen {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use archon_tests::archon_proto::{LogLine, LogStream, Reply, StreamItem};
+use archon_tests::archon_proto::{LogLine, LogStream, Reply, ServiceState, StreamItem};
 use archon_tests::*;
 
 /// Writes `lua` (with `@DIR@` replaced by the config's directory) and starts archon on it.
@@ -115,6 +115,41 @@ fn lines_written_across_restarts_are_not_lost() -> Result {
     let got: Vec<String> = lines.iter().map(text).collect();
     let want: Vec<String> = (1..=N).map(|n| format!("run {n}")).collect();
     ensure_eq!(got, want, "every run's line, in order");
+    Ok(())
+}
+
+/// The pipe an fd of `pid` is (its `pipe:[inode]` link), if it is one.
+fn pipe_of(pid: i32, fd: i32) -> Option<String> {
+    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy().into_owned();
+    link.starts_with("pipe:").then_some(link)
+}
+
+#[test]
+fn archon_keeps_only_the_read_ends_and_sleeps_once_a_service_has_ended() -> Result {
+    let a = start(
+        r#"service "web" { argv = {"/bin/sh", "-c", "echo up; exec sleep 100"} }
+service "once" { argv = {"/bin/sh", "-c", "echo done; echo bye >&2"}, restart = "never" }"#,
+    )?;
+    wait_lines(&a, &["web"], "up", BOUND)?;
+    let web = a.wait_state("web", ServiceState::Ready)?;
+    let pid = web.pid.context("web has no pid")?;
+    let archon_fds: Vec<String> = fs::read_dir(format!("/proc/{}/fd", a.pid()))
+        .context("archon's fds")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|fd| pipe_of(a.pid(), fd))
+        .collect();
+    for fd in [1, 2] {
+        let pipe = pipe_of(pid, fd).context(format!("web's fd {fd} is not a pipe"))?;
+        let held = archon_fds.iter().filter(|p| **p == pipe).count();
+        ensure_eq!(held, 1, "archon's ends of web's fd {fd} ({pipe})");
+    }
+    // "once" has ended: its pipes have no writer left, and archon, which read their last
+    // lines, is not woken again by their end of file.
+    wait_lines(&a, &["once"], "bye", BOUND)?;
+    let lines: Vec<String> = logs(&mut a.conn()?, &["once"])?.iter().map(text).collect();
+    ensure!(lines.contains(&"done".to_string()), "{lines:?}");
+    stays_asleep(a.pid(), "once a service's log pipes have no writer")?;
     Ok(())
 }
 

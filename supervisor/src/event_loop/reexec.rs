@@ -12,7 +12,7 @@
 //! for a slot (answered `Error` before the state is written), a health check in flight (a new
 //! one runs at once), fds that came with requests not yet read.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -259,7 +259,7 @@ impl Supervisor {
             if let Some(rt) = self.units.get(&id) {
                 rec.pidfd = rt.pidfd.as_ref().map(AsRawFd::as_raw_fd);
                 rec.notify = rt.notify.as_ref().map(|n| n.carry());
-                rec.ready = rt.ready.as_ref().map(ReadyPipe::fd);
+                rec.ready = rt.ready.as_deref().map(ReadyPipe::fd);
                 rec.log = rt.log.as_ref().map(|l| l.carry());
                 rec.timers = rt
                     .timers
@@ -483,15 +483,19 @@ impl Supervisor {
         if let Some(fd) = bank.take_opt(rec.ready) {
             let mut pipe = ReadyPipe::adopt(fd);
             match registry.register(&mut pipe, unit_token(id, SUB_READY), Interest::READABLE) {
-                Ok(()) => rt.ready = Some(pipe),
+                Ok(()) => rt.ready = Some(Box::new(pipe)),
                 Err(e) => problems.push(format!("{name}: ready pipe: {e}")),
             }
         }
         if let Some(log) = &rec.log {
-            let [r0, w0, r1, w1] = log.fds.map(|fd| bank.take(fd));
-            match (r0, w0, r1, w1) {
-                (Some(r0), Some(w0), Some(r1), Some(w1)) => {
-                    let mut l = ServiceLog::restored([[r0, w0], [r1, w1]], log, spec.log());
+            let [r0, r1] = log.reads.map(|fd| bank.take(fd));
+            let [w0, w1] = log.writes.map(|fd| bank.take_opt(fd));
+            let handed = |fd: Option<RawFd>, w: &Option<OwnedFd>| fd.is_none() || w.is_some();
+            match (r0, r1) {
+                (Some(r0), Some(r1))
+                    if handed(log.writes[0], &w0) && handed(log.writes[1], &w1) =>
+                {
+                    let mut l = ServiceLog::restored([(r0, w0), (r1, w1)], log, spec.log());
                     for (i, pipe) in l.pipes.iter_mut().enumerate() {
                         if let Err(e) = registry.register(
                             &mut pipe.read,

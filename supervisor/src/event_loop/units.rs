@@ -95,7 +95,8 @@ pub(super) struct UnitRt {
     pub(super) cgroup: Option<ServiceCgroup>,
     /// Boxed, as the probe: most units have none.
     pub(super) notify: Option<Box<NotifySocket>>,
-    pub(super) ready: Option<ReadyPipe>,
+    /// Boxed, as the rest of what only some units have.
+    pub(super) ready: Option<Box<ReadyPipe>>,
     /// A health check in progress (boxed: most units have none, and a unit's runtime is kept
     /// for each of thousands of units).
     pub(super) probe: Option<Box<(Probe, TimerKey)>>,
@@ -104,7 +105,7 @@ pub(super) struct UnitRt {
     /// removed; its ring and log file (boxed: the ring's lines are the bulk).
     pub(super) log: Option<Box<ServiceLog>>,
     /// For an on-demand service that is down: its sockets, watched for a connection.
-    pub(super) watch: Option<Watch>,
+    pub(super) watch: Option<Box<Watch>>,
 }
 
 /// The sockets of an on-demand service registered with the poll, as copies of archon's (close-on
@@ -313,11 +314,11 @@ impl Supervisor {
                 if let Some(mut old) = rt.ready.take() {
                     let _ = self.poll.registry().deregister(&mut old);
                 }
-                rt.ready = Some(pipe);
+                rt.ready = Some(Box::new(pipe));
             }
             Ready::Exec => {}
         }
-        if let Some(ms) = spec.watchdog_ms {
+        if let Some(ms) = spec.extras.watchdog_ms {
             set("WATCHDOG_USEC", (ms * 1000).to_string().into_bytes());
         }
         // The sockets' fds are borrowed for the spawn: archon keeps them.
@@ -329,7 +330,7 @@ impl Supervisor {
         for (i, b) in held.iter().enumerate() {
             extra_fds.push((b.fd(), archon_lua::model::LISTEN_FDS_START + i as i32));
         }
-        let shim = match &spec.bind_shim {
+        let shim = match &spec.extras.bind_shim {
             BindShim::Off => None,
             BindShim::Default => Some(self.shim.clone()?),
             BindShim::Path(p) => Some(p.clone()),
@@ -352,16 +353,18 @@ impl Supervisor {
         .map_err(|e| e.to_string())?;
         let cgroup = self.unit_cgroup(id, spec);
         let opts = spawn_options(spec, cgroup.as_ref(), extra_fds);
-        let stdio = match self.unit_log(id, spec) {
-            Some([out, err]) => [self.devnull.as_raw_fd(), out, err],
+        let writers = self.unit_log(id, spec);
+        let stdio = match &writers {
+            Some([out, err]) => [self.devnull.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()],
             None => [self.devnull.as_raw_fd(), 2, 2],
         };
         let spawned = self
             .spawner
             .spawn_pipelined(exec, stdio, opts)
             .map_err(|e| e.to_string())?;
-        // The child has its copy; archon's must go, or an EOF on the pipe would never come.
+        // The child has its copies; archon's must go, or an EOF on the pipe would never come.
         drop(ready_write);
+        drop(writers);
         let (child, pending) = match spawned {
             Spawned::Running(child) => {
                 debug!(
@@ -490,7 +493,7 @@ impl Supervisor {
             services
                 .id(name)
                 .and_then(|id| services.spec(id))
-                .map(|s| s.sockets.as_slice())
+                .map(|s| s.extras.sockets.as_slice())
         };
         let (service, i) = archon_lua::refs::find(r, lookup)?;
         self.sockets
@@ -578,24 +581,23 @@ impl Supervisor {
         Ok(fd)
     }
 
-    /// The write ends of the unit's log pipes, made and registered at its first start; its ring
-    /// and file set as its declaration says now. `None` when the pipes cannot be made: its
-    /// output then goes to archon's stderr.
-    fn unit_log(&mut self, id: UnitId, spec: &Service) -> Option<[i32; 2]> {
+    /// Write ends of the unit's log pipes for a process about to start (archon closes them once
+    /// it has started it); the pipes are made and registered at its first start, and its ring
+    /// and file set as its declaration says now. `None` when the pipes cannot be made or
+    /// written to: its output then goes to archon's stderr.
+    fn unit_log(&mut self, id: UnitId, spec: &Service) -> Option<[OwnedFd; 2]> {
         let units = self.services.len() as u64;
         let rt = self.units.entry(id).or_default();
+        let mut first = None;
         if rt.log.is_none() {
             if self.log_fds_short {
                 return None;
             }
-            let made = ServiceLog::new(spec.log()).and_then(|mut log| {
+            let made = ServiceLog::new(spec.log()).and_then(|(mut log, writers)| {
                 // fds are numbered lowest first: the highest one counts what is open. Every
                 // unit must still get its pidfd, and clients their connections.
-                let highest = log
-                    .pipes
-                    .iter()
-                    .map(|p| p.read.as_raw_fd().max(p.write.as_raw_fd()));
-                if highest.max().unwrap_or(0) as u64 + units + LOG_FD_RESERVE >= self.nofile {
+                let highest = writers.iter().map(|w| w.as_raw_fd()).max().unwrap_or(0);
+                if highest as u64 + units + LOG_FD_RESERVE >= self.nofile {
                     return Err(io::Error::from_raw_os_error(libc::EMFILE));
                 }
                 for (i, pipe) in log.pipes.iter_mut().enumerate() {
@@ -605,10 +607,13 @@ impl Supervisor {
                         Interest::READABLE,
                     )?;
                 }
-                Ok(log)
+                Ok((log, writers))
             });
             match made {
-                Ok(log) => rt.log = Some(Box::new(log)),
+                Ok((log, writers)) => {
+                    rt.log = Some(Box::new(log));
+                    first = Some(writers);
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
                     self.log_fds_short = true;
                     warn!(
@@ -632,7 +637,17 @@ impl Supervisor {
         if let Err(why) = log.configure(spec.log()) {
             warn!("{}: {why}", spec.name);
         }
-        Some(log.write_fds())
+        match first.map_or_else(|| log.writers(), Ok) {
+            Ok(writers) => Some(writers),
+            Err(e) => {
+                warn!(
+                    "{}: cannot open its log pipes for writing ({e}): its output goes to \
+                     archon's stderr",
+                    spec.name
+                );
+                None
+            }
+        }
     }
 
     /// A log pipe of `id` is readable, or was left with more to read: one turn's read.
@@ -758,7 +773,7 @@ impl Supervisor {
         // Services running as another user must reach their socket.
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let path = dir.join(id.to_string());
-        let owner = spec.user.as_ref().map(|c| (c.uid, c.gid));
+        let owner = spec.extras.user.as_ref().map(|c| (c.uid, c.gid));
         let mut socket = NotifySocket::bind(&path, owner)
             .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
         self.poll
@@ -945,7 +960,7 @@ impl Supervisor {
             let _ = self.poll.registry().deregister(&mut s);
         }
         if let Some(watch) = rt.watch.take() {
-            self.drop_watch(watch);
+            self.drop_watch(*watch);
         }
         let left: Vec<u64> = self
             .instances
@@ -1067,13 +1082,13 @@ impl Supervisor {
             sockets.len(),
             if accept { " to accept" } else { "" }
         );
-        self.units.entry(id).or_default().watch = Some(Watch { accept, sockets });
+        self.units.entry(id).or_default().watch = Some(Box::new(Watch { accept, sockets }));
     }
 
     /// Stops watching the sockets of `id`, if they were.
     fn unwatch(&mut self, id: UnitId) {
         if let Some(watch) = self.units.get_mut(&id).and_then(|rt| rt.watch.take()) {
-            self.drop_watch(watch);
+            self.drop_watch(*watch);
         }
     }
 
@@ -1262,10 +1277,12 @@ impl Supervisor {
             cgroup.as_ref(),
             vec![(fd, archon_lua::model::LISTEN_FDS_START)],
         );
-        let stderr = match self.unit_log(id, spec) {
-            Some([_, err]) => err,
+        let writers = self.unit_log(id, spec);
+        let stderr = match &writers {
+            Some([_, err]) => err.as_raw_fd(),
             None => 2,
         };
+        // A vfork spawn: the child has its copies when this returns, and archon's go.
         self.spawner
             .spawn_with(&exec, [fd, fd, stderr], &opts)
             .map_err(|e| e.to_string())
@@ -1736,21 +1753,23 @@ fn spawn_options(
 ) -> SpawnOptions {
     SpawnOptions {
         cwd: spec
+            .extras
             .cwd
             .as_ref()
             .and_then(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes().to_vec()).ok()),
-        creds: spec.user.as_ref().map(|c| Creds {
+        creds: spec.extras.user.as_ref().map(|c| Creds {
             uid: c.uid,
             gid: c.gid,
             groups: c.groups.clone(),
         }),
-        umask: spec.umask,
+        umask: spec.extras.umask,
         rlimits: spec
+            .extras
             .rlimits
             .iter()
             .map(|r| (r.resource, r.soft, r.hard))
             .collect(),
-        nice: spec.nice,
+        nice: spec.extras.nice,
         cgroup: cgroup.map(AsRawFd::as_raw_fd),
         cgroup_procs: None,
         extra_fds,

@@ -484,12 +484,12 @@ impl Manager {
                     self.dependents.entry(e).or_default().push(id);
                 }
             }
-            for name in &u.spec.after {
+            for name in &u.spec.extras.after {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dependents.entry(dep).or_default().push(id);
                 }
             }
-            for name in &u.spec.requires {
+            for name in &u.spec.extras.requires {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.requirers.entry(dep).or_default().push(id);
                 }
@@ -658,7 +658,7 @@ impl Manager {
             self.dirty.extend(ds.iter().copied());
         }
         if let Some(u) = self.units.get(&id) {
-            for name in &u.spec.after {
+            for name in &u.spec.extras.after {
                 if let Some(&dep) = self.by_name.get(name) {
                     self.dirty.insert(dep);
                 }
@@ -790,7 +790,7 @@ impl Manager {
             }
             self.touch(id);
             if let Some(u) = self.units.get(&id) {
-                for name in &u.spec.requires {
+                for name in &u.spec.extras.requires {
                     let Some(&dep) = self.by_name.get(name) else {
                         continue;
                     };
@@ -817,18 +817,18 @@ impl Manager {
         if u.state == State::Backoff {
             return Ok(false);
         }
-        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.extras.flap) {
             return Err(format!(
                 "{} started more than {} times within {}: refused",
                 u.spec.name,
-                u.spec.flap.restarts,
-                ms_text(u.spec.flap.within_ms)
+                u.spec.extras.flap.restarts,
+                ms_text(u.spec.extras.flap.within_ms)
             ));
         }
         if u.has_process() || !matches!(u.state, State::Stopped | State::Failed | State::Done) {
             return Ok(true);
         }
-        let delay = policy::backoff_delay(&u.spec.backoff, u.consecutive);
+        let delay = policy::backoff_delay(&u.spec.extras.backoff, u.consecutive);
         u.consecutive = u.consecutive.saturating_add(1);
         if delay.is_zero() {
             return Ok(true);
@@ -1159,8 +1159,8 @@ impl Manager {
         if !u.dormant() || shutting_down {
             return;
         }
-        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
-            let flap = u.spec.flap;
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.extras.flap) {
+            let flap = u.spec.extras.flap;
             let why = format!(
                 "started by its sockets more than {} times within {}",
                 flap.restarts,
@@ -1222,7 +1222,7 @@ impl Manager {
             u.ready,
             u.spec.kind,
             u.spec.ready_timeout_ms,
-            u.spec.watchdog_ms,
+            u.spec.extras.watchdog_ms,
         );
         let health = u.spec.health.as_ref().map(|h| h.interval_ms);
         if !ready && kind == UnitKind::Service && u.spec.ready != Ready::Exec {
@@ -1288,7 +1288,9 @@ impl Manager {
         let Some(u) = self.units.get(&id) else {
             return;
         };
-        if let (Some(ms), Some(_), false) = (u.spec.watchdog_ms, u.pid, u.state == State::Paused) {
+        if let (Some(ms), Some(_), false) =
+            (u.spec.extras.watchdog_ms, u.pid, u.state == State::Paused)
+        {
             self.arm(id, TimerKind::Watchdog, ms);
         }
     }
@@ -1314,7 +1316,7 @@ impl Manager {
         u.health = Health::None;
         u.stop_timeout_ms = None;
         let uptime = now_ms.saturating_sub(u.started_ms);
-        if uptime >= u.spec.backoff.reset_after_ms {
+        if uptime >= u.spec.extras.backoff.reset_after_ms {
             u.consecutive = 0;
         }
         let stopping = u.state == State::Stopping;
@@ -1392,7 +1394,7 @@ impl Manager {
     /// that one.
     fn restart_again(&mut self, id: UnitId, by: Cause, now_ms: u64) {
         let waits_for_requirement = self.units.get(&id).is_some_and(|u| {
-            u.spec.requires.iter().any(|r| {
+            u.spec.extras.requires.iter().any(|r| {
                 self.by_name
                     .get(r)
                     .and_then(|d| self.units.get(d))
@@ -1482,8 +1484,8 @@ impl Manager {
             self.fail(id, reason, EventKind::Exit, now_ms);
             return;
         }
-        if policy::flapping(&mut u.recent, now_ms, &u.spec.flap) {
-            let flap = &u.spec.flap;
+        if policy::flapping(&mut u.recent, now_ms, &u.spec.extras.flap) {
+            let flap = &u.spec.extras.flap;
             let why = format!(
                 "{reason}; more than {} restarts within {}",
                 flap.restarts,
@@ -1492,7 +1494,7 @@ impl Manager {
             self.fail(id, why, EventKind::Exit, now_ms);
             return;
         }
-        let delay = policy::backoff_delay(&u.spec.backoff, u.consecutive);
+        let delay = policy::backoff_delay(&u.spec.extras.backoff, u.consecutive);
         u.consecutive = u.consecutive.saturating_add(1);
         u.restarts = u.restarts.saturating_add(1);
         u.reason = reason.clone();
@@ -1549,7 +1551,7 @@ impl Manager {
             TimerKind::Watchdog if u.pid.is_some() && state != State::Stopping => {
                 let why = format!(
                     "watchdog: no WATCHDOG=1 within {}",
-                    ms_text(u.spec.watchdog_ms.unwrap_or(0))
+                    ms_text(u.spec.extras.watchdog_ms.unwrap_or(0))
                 );
                 warn!("{name}: {why}");
                 self.begin_stop(id, AfterStop::Failure(why), now_ms);
@@ -1886,7 +1888,7 @@ impl Manager {
         let Some(u) = self.units.get(&id) else {
             return Gate::Wait;
         };
-        for name in &u.spec.requires {
+        for name in &u.spec.extras.requires {
             let Some(dep) = self.by_name.get(name).and_then(|d| self.units.get(d)) else {
                 return Gate::Never(format!("requires {name}, which is not declared"));
             };
@@ -1904,7 +1906,7 @@ impl Manager {
             }
             return Gate::Wait;
         }
-        for name in &u.spec.after {
+        for name in &u.spec.extras.after {
             if let Some(dep) = self.by_name.get(name).and_then(|d| self.units.get(d)) {
                 if dep.coming_up() {
                     return Gate::Wait;

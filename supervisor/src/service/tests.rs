@@ -10,28 +10,14 @@ use super::*;
 use crate::table::ReplyTo;
 
 fn svc(name: &str) -> Service {
-    Service {
+    let mut s = Service {
         name: name.to_string(),
         kind: UnitKind::Service,
         line: 1,
         argv: vec![b"/bin/true".to_vec()],
         env: Vec::new(),
-        cwd: None,
-        user: None,
-        umask: None,
-        rlimits: Vec::new(),
-        nice: None,
+        extras: archon_lua::model::Extras::default(),
         restart: Restart::Always,
-        backoff: Backoff {
-            initial_ms: 100,
-            max_ms: 30_000,
-            multiplier: 2.0,
-            reset_after_ms: 10_000,
-        },
-        flap: Flap {
-            restarts: 5,
-            within_ms: 10_000,
-        },
         stop_signal: libc::SIGTERM,
         stop_timeout_ms: 7000,
         enabled: true,
@@ -41,17 +27,22 @@ fn svc(name: &str) -> Service {
         max_connections: 2,
         critical: false,
         early: false,
-        requires: Vec::new(),
-        after: Vec::new(),
-        before: Vec::new(),
         ready: Ready::Exec,
         ready_timeout_ms: 60_000,
-        watchdog_ms: None,
         health: None,
-        sockets: Vec::new(),
-        bind_shim: archon_lua::BindShim::Off,
         log: None,
-    }
+    };
+    s.extras.backoff = Backoff {
+        initial_ms: 100,
+        max_ms: 30_000,
+        multiplier: 2.0,
+        reset_after_ms: 10_000,
+    };
+    s.extras.flap = Flap {
+        restarts: 5,
+        within_ms: 10_000,
+    };
+    s
 }
 
 fn task(name: &str) -> Service {
@@ -63,13 +54,14 @@ fn task(name: &str) -> Service {
 }
 
 fn requires(mut s: Service, deps: &[&str]) -> Service {
-    s.requires = deps.iter().map(|d| d.to_string()).collect();
-    s.after.extend(s.requires.clone());
+    let deps: Vec<String> = deps.iter().map(|d| d.to_string()).collect();
+    s.extras.after.extend(deps.clone());
+    s.extras.requires = deps;
     s
 }
 
 fn after(mut s: Service, deps: &[&str]) -> Service {
-    s.after.extend(deps.iter().map(|d| d.to_string()));
+    s.extras.after.extend(deps.iter().map(|d| d.to_string()));
     s
 }
 
@@ -533,7 +525,7 @@ fn not_ready_in_time_is_a_failed_start() {
 fn a_missed_watchdog_restarts() {
     let mut s = svc("dog");
     s.ready = Ready::Notify;
-    s.watchdog_ms = Some(1000);
+    s.extras.watchdog_ms = Some(1000);
     let mut w = World::new(vec![s]);
     w.ready("dog");
     assert_eq!(w.armed("dog", TimerKind::Watchdog), Some(1000));
