@@ -695,7 +695,9 @@ pub(crate) fn install(lua: &Lua, state: &Shared) -> mlua::Result<()> {
             )));
         };
         let bytes = path.as_bytes().to_vec();
-        let path = PathBuf::from(String::from_utf8_lossy(&bytes).into_owned());
+        // A path is bytes: one that is not UTF-8 names its file as it is.
+        let path =
+            PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes));
         if !path.is_absolute() || path.file_name().is_none() || bytes.contains(&0) {
             return Err(refuse(format!(
                 "watch: the path must be an absolute path to a file, got {}",
@@ -936,7 +938,11 @@ mod tests {
     type Res = Result<(), String>;
 
     fn load(src: &str) -> Result<Handlers, String> {
-        crate::load_source("h.lua", src.as_bytes())
+        load_bytes(src.as_bytes())
+    }
+
+    fn load_bytes(src: &[u8]) -> Result<Handlers, String> {
+        crate::load_source("h.lua", src)
             .map_err(|e| e.to_string())?
             .handlers
             .ok_or_else(|| "no handlers".to_string())
@@ -1058,6 +1064,21 @@ mod tests {
         assert_eq!(
             h.run_watch(1, Change::Delete, 0, &NoHost).actions,
             [Action::Log("delete /etc/app.conf".into())]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_watched_path_that_is_not_utf8_is_watched_as_it_is() -> Res {
+        let mut h = load_bytes(
+            b"watch(\"/tmp/caf\\xe9.conf\", function(ev) archon.log(tostring(#ev.path)) end)",
+        )?;
+        let want =
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/tmp/caf\xe9.conf");
+        assert_eq!(h.watches(), [(0, Path::new(want))]);
+        assert_eq!(
+            h.run_watch(0, Change::Write, 0, &NoHost).actions,
+            [Action::Log("14".into())]
         );
         Ok(())
     }
