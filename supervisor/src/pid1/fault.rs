@@ -404,14 +404,17 @@ pub fn exec_emergency(why: &CStr) -> std::io::Error {
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
-    std::io::Error::from_raw_os_error(exec_emergency_raw(why))
+    let errno = exec_emergency_raw(why);
+    // Still this image: what it starts next (the emergency shell) must not inherit every fd.
+    set_close_on_exec(true);
+    std::io::Error::from_raw_os_error(errno)
 }
 
 /// Clears close-on-exec on every fd, then executes `archon --emergency <why>
 /// [--control-fd <fd>]`, by the saved path, then by `/proc/self/exe`; the errno of the failure.
 /// Async-signal-safe: no allocation.
 fn exec_emergency_raw(why: &CStr) -> i32 {
-    keep_fds_across_exec();
+    set_close_on_exec(false);
     let control = CONTROL_FD.load(Ordering::Relaxed);
     let mut digits = Line::default();
     digits.dec(control.max(0) as u64).push(b"\0");
@@ -435,9 +438,10 @@ const EMERGENCY_C: &CStr = c"--emergency";
 /// [`CONTROL_FD_ARG`] as a C string.
 const CONTROL_FD_C: &CStr = c"--control-fd";
 
-/// Clears close-on-exec on every open fd above 2, found in `/proc/self/fd` (with `getdents64`
-/// into a buffer on the stack), else by trying every fd below 65536.
-fn keep_fds_across_exec() {
+/// Sets (`on`) or clears close-on-exec on every open fd above 2, found in `/proc/self/fd` (with
+/// `getdents64` into a buffer on the stack), else by trying every fd below 65536.
+fn set_close_on_exec(on: bool) {
+    let flags = if on { libc::FD_CLOEXEC } else { 0 };
     // SAFETY: open, getdents64, fcntl and close on plain values; the buffer outlives the calls.
     unsafe {
         let dir = libc::open(
@@ -446,7 +450,7 @@ fn keep_fds_across_exec() {
         );
         if dir < 0 {
             for fd in 3..65536 {
-                libc::fcntl(fd, libc::F_SETFD, 0);
+                libc::fcntl(fd, libc::F_SETFD, flags);
             }
             return;
         }
@@ -471,7 +475,7 @@ fn keep_fds_across_exec() {
                 let name = &bytes[at + 19..(at + reclen).min(bytes.len())];
                 if let Some(fd) = parse_fd(name) {
                     if fd > 2 && fd != dir {
-                        libc::fcntl(fd, libc::F_SETFD, 0);
+                        libc::fcntl(fd, libc::F_SETFD, flags);
                     }
                 }
                 at += reclen;
