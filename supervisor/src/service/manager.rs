@@ -1632,11 +1632,14 @@ impl Manager {
         u.after_stop = after;
         let sig = u.spec.stop_signal;
         let timeout = u.stop_timeout_ms.unwrap_or(u.spec.stop_timeout_ms);
+        let what_runs = if u.acceptor {
+            format!("{} instances", u.instances)
+        } else {
+            format!("pid {}", u.pid.unwrap_or(0))
+        };
         info!(
-            "{}: stopping (pid {}, {} instances), SIGKILL in {}",
+            "{}: stopping ({what_runs}), SIGKILL in {}",
             u.spec.name,
-            u.pid.unwrap_or(0),
-            u.instances,
             ms_text(timeout)
         );
         self.set_state(id, State::Stopping, what, &why, now_ms);
