@@ -344,10 +344,13 @@ impl Client {
             }
             Frame::Record { body, consumed } => {
                 // A debug build's hidden request for the tests: a real fault of archon's own
-                // (see `pid1::fault::debug_fault`); not in a release build.
+                // (see `pid1::fault::debug_fault`); not in a release build, and only from root
+                // on archon's own socket (the bind socket is open to every user).
                 #[cfg(debug_assertions)]
                 if let Some(kind) = self.inbuf[..body].strip_prefix(b"DebugFault,") {
-                    crate::pid1::fault::debug_fault(kind);
+                    if self.peer.uid == 0 && !self.bind_only {
+                        crate::pid1::fault::debug_fault(kind);
+                    }
                 }
                 (Request::parse(&self.inbuf[..body]), consumed)
             }
